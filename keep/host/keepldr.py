@@ -1,0 +1,113 @@
+"""keepldr: one per Keep, on the untrusted host.  Starts the Keep's wasmldr and relays frames.
+
+It sees only what the protocol lets the host see: the create request, the nonce, evidence,
+sealed (encrypted) provisioning, and lifecycle events.  It logs lifecycle events only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+
+from keepbook.keep import protocol
+from keepbook.keep.host.backends import env_for_wasmldr
+from keepbook.keep.host.framing import read_frame, write_frame
+
+
+def log(keep_id: str, event: str, **detail: object) -> None:
+    """Lifecycle log line on stderr (the host's log).  Never cell content."""
+    sys.stderr.write(json.dumps({"t": round(time.time(), 3), "component": "keepldr",
+                                 "keep": keep_id, "event": event, **detail}) + "\n")
+    sys.stderr.flush()
+
+
+def wasmldr_command(backend: str, launcher: str, keep_id: str) -> list[str]:
+    cmd = [sys.executable, "-m", "keepbook.keep.wasmldr", "--backend", backend]
+    if launcher == "systemd-run":
+        # As in Enarx: each Keep in its own transient unit, so the host's service manager
+        # accounts for and can stop it.
+        return ["systemd-run", "--user", "--quiet", "--pipe", "--collect",
+                f"--unit=keepbook-keep-{keep_id}"] + cmd
+    return cmd
+
+
+async def relay(backend: str, keep_id: str, launcher: str) -> int:
+    loop = asyncio.get_running_loop()
+    up_reader = asyncio.StreamReader(limit=2**16)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(up_reader), sys.stdin.buffer)
+    w_transport, w_protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
+                                                            sys.stdout.buffer)
+    up_writer = asyncio.StreamWriter(w_transport, w_protocol, None, loop)
+
+    proc = await asyncio.create_subprocess_exec(
+        *wasmldr_command(backend, launcher, keep_id), stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=None, env=env_for_wasmldr(),
+        start_new_session=True)
+    log(keep_id, "wasmldr-started", pid=proc.pid, backend=backend)
+    assert proc.stdin and proc.stdout
+
+    async def downstream() -> None:  # keepmgr → wasmldr
+        while True:
+            msg = await read_frame(up_reader)
+            if msg is None:
+                break
+            log(keep_id, "relay-down", msg=msg.MSG)
+            write_frame(proc.stdin, msg)  # type: ignore[arg-type]
+            await proc.stdin.drain()
+        proc.stdin.close()
+
+    async def upstream() -> None:  # wasmldr → keepmgr
+        while True:
+            msg = await read_frame(proc.stdout)  # type: ignore[arg-type]
+            if msg is None:
+                break
+            if isinstance(msg, protocol.Lifecycle):
+                log(keep_id, "lifecycle", keep_event=msg.event)
+            elif isinstance(msg, protocol.DebugLog):
+                # Only a debug-profile Keep sends these: it chose to tell the host.
+                log(keep_id, "debug-log", text=msg.text)
+            else:
+                log(keep_id, "relay-up", msg=msg.MSG)
+            write_frame(up_writer, msg)
+            await up_writer.drain()
+
+    down = asyncio.create_task(downstream())
+    up = asyncio.create_task(upstream())
+    try:
+        await up  # ends when the wasmldr closes its side (exit or crash)
+    except protocol.ProtocolError as exc:
+        log(keep_id, "protocol-error", reason=exc.reason)
+    finally:
+        down.cancel()
+    try:
+        rc = await asyncio.wait_for(proc.wait(), 2)
+    except asyncio.TimeoutError:
+        proc.kill()
+        rc = await proc.wait()
+    log(keep_id, "wasmldr-exited", code=rc)
+    try:
+        write_frame(up_writer, protocol.Lifecycle(event="exited", detail=f"wasmldr exit code {rc}"))
+        await up_writer.drain()
+    except (ConnectionError, RuntimeError):
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="keepldr", description=__doc__)
+    ap.add_argument("--backend", required=True)
+    ap.add_argument("--keep-id", required=True)
+    ap.add_argument("--launcher", choices=("subprocess", "systemd-run"), default="subprocess")
+    args = ap.parse_args(argv)
+    try:
+        return asyncio.run(relay(args.backend, args.keep_id, args.launcher))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

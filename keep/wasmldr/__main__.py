@@ -1,0 +1,3 @@
+from keepbook.keep.wasmldr.server import main
+
+raise SystemExit(main())

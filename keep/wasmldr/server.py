@@ -1,0 +1,270 @@
+"""wasmldr: the agent inside the Keep.
+
+Talks to its keepldr over a framed pipe (stdin/stdout) for start, attest and provision; after
+provisioning, serves the attested channel: HTTPS with mutual TLS on the one-use key the client
+sealed to this Keep, requiring the client certificate that came in the same sealed message.
+
+Nothing this process knows about cells reaches the host: file descriptors 1 and 2 are pointed
+at /dev/null before anything else runs (the control pipe uses a private duplicate of fd 1), and
+only lifecycle events — plus, in the ``debug`` profile, debug log lines — go to keepldr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import os
+import ssl
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from keepbook.keep import measurement, protocol
+from keepbook.keep.host.framing import read_frame, write_frame
+from keepbook.keep.wasmldr.cells import Busy, Cells
+from keepbook.keep.wasmldr.identity import KeepIdentity
+
+LISTEN_HOST = os.environ.get("KEEPBOOK_KEEP_LISTEN", "127.0.0.1")
+
+
+def isolate_stdio() -> tuple[int, int]:
+    """Return (control_in, control_out) fds and silence fd 1 and 2 for everything else."""
+    ctrl_out = os.dup(1)
+    ctrl_in = os.dup(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    sys.stdout = open(os.devnull, "w")
+    sys.stderr = open(os.devnull, "w")
+    return ctrl_in, ctrl_out
+
+
+class Wasmldr:
+    def __init__(self, backend: str, writer: asyncio.StreamWriter):
+        self.backend = backend
+        self.writer = writer
+        self.identity: KeepIdentity | None = None
+        self.cells: Cells | None = None
+        self.runner: web.AppRunner | None = None
+        self.client_spki: bytes | None = None
+        self.closed = asyncio.Event()
+
+    # ------------------------------------------------------------------ control pipe
+    def send(self, msg: protocol.Message) -> None:
+        write_frame(self.writer, msg)
+
+    def lifecycle(self, event: str, detail: str | None = None) -> None:
+        self.send(protocol.Lifecycle(event=event, detail=detail))
+
+    def debug_log(self, text: str) -> None:
+        """Only reachable in the debug profile (Cells only calls it then)."""
+        self.send(protocol.DebugLog(text=text[:4096]))
+
+    async def handle(self, msg: protocol.Message) -> protocol.Message:
+        if isinstance(msg, protocol.Start):
+            return self.start(msg)
+        if isinstance(msg, protocol.AttestRequest):
+            if self.identity is None:
+                raise protocol.ProtocolError("attest before start", 409)
+            # evidence generation may take a while (first use of simulated roots)
+            return await asyncio.to_thread(self.identity.attest, msg)
+        if isinstance(msg, protocol.ProvisionRequest):
+            if self.identity is None:
+                raise protocol.ProtocolError("provision before start", 409)
+            return await self.provision(msg)
+        raise protocol.ProtocolError(f"wasmldr does not accept {msg.MSG!r} on its control pipe")
+
+    def start(self, msg: protocol.Start) -> protocol.Message:
+        if self.identity is not None:
+            raise protocol.ProtocolError("this Keep is already started", 409)
+        requested = protocol.loads(msg.config, max_bytes=protocol.MAX_CONTROL_BYTES)
+        if not isinstance(requested, dict):
+            raise protocol.ProtocolError("start.config must be a map")
+        backend = requested.get("backend")
+        if backend != self.backend:
+            raise protocol.ProtocolError(f"start asks for backend {backend!r} but this Keep "
+                                         f"is {self.backend!r}")
+        config = protocol.KeepConfig(
+            backend=self.backend, profile=requested.get("profile"), limits=requested.get("limits"),
+            policy=requested.get("policy", b""), runtime=measurement.runtime_versions())
+        config.validate()
+        self.identity = KeepIdentity(msg.keep_id, config)
+        self.cells = Cells(config, debug_log=self.debug_log)
+        return protocol.Reply(ok=True, content={"profile": config.profile})
+
+    async def provision(self, msg: protocol.ProvisionRequest) -> protocol.ProvisionResponse:
+        assert self.identity is not None
+        sealed, key, cert_der = self.identity.open_provision(msg)
+        client_cert = x509.load_der_x509_certificate(sealed.client_cert)
+        self.client_spki = client_cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        ctx = server_ssl_context(key, cert_der, sealed.client_cert)
+        app = web.Application(client_max_size=protocol.MAX_MESSAGE_BYTES,
+                              middlewares=[self._errors, self._pinned_client])
+        app.router.add_post("/v1/run", self.run)
+        app.router.add_post("/v1/request", self.request)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, LISTEN_HOST, 0, ssl_context=ctx, shutdown_timeout=1)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.lifecycle("channel-open")
+        return protocol.ProvisionResponse(endpoint=f"https://{LISTEN_HOST}:{port}",
+                                          server_cert=cert_der)
+
+    # ------------------------------------------------------------------ attested channel
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except protocol.ProtocolError as exc:
+            return _error(exc.status, exc.reason)
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"request exceeds the limit of {protocol.MAX_MESSAGE_BYTES} bytes")
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                return _error(exc.status, exc.reason or "refused")
+            raise
+        except Exception as exc:
+            return _error(500, f"Keep internal error ({type(exc).__name__})")
+
+    @web.middleware
+    async def _pinned_client(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """TLS already required the sealed client certificate; check its key once more."""
+        ssl_obj = request.transport.get_extra_info("ssl_object") if request.transport else None
+        der = ssl_obj.getpeercert(binary_form=True) if ssl_obj else None
+        if not der or self.client_spki is None:
+            return _error(403, "client certificate required")
+        spki = x509.load_der_x509_certificate(der).public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if not hmac.compare_digest(spki, self.client_spki):
+            return _error(403, "client certificate is not the one sealed to this Keep")
+        return await handler(request)
+
+    async def _body(self, request: web.Request, cls: type[protocol.Message]) -> Any:
+        ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
+        if ctype != protocol.CBOR:
+            raise protocol.ProtocolError(f"wrong content type {ctype or '(none)'!r}: send {protocol.CBOR}", 415)
+        return cls.from_cbor(await request.read())
+
+    async def run(self, request: web.Request) -> web.StreamResponse:
+        req: protocol.RunRequest = await self._body(request, protocol.RunRequest)
+        assert self.cells is not None
+        events = self.cells.run(req)
+        try:
+            first = await events.__anext__()
+        except Busy as exc:
+            raise protocol.ProtocolError(str(exc), 409) from None
+        resp = web.StreamResponse(status=200, headers={"Content-Type": protocol.CBOR_SEQ})
+        await resp.prepare(request)
+        try:
+            await resp.write(first)
+            async for data in events:
+                await resp.write(data)
+        except (ConnectionError, asyncio.CancelledError):
+            # the client went away: stop the cell rather than run it for nobody
+            self.cells.interrupt()
+            raise
+        await resp.write_eof()
+        return resp
+
+    async def request(self, request: web.Request) -> web.Response:
+        req: protocol.Request = await self._body(request, protocol.Request)
+        assert self.cells is not None
+        if req.op == "close":
+            asyncio.get_running_loop().call_later(0.05, self.closed.set)
+            return _cbor(protocol.Reply(ok=True, content={"closing": True}))
+        content = await asyncio.to_thread(self.cells.request, req.op, req.args or {})
+        return _cbor(protocol.Reply(ok=True, content=content))
+
+
+def server_ssl_context(key: Any, cert_der: bytes, client_cert_der: bytes) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=client_cert_der)
+    # ssl wants files; write them to a private, immediately-removed temp dir in the Keep
+    with tempfile.TemporaryDirectory(prefix="keepbook-tls-") as tmp:
+        kp, cp = Path(tmp) / "k.pem", Path(tmp) / "c.pem"
+        kp.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+        os.chmod(kp, 0o600)
+        cp.write_bytes(x509.load_der_x509_certificate(cert_der).public_bytes(serialization.Encoding.PEM))
+        ctx.load_cert_chain(cp, kp)
+    return ctx
+
+
+def _cbor(msg: protocol.Message, status: int = 200) -> web.Response:
+    return web.Response(body=msg.to_cbor(), status=status, content_type=protocol.CBOR)
+
+
+def _error(status: int, reason: str) -> web.Response:
+    return _cbor(protocol.ErrorBody(status=status, reason=reason), status)
+
+
+async def serve(backend: str, ctrl_in: int, ctrl_out: int) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**16)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                 os.fdopen(ctrl_in, "rb", buffering=0))
+    transport, proto = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
+                                                     os.fdopen(ctrl_out, "wb", buffering=0))
+    writer = asyncio.StreamWriter(transport, proto, None, loop)
+    keep = Wasmldr(backend, writer)
+    keep.lifecycle("booted")
+
+    async def control() -> None:
+        while True:
+            try:
+                msg = await read_frame(reader)
+            except protocol.ProtocolError as exc:
+                keep.send(protocol.ErrorBody(status=exc.status, reason=exc.reason))
+                return
+            if msg is None:
+                return  # keepldr went away: the Keep ends with it
+            try:
+                reply = await keep.handle(msg)
+            except protocol.ProtocolError as exc:
+                reply = protocol.ErrorBody(status=exc.status, reason=exc.reason)
+            except Exception as exc:
+                reply = protocol.ErrorBody(status=500, reason=f"Keep internal error ({type(exc).__name__})")
+            keep.send(reply)
+            await writer.drain()
+
+    ctl = asyncio.create_task(control())
+    closed = asyncio.create_task(keep.closed.wait())
+    await asyncio.wait({ctl, closed}, return_when=asyncio.FIRST_COMPLETED)
+    keep.lifecycle("stopping")
+    if keep.cells:
+        keep.cells.close()
+    if keep.runner:
+        await keep.runner.cleanup()
+    try:
+        await writer.drain()
+    except ConnectionError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="wasmldr")
+    ap.add_argument("--backend", required=True)
+    args = ap.parse_args(argv)
+    ctrl_in, ctrl_out = isolate_stdio()
+    try:
+        asyncio.run(serve(args.backend, ctrl_in, ctrl_out))
+    except KeyboardInterrupt:
+        return 130
+    # Engines may hold threads; the Keep is over, end the process now.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

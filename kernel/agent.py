@@ -1,0 +1,205 @@
+"""The client agent the kernel (and the IPython extension) call: one object, one call per user
+action.  It owns the Keeps of one notebook and runs its network I/O on its own event loop in a
+background thread, so guest work never blocks the kernel's loop and interrupts get through."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, TypeVar
+
+from keepbook.keep import protocol
+from keepbook.kernel.attestation import AttestationResult
+from keepbook.kernel.client import KeepError, KeepSession, ManagerClient
+from keepbook.kernel.embedded import EmbeddedManager
+from keepbook.kernel.trust_policy import TrustPolicy
+
+T = TypeVar("T")
+EventSink = Callable[[protocol.Event], None]
+
+
+@dataclass
+class NewKeep:
+    backend: str = "sim-snp"
+    profile: str = "staging"
+    manager: str | None = None       # None: the embedded manager
+    token_file: str | None = None
+    memory_bytes: int = protocol.DEFAULT_LIMITS["memory_bytes"]
+    timeout_s: float = protocol.DEFAULT_LIMITS["timeout_s"]
+    output_bytes: int = protocol.DEFAULT_LIMITS["output_bytes"]
+    policy: bytes = b""
+    trust_policy: str | None = None
+
+
+def _read_token(token_file: str | None) -> str | None:
+    if token_file:
+        p = Path(token_file).expanduser()
+        try:
+            token = p.read_text().strip()
+        except OSError as exc:
+            raise KeepError(f"cannot read token file {p}: {exc.strerror}") from None
+        if not token:
+            raise KeepError(f"token file {p} is empty")
+        return token
+    return os.environ.get("KEEPBOOK_MANAGER_TOKEN") or None
+
+
+class ClientAgent:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="keepbook-agent", daemon=True)
+        self._thread.start()
+        self.embedded = EmbeddedManager()
+        self.sessions: dict[str, KeepSession] = {}
+        self.current: KeepSession | None = None
+        self._managers: dict[tuple[str, str | None], ManagerClient] = {}
+        self.running_cell: str | None = None
+
+    # -- thread plumbing
+    def submit(self, coro: Awaitable[T]) -> "Future[T]":
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+
+    def call(self, coro: Awaitable[T], timeout: float | None = None) -> T:
+        return self.submit(coro).result(timeout)
+
+    # -- Keeps
+    def _manager(self, url: str | None, token_file: str | None) -> ManagerClient:
+        if url is None:
+            url, token = self.embedded.start()
+        else:
+            token = _read_token(token_file)
+        key = (url, token)
+        if key not in self._managers:
+            self._managers[key] = ManagerClient(url, token)
+        return self._managers[key]
+
+    async def new_keep(self, spec: NewKeep) -> KeepSession:
+        policy = TrustPolicy.load(spec.trust_policy)
+        manager = await asyncio.to_thread(self._manager, spec.manager, spec.token_file)
+        contracts = await manager.contracts()
+        offered = {b.name: b for b in contracts.backends}
+        if spec.backend not in offered:
+            raise KeepError(f"backend {spec.backend!r} is not offered by {manager.url}; "
+                            f"offered: {', '.join(offered) or 'none'}")
+        if not offered[spec.backend].available:
+            raise KeepError(f"backend {spec.backend!r} is not available at {manager.url}: "
+                            f"{offered[spec.backend].note}")
+        req = protocol.CreateKeep(backend=spec.backend, profile=spec.profile,
+                                  limits={"memory_bytes": spec.memory_bytes, "timeout_s": spec.timeout_s,
+                                          "output_bytes": spec.output_bytes}, policy=spec.policy)
+        req.validate()
+        info = await manager.create(req)
+        session = KeepSession(manager=manager, requested=req, info=info, policy=policy)
+        self.sessions[info.id] = session
+        self.current = session
+        return session
+
+    def require_current(self) -> KeepSession:
+        if self.current is None:
+            raise KeepError("no Keep yet: run `%keep new` first (defaults: embedded manager, "
+                            "backend sim-snp, profile staging)")
+        return self.current
+
+    async def attest(self) -> AttestationResult:
+        session = self.require_current()
+        return await session.attest()
+
+    async def run(self, kind: str, sink: EventSink, *, module: bytes | None = None,
+                  code: str | None = None, invoke: str | None = None, args: list | None = None,
+                  timeout_s: float | None = None, fuel: int | None = None) -> dict:
+        """Run one cell in the current Keep (attesting first if needed).  Events go to ``sink``
+        as they arrive; returns the final status content."""
+        session = self.require_current()
+        req = protocol.RunRequest(cell_id=uuid.uuid4().hex[:12], kind=kind,
+                                  module=bytes(module) if module is not None else None, code=code,
+                                  invoke=invoke, args=args, timeout_s=timeout_s, fuel=fuel)
+        req.validate()
+        status: dict = {}
+        self.running_cell = req.cell_id
+        try:
+            async for event in session.run(req):
+                if event.kind == "status":
+                    status = event.content
+                else:
+                    sink(event)
+        finally:
+            self.running_cell = None
+        return status
+
+    async def interrupt(self) -> bool:
+        session = self.current
+        if session is None or session.channel is None or self.running_cell is None:
+            return False
+        try:
+            reply = await session.channel.request("interrupt", timeout=5.0)
+        except KeepError:
+            return False
+        return bool(reply.get("interrupted"))
+
+    async def request(self, op: str, args: dict | None = None) -> dict:
+        session = self.require_current()
+        channel = await session.ensure_channel()
+        return await channel.request(op, args)
+
+    async def status(self) -> dict[str, Any]:
+        session = self.require_current()
+        info = await session.manager.get(session.id)
+        out: dict[str, Any] = {"id": info.id, "backend": info.backend, "profile": info.profile,
+                               "state": info.state, "manager": session.manager.url,
+                               "uptime_s": round(time.time() - info.created, 1),
+                               "cells_run": session.cells_run}
+        if info.reason:
+            out["reason"] = info.reason
+        if session.attestation is not None:
+            out["protection"] = session.attestation.vector.label
+            out["attested"] = session.attestation.ok
+        if session.channel is not None:
+            out["endpoint"] = session.channel.endpoint
+            if info.state not in ("closed", "failed"):
+                try:
+                    out.update({f"keep_{k}": v for k, v in (await session.channel.request("status", timeout=5)).items()})
+                except KeepError as exc:
+                    out["channel"] = str(exc)
+        return out
+
+    async def list(self) -> list[protocol.KeepInfo]:
+        seen: list[protocol.KeepInfo] = []
+        for manager in list(self._managers.values()):
+            try:
+                seen.extend((await manager.list()).keeps)
+            except KeepError:
+                continue
+        return seen
+
+    async def close(self, keep_id: str | None = None) -> str:
+        session = self.sessions.get(keep_id) if keep_id else self.current
+        if session is None:
+            raise KeepError(f"no Keep {keep_id!r} in this notebook" if keep_id else "no Keep to close")
+        await session.close()
+        self.sessions.pop(session.id, None)
+        if self.current is session:
+            self.current = None
+        return session.id
+
+    async def shutdown(self) -> None:
+        for session in list(self.sessions.values()):
+            try:
+                await asyncio.wait_for(session.close(), 5)
+            except Exception:
+                pass
+        for manager in self._managers.values():
+            await manager.close()
+        await asyncio.to_thread(self.embedded.stop)
+
+    def stop(self) -> None:
+        try:
+            self.call(self.shutdown(), timeout=15)
+        except Exception:
+            self.embedded.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
