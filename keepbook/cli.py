@@ -1,0 +1,94 @@
+"""`keepbook` command: install, keepmgr, demo, verify, warm, bench."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from keepbook.kernel.kernelspec import install
+
+    prefix = sys.prefix if args.sys_prefix else args.prefix
+    path = install(user=args.user, prefix=prefix)
+    print(f"Installed the keepbook kernelspec in {path}")
+    return 0
+
+
+def cmd_keepmgr(argv: list[str]) -> int:
+    from keepbook.keep.host import keepmgr
+
+    return keepmgr.main(argv)
+
+
+def cmd_verify(argv: list[str]) -> int:
+    from keepbook.kernel import verify_cli
+
+    return verify_cli.main(argv)
+
+
+def cmd_warm(args: argparse.Namespace) -> int:
+    """Compile the Python engine and the compilers' runtime libraries once, in set-up, so that no
+    test or first cell pays for it."""
+    import time
+
+    steps = [("Python engine (CPython in Wasm)", "keepbook.keep.wasmldr.pysession"),
+             ("C/C++/Zig → wasm32-wasi libraries", "keepbook.kernel.compilers"),
+             ("simulated vendor roots", "keepbook.keep.evidence.simulated")]
+    for label, module in steps:
+        t = time.time()
+        try:
+            mod = __import__(module, fromlist=["warm"])
+            warm = getattr(mod, "warm", None)
+            if warm is None:
+                print(f"  {label}: nothing to warm")
+                continue
+            warm()
+            print(f"  {label}: ready ({time.time() - t:.1f} s)")
+        except Exception as exc:  # warming is an optimisation: report, don't fail set-up
+            print(f"  {label}: could not warm ({type(exc).__name__}: {exc})", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from keepbook.kernel.demo import run_demo
+
+    return run_demo(args.notebook, args.output, args.timeout)
+
+
+def cmd_bench(argv: list[str]) -> int:
+    from keepbook.kernel import bench
+
+    return bench.main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Subcommands with their own full parsers get the rest of the line untouched.
+    passthrough = {"keepmgr": cmd_keepmgr, "verify": cmd_verify, "bench": cmd_bench}
+    if argv and argv[0] in passthrough:
+        return passthrough[argv[0]](argv[1:])
+    ap = argparse.ArgumentParser(prog="keepbook", description="A Jupyter kernel for confidential computing.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("install", help="install the keepbook kernelspec")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--user", action="store_true", help="into the user's Jupyter data dir")
+    g.add_argument("--sys-prefix", action="store_true", help="into this Python environment")
+    g.add_argument("--prefix", help="under this prefix")
+    p.set_defaults(fn=cmd_install)
+    sub.add_parser("keepmgr", help="run a keep manager (see `keepbook keepmgr --help`)")
+    sub.add_parser("verify", help="verify attestation evidence (see `keepbook verify --help`)")
+    sub.add_parser("bench", help="run the benchmarks (see `keepbook bench --help`)")
+    p = sub.add_parser("warm", help="compile the Python engine and compiler caches once")
+    p.set_defaults(fn=cmd_warm)
+    p = sub.add_parser("demo", help="run the attestation walkthrough notebook headless")
+    p.add_argument("--notebook", default=None, help="notebook to run (default: the walkthrough)")
+    p.add_argument("--output", default="build/attestation-walkthrough.ipynb")
+    p.add_argument("--timeout", type=int, default=600, help="per-cell timeout, seconds")
+    p.set_defaults(fn=cmd_demo)
+    args = ap.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Parsing of keepbook's magics.  Pure: text in, a typed command out, or a clear error.
+
+Cell layout: leading ``%line`` magics run in order; a cell whose first line is ``%%name`` is a
+cell magic; anything else is Python that runs inside the Keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+from dataclasses import dataclass, field
+
+LINE_MAGICS = ("keep", "attest", "upload", "audit")
+CELL_MAGICS = ("wat", "wasm", "c", "cpp", "zig", "rust", "python")
+KEEP_SUBCOMMANDS = ("new", "status", "list", "close")
+
+
+class MagicError(ValueError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # never sys.exit inside a kernel
+        raise MagicError(f"{self.prog}: {message}\nusage: {self.format_usage().strip()[7:]}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:
+        raise MagicError(message or self.format_help())
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.I)
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024, "m": 1000**2, "mb": 1000**2,
+          "mib": 1024**2, "mi": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "gi": 1024**3,
+          "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """'512MiB', '1G', '2048' → bytes."""
+    m = _SIZE.match(text)
+    if not m or (m.group(2) or "").lower() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 512MiB or 1GiB)")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return v
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text, 0)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--invoke arguments must be numbers, got {text!r}") from None
+
+
+def _keep_new_parser() -> _Parser:
+    p = _Parser(prog="%keep new", add_help=False)
+    p.add_argument("--backend", default="sim-snp")
+    p.add_argument("--profile", default="staging", choices=("debug", "staging", "production"))
+    p.add_argument("--manager", help="keep manager URL (default: an embedded one on loopback)")
+    p.add_argument("--token-file", help="bearer token file for --manager (or $KEEPBOOK_MANAGER_TOKEN)")
+    p.add_argument("--memory", type=parse_size, default=1024**3, help="per-cell memory limit")
+    p.add_argument("--timeout", type=_positive_float, default=600.0, help="per-cell deadline, seconds")
+    p.add_argument("--output-cap", type=parse_size, default=8 * 1024**2, help="output bytes per cell")
+    p.add_argument("--policy", help="output policy file (TOML) from the data owner")
+    p.add_argument("--trust-policy", help="your trust policy file (TOML)")
+    return p
+
+
+def _attest_parser() -> _Parser:
+    p = _Parser(prog="%attest", add_help=False)
+    p.add_argument("--explain", action="store_true", help="show each evidence field explained")
+    p.add_argument("--json", action="store_true", help="the trust vector as JSON")
+    return p
+
+
+def _run_parser(name: str) -> _Parser:
+    p = _Parser(prog=f"%%{name}", add_help=False)
+    p.add_argument("--invoke", nargs="+", metavar=("NAME", "ARG"),
+                   help="call this export with numeric arguments instead of _start")
+    p.add_argument("--timeout", type=_positive_float)
+    p.add_argument("--fuel", type=int, help="instruction budget (Wasm fuel)")
+    if name == "wasm":
+        p.add_argument("--file", help="path to a .wasm file (else base64 in the cell body)")
+    if name in ("c", "cpp", "zig", "rust"):
+        p.add_argument("--verbose", action="store_true", help="show the compiler command")
+        p.add_argument("-O", dest="opt", default="2", help="optimisation level (default 2)")
+        p.add_argument("--flag", action="append", default=[], dest="flags",
+                       help="extra compiler flag (repeatable)")
+    return p
+
+
+@dataclass
+class LineMagic:
+    name: str
+    args: argparse.Namespace
+    sub: str | None = None
+
+
+@dataclass
+class CellMagic:
+    name: str
+    args: argparse.Namespace
+    body: str
+    invoke: str | None = None
+    invoke_args: list = field(default_factory=list)
+
+
+@dataclass
+class Cell:
+    magics: list[LineMagic]
+    cell_magic: CellMagic | None
+    python: str  # what is left: Python for the Keep (may be empty)
+
+
+def parse_line_magic(line: str) -> LineMagic:
+    try:
+        words = shlex.split(line.strip()[1:])
+    except ValueError as exc:
+        raise MagicError(f"{line.strip()}: {exc}") from None
+    if not words:
+        raise MagicError("empty magic: write %keep, %attest, %upload or %audit")
+    name, rest = words[0], words[1:]
+    if name == "keep":
+        if not rest or rest[0] not in KEEP_SUBCOMMANDS:
+            raise MagicError(f"%keep needs one of: {', '.join(KEEP_SUBCOMMANDS)}")
+        sub, rest = rest[0], rest[1:]
+        if sub == "new":
+            return LineMagic("keep", _keep_new_parser().parse_args(rest), sub)
+        if sub == "close":
+            p = _Parser(prog="%keep close", add_help=False)
+            p.add_argument("id", nargs="?")
+            return LineMagic("keep", p.parse_args(rest), sub)
+        if rest:
+            raise MagicError(f"%keep {sub} takes no arguments")
+        return LineMagic("keep", argparse.Namespace(), sub)
+    if name == "attest":
+        return LineMagic("attest", _attest_parser().parse_args(rest))
+    if name == "upload":
+        p = _Parser(prog="%upload", add_help=False)
+        p.add_argument("path")
+        p.add_argument("--as", dest="name")
+        return LineMagic("upload", p.parse_args(rest))
+    if name == "audit":
+        return LineMagic("audit", _Parser(prog="%audit", add_help=False).parse_args(rest))
+    raise MagicError(f"unknown magic %{name}; keepbook knows %{', %'.join(LINE_MAGICS)} and "
+                     f"cell magics %%{', %%'.join(CELL_MAGICS)}")
+
+
+def parse_cell(code: str) -> Cell:
+    lines = code.splitlines()
+    i = 0
+    while i < len(lines) and not lines[i].strip():
+        i += 1
+    if i < len(lines) and lines[i].lstrip().startswith("%%"):
+        head = lines[i].strip()[2:]
+        try:
+            words = shlex.split(head)
+        except ValueError as exc:
+            raise MagicError(f"%%{head}: {exc}") from None
+        if not words or words[0] not in CELL_MAGICS:
+            raise MagicError(f"unknown cell magic %%{words[0] if words else ''}; "
+                             f"known: %%{', %%'.join(CELL_MAGICS)}")
+        name = words[0]
+        body = "\n".join(lines[i + 1:])
+        if name == "python":
+            return Cell([], None, body)
+        args = _run_parser(name).parse_args(words[1:])
+        invoke, invoke_args = None, []
+        if args.invoke:
+            invoke = args.invoke[0]
+            try:
+                invoke_args = [_number(a) for a in args.invoke[1:]]
+            except argparse.ArgumentTypeError as exc:
+                raise MagicError(f"%%{name}: {exc}") from None
+        return Cell([], CellMagic(name, args, body, invoke, invoke_args), "")
+    magics: list[LineMagic] = []
+    while i < len(lines):
+        s = lines[i].strip()
+        if s.startswith("%") and not s.startswith("%%"):
+            magics.append(parse_line_magic(s))
+            i += 1
+        elif not s or s.startswith("#"):
+            i += 1
+        else:
+            break
+    return Cell(magics, None, "\n".join(lines[i:]).strip("\n"))
+
+
+def complete_magic(code: str, cursor_pos: int) -> tuple[list[str], int, int] | None:
+    """Completion for magic names and %keep subcommands; None when not in a magic."""
+    line_start = code.rfind("\n", 0, cursor_pos) + 1
+    prefix = code[line_start:cursor_pos]
+    if prefix.startswith("%%"):
+        word = prefix[2:]
+        if " " in word:
+            return None
+        return ([f"%%{m}" for m in CELL_MAGICS if m.startswith(word)], line_start, cursor_pos)
+    if prefix.startswith("%"):
+        parts = prefix[1:].split(" ")
+        if len(parts) == 1:
+            return ([f"%{m}" for m in LINE_MAGICS if m.startswith(parts[0])], line_start, cursor_pos)
+        if parts[0] == "keep" and len(parts) == 2:
+            start = cursor_pos - len(parts[1])
+            return ([s for s in KEEP_SUBCOMMANDS if s.startswith(parts[1])], start, cursor_pos)
+        return ([], cursor_pos, cursor_pos)
+    return None
