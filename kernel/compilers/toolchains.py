@@ -1,7 +1,8 @@
 """Where the compilers are and which command line each language gets.
 
 Flags chosen (see docs in __init__):
-  C / C++  zig cc|c++ -target wasm32-wasi <opt> -s [reactor flags] <user flags> cell.c -o cell.wasm
+  C / C++  zig cc|c++ -target wasm32-wasi <opt> -s [-fno-exceptions for C++] [reactor flags] <user flags>
+           cell.c -o cell.wasm
            reactor: -mexec-model=reactor -fvisibility=default -rdynamic
            (clang hides symbols by default on wasm, so -rdynamic alone exports nothing; with default
            visibility every non-static function of the cell becomes an export, static ones do not)
@@ -32,6 +33,9 @@ OPT_LEVELS = ("-O0", "-O1", "-O2", "-O3", "-Os", "-Oz")
 ZIG_MODES = {"-O0": "Debug", "-O1": "ReleaseSafe", "-O2": "ReleaseFast", "-O3": "ReleaseFast", "-Os": "ReleaseSmall", "-Oz": "ReleaseSmall"}
 RUST_OPT = {"-O0": "0", "-O1": "1", "-O2": "2", "-O3": "3", "-Os": "s", "-Oz": "z"}
 C_REACTOR_FLAGS = ("-mexec-model=reactor", "-fvisibility=default", "-rdynamic")
+# zig's libc++ for wasm32-wasi has no exception runtime: without this, any std::vector links
+# against missing __cxa_throw; with it, `throw`/`try` in the cell get a clear compile error.
+CPP_FLAGS = ("-fno-exceptions",)
 ZIG_REACTOR_FLAGS = ("-fno-entry", "-rdynamic")
 
 CELL_FILES = {"c": "cell.c", "cpp": "cell.cpp", "zig": "cell.zig", "rust": "cell.rs", "wat": "cell.wat"}
@@ -76,7 +80,7 @@ def c_command(language: str, opt: str, reactor: bool, flags: list[str]) -> list[
     driver = "cc" if language == "c" else "c++"
     return [
         str(zig_executable()), driver, "-target", WASI_TARGET, opt, "-s",
-        *(C_REACTOR_FLAGS if reactor else ()), *flags,
+        *(CPP_FLAGS if language == "cpp" else ()), *(C_REACTOR_FLAGS if reactor else ()), *flags,
         CELL_FILES[language], "-o", OUTPUT_FILE,
     ]  # fmt: skip
 
