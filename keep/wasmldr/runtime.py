@@ -158,13 +158,23 @@ class _Cell:
     engine: wt.Engine
     stop: threading.Event = field(default_factory=threading.Event)  # set with a reason
     done: threading.Event = field(default_factory=threading.Event)
+    deadline: float = 0.0
     reason: str | None = None  # "timeout" | "interrupted", set once, before the epoch bump
+    guard: threading.Lock = field(default_factory=threading.Lock)
+    active: bool = True  # cleared under `guard` when the cell ends: no bump after that
 
     def halt(self, reason: str) -> None:
-        if self.reason is None and not self.done.is_set():
-            self.reason = reason
-            self.stop.set()
-            self.engine.increment_epoch()
+        with self.guard:
+            if self.reason is None and self.active:
+                self.reason = reason
+                self.stop.set()
+                self.engine.increment_epoch()
+
+    def finish(self) -> None:
+        with self.guard:
+            self.active = False
+        self.done.set()
+        self.stop.set()
 
 
 class _CellError(Exception):
@@ -195,6 +205,9 @@ class WasmRuntime:
         self._run_lock = threading.Lock()  # one cell at a time
         self._cell: _Cell | None = None
         self._cell_lock = threading.Lock()
+        self._watch_cv = threading.Condition()
+        self._watched: _Cell | None = None
+        self._watcher: threading.Thread | None = None
         self.engine  # the plain engine exists from the start: one per Keep
         self.stats = {"compiled": 0, "cache_hits": 0}
 
@@ -344,7 +357,6 @@ class WasmRuntime:
         output = _Output(emit, output_bytes)
         status: dict[str, Any]
         cell: _Cell | None = None
-        watcher: threading.Thread | None = None
         store: wt.Store | None = None
         exports: Any = None
         try:
@@ -369,12 +381,10 @@ class WasmRuntime:
             store.set_epoch_deadline(1)
             if metered:
                 store.set_fuel(fuel)
-            cell = _Cell(output, engine)
+            cell = _Cell(output, engine, deadline=time.monotonic() + timeout_s)
             with self._cell_lock:
                 self._cell = cell
-            watcher = threading.Thread(target=_watch, args=(cell, timeout_s),
-                                       name="keep-wasm-watcher", daemon=True)
-            watcher.start()
+            self._watch(cell)
             try:
                 try:
                     instance = linker.instantiate(store, compiled)
@@ -421,12 +431,11 @@ class WasmRuntime:
             status = {"ok": False, "reason": e.reason, **e.extra}
         finally:
             if cell is not None:
-                cell.done.set()
-                cell.stop.set()
+                cell.finish()  # no epoch bump can follow this
                 with self._cell_lock:
                     self._cell = None
-            if watcher is not None:
-                watcher.join()
+                with self._watch_cv:
+                    self._watch_cv.notify_all()
         status["output_bytes"] = output.sent
         status["truncated"] = output.truncated
         status["elapsed_s"] = round(time.monotonic() - started, 6)
@@ -436,6 +445,35 @@ class WasmRuntime:
             except wt.WasmtimeError:
                 pass
         return status
+
+    def _watch(self, cell: _Cell) -> None:
+        """Hand the cell to the runtime's one watcher thread (started on first use): it flushes
+        coalesced output every FLUSH_S and enforces the deadline.  One long-lived thread, not
+        one per cell: starting a thread costs milliseconds on a busy 2-core machine."""
+        with self._watch_cv:
+            self._watched = cell
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._watch_loop,
+                                                 name="keep-wasm-watcher", daemon=True)
+                self._watcher.start()
+            self._watch_cv.notify_all()
+
+    def _watch_loop(self) -> None:
+        while True:
+            with self._watch_cv:
+                cell = self._watched
+                while cell is None or cell.done.is_set():
+                    self._watch_cv.wait()
+                    cell = self._watched
+                left = cell.deadline - time.monotonic()
+                if left > 0:
+                    self._watch_cv.wait(min(FLUSH_S, left))
+            if cell.done.is_set():
+                continue
+            if time.monotonic() >= cell.deadline:
+                cell.halt("timeout")
+            elif cell.output.pending:
+                cell.output.flush()
 
     def _pick_entry(self, compiled: wt.Module, invoke: str | None) -> tuple[str, list[str]]:
         funcs = {e.name: e.type for e in compiled.exports if isinstance(e.type, wt.FuncType)}
@@ -478,18 +516,6 @@ class WasmRuntime:
         return _CellError("trap", "WasmTrap", f"wasm trap: {name}", frames, trap=name)
 
 
-def _watch(cell: _Cell, timeout_s: float) -> None:
-    """Per-cell watcher: flushes coalesced output and enforces the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while not cell.done.is_set():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            cell.halt("timeout")
-            break
-        if cell.done.wait(min(FLUSH_S, left)):
-            break
-        if cell.output.pending:
-            cell.output.flush()
 
 
 def _memory_hint(store: wt.Store | None, instance_exports: Any, limit: int) -> str | None:
