@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 import tempfile
 import threading
@@ -60,6 +61,7 @@ def compile_cell(
     verbose: bool = False,
     reactor: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
+    cancel: threading.Event | None = None,
 ) -> CompileResult:
     """Compile a cell to a validated wasm32-wasi module on this (the user's) machine.
 
@@ -68,7 +70,8 @@ def compile_cell(
     module exports `_initialize`, which the runtime calls before the first invoke; Zig exports its
     `export fn`s, Rust its `#[no_mangle] pub extern "C" fn`s. Otherwise the module is a command
     whose `_start` runs `main`.  Raises CompileError (with diagnostics at `cell.<ext>:LINE:COL`),
-    ToolchainMissing or CompileTimeout; on any of them nothing should be sent to the Keep.
+    ToolchainMissing, CompileTimeout or CompileCancelled (`cancel` set, e.g. by a Jupyter
+    interrupt; checked every 0.1 s); on any of them nothing should be sent to the Keep.
     """
     language = ALIASES.get(language.lower(), language.lower())
     if language not in LANGUAGES:
@@ -89,7 +92,7 @@ def compile_cell(
     if language == "wat":
         result = CompileResult("wat", wat_to_module(source), [], "")
     else:
-        result = _compile_native(language, source, flags, opt, reactor, timeout)
+        result = _compile_native(language, source, flags, opt, reactor, timeout, cancel)
 
     with _cache_lock:
         _cache[key] = result
@@ -118,7 +121,13 @@ def _command(language: str, opt: str, reactor: bool, flags: list[str]) -> list[s
 
 
 def _compile_native(
-    language: str, source: str, flags: list[str], opt: str, reactor: bool, timeout: float
+    language: str,
+    source: str,
+    flags: list[str],
+    opt: str,
+    reactor: bool,
+    timeout: float,
+    cancel: threading.Event | None = None,
 ) -> CompileResult:
     command = _command(language, opt, reactor, flags)  # raises ToolchainMissing before any temp dir
     cell_file = toolchains.CELL_FILES[language]
@@ -126,11 +135,13 @@ def _compile_native(
         workdir = Path(tmp)
         (workdir / cell_file).write_text(source, encoding="utf-8")
         env = toolchains.zig_env(workdir) if language != "rust" else None
-        run = run_tool(command, cwd=workdir, env=env, timeout=timeout, language=language)
+        run = run_tool(command, cwd=workdir, env=env, timeout=timeout, language=language, cancel=cancel)
         # The cell file is passed by relative name, but be sure no temp path leaks into messages.
         output = run.output.replace(str(workdir) + "/", "").replace(str(workdir.resolve()) + "/", "")
         if run.returncode != 0:
             message = output.strip() or f"the {language} compiler failed with exit status {run.returncode}"
+            if not reactor and "entry symbol not defined" in output:
+                message += f"\n{_NO_MAIN_HINT}"
             raise CompileError(language, message, parse_diagnostics(output, cell_file))
         out_path = workdir / toolchains.OUTPUT_FILE
         if not out_path.is_file():
@@ -139,7 +150,18 @@ def _compile_native(
         if size > MAX_MODULE_BYTES:  # refuse before reading a huge file into memory
             raise CompileError(language, _too_big(size))
         module = out_path.read_bytes()
-    return CompileResult(language, check_module(language, module), command, _clean_log(output))
+    log = _clean_log(output)
+    if language in ("c", "cpp") and not reactor and not _MAIN.search(source):
+        # wasi-libc links a main-less command whose _start just traps; say so now, not at run time.
+        log += f"{cell_file}: note: {_NO_MAIN_HINT}\n"
+    return CompileResult(language, check_module(language, module), command, log)
+
+
+_MAIN = re.compile(r"\bmain\b")
+_NO_MAIN_HINT = (
+    "the cell has no main(), so running it would do nothing useful; "
+    "to call one of its functions use --invoke NAME ARGS (a reactor build)"
+)
 
 
 def _clean_log(output: str) -> str:

@@ -52,6 +52,10 @@ class CompileTimeout(CompileError):
     """The compiler ran past its deadline and was stopped."""
 
 
+class CompileCancelled(CompileError):
+    """The caller (a Jupyter interrupt) asked to stop; the compiler was killed."""
+
+
 # clang and zig: "cell.c:3:5: error: expected ';'" (zig omits nothing, clang may say "fatal error").
 _GNU_STYLE = re.compile(
     r"^(?P<file>[^\s:][^:\n]*):(?P<line>\d+):(?P<column>\d+): "

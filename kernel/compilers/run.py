@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CompileTimeout, ToolchainMissing
+from .errors import CompileCancelled, CompileTimeout, ToolchainMissing
 
 DEFAULT_TIMEOUT = 120.0
 
@@ -26,8 +28,12 @@ def run_tool(
     env: dict[str, str] | None,
     timeout: float,
     language: str,
+    cancel: threading.Event | None = None,
 ) -> ToolRun:
-    """Run `argv` in its own process group; on timeout kill the whole group (zig forks workers)."""
+    """Run `argv` in its own process group; on timeout or `cancel` kill the whole group (zig forks workers).
+
+    `cancel` lets a kernel that compiles off its event loop stop the compiler on a Jupyter interrupt.
+    """
     try:
         process = subprocess.Popen(
             argv,
@@ -42,8 +48,19 @@ def run_tool(
         raise ToolchainMissing(language, f"the {language} compiler {argv[0]!r} is not installed: {exc}") from None
     except PermissionError as exc:
         raise ToolchainMissing(language, f"the {language} compiler {argv[0]!r} cannot be run: {exc}") from None
+    deadline = time.monotonic() + timeout
     try:
-        out, _ = process.communicate(timeout=timeout)
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                out, _ = process.communicate(timeout=max(0.0, min(remaining, 0.1 if cancel else remaining)))
+                break
+            except subprocess.TimeoutExpired:
+                if cancel is not None and cancel.is_set():
+                    _kill_group(process)
+                    raise CompileCancelled(language, "compilation interrupted; nothing was sent to the Keep") from None
+                if time.monotonic() >= deadline:
+                    raise
     except subprocess.TimeoutExpired:
         _kill_group(process)
         raise CompileTimeout(

@@ -115,3 +115,8 @@ def test_bench_program_compiles_and_prints_checksum():
     result = compilers.compile_cell("c", compilers.bench_c_source(n=16, repeats=2))
     code, out = run_start(result.module)
     assert code == 0 and out.startswith("checksum ")
+
+
+def test_c_cell_without_main_gets_a_note_pointing_to_invoke():
+    result = compilers.compile_cell("c", "int add(int a, int b) { return a + b; }\n")
+    assert "cell.c: note: the cell has no main()" in result.log and "--invoke NAME" in result.log

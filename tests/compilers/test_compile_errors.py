@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -59,6 +60,19 @@ def test_compiler_past_its_deadline_is_stopped_and_says_so():
                 cwd=Path(tmp), env=None, timeout=0.5, language="c",
             )  # fmt: skip
     assert time.monotonic() - start < 5
+
+
+def test_cancel_event_stops_the_compiler_promptly():
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        with pytest.raises(compilers.CompileCancelled, match="interrupted; nothing was sent"):
+            run_tool(
+                [sys.executable, "-c", "import time; time.sleep(30)"],
+                cwd=Path(tmp), env=None, timeout=60, language="c", cancel=cancel,
+            )  # fmt: skip
+    assert time.monotonic() - start < 3
 
 
 def test_compile_cell_timeout_is_a_compile_error():

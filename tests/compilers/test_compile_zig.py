@@ -41,3 +41,8 @@ def test_zig_compile_error_points_at_the_cell():
     assert "cell.zig:3:" in caught.value.message
     assert caught.value.diagnostics[0].file == "cell.zig"
     assert caught.value.diagnostics[0].line == 3
+
+
+def test_zig_cell_without_main_says_to_use_invoke():
+    with pytest.raises(compilers.CompileError, match="--invoke NAME"):
+        compilers.compile_cell("zig", "export fn add(a: i32, b: i32) i32 {\n    return a + b;\n}\n")
