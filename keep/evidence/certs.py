@@ -42,11 +42,33 @@ def load_certs(data: bytes | str) -> list[bytes]:
         return out
     if b"-----BEGIN" in data:
         raise EvidenceError("PEM file holds no CERTIFICATE block")
-    try:
-        cert = load_der(bytes(data))
-    except EvidenceError:
-        raise EvidenceError("not a certificate: neither PEM nor DER X.509") from None
-    return [cert.public_bytes(serialization.Encoding.DER)]
+    out = []
+    for part in _split_der(bytes(data)):
+        try:
+            out.append(load_der(part).public_bytes(serialization.Encoding.DER))
+        except EvidenceError:
+            raise EvidenceError("not a certificate: neither PEM nor DER X.509") from None
+    return out
+
+
+def _split_der(data: bytes) -> list[bytes]:
+    """One DER certificate, or several concatenated (Intel's sample quotes do that)."""
+    parts, o = [], 0
+    while o < len(data):
+        if data[o] != 0x30 or o + 2 > len(data):
+            return [data]
+        ln, hdr = data[o + 1], 2
+        if ln & 0x80:
+            n = ln & 0x7F
+            if not 1 <= n <= 4:
+                return [data]
+            ln, hdr = int.from_bytes(data[o + 2:o + 2 + n], "big"), 2 + n
+        end = o + hdr + ln
+        if end > len(data):
+            return [data]
+        parts.append(data[o:end])
+        o = end
+    return parts or [data]
 
 
 def _parse_pem(block: bytes) -> x509.Certificate:
