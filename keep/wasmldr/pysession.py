@@ -74,6 +74,8 @@ class _Cell:
         self.truncated = False
         self.soft: str | None = None  # "interrupt" | "deadline": asked of the guest
         self.delivered = False  # the guest has been told (once)
+        self.deadline = float("inf")
+        self.hard_at = float("inf")
         self.hard: str | None = None  # the same, once the turn was stopped
         self.cancel = threading.Event()
         self.done = threading.Event()
@@ -114,7 +116,8 @@ class PythonSession:
         self._generation = 0
         self._cell: _Cell | None = None
         self._lock = threading.Lock()  # one turn at a time
-        self._cell_lock = threading.Lock()
+        self._cv = threading.Condition()  # guards _cell; wakes the watcher
+        self._watcher: threading.Thread | None = None
 
     # ------------------------------------------------------------------ session life
 
@@ -226,28 +229,40 @@ class PythonSession:
 
     def interrupt(self) -> bool:
         """Ask the running cell to stop: cooperatively first, hard after ``grace_s``."""
-        with self._cell_lock:
+        with self._cv:
             cell = self._cell
             if cell is None or cell.done.is_set():
                 return False
-            if cell.soft is None:
-                cell.soft = "interrupt"
-                threading.Thread(target=self._escalate, args=(cell, "interrupt"),
-                                 daemon=True).start()
+            self._soften(cell, "interrupt")
             return True
 
-    def _escalate(self, cell: _Cell, why: str) -> None:
-        if not cell.done.wait(self.grace_s):
-            cell.hard = why
-            cell.cancel.set()
+    def _soften(self, cell: _Cell, why: str) -> None:
+        """Under ``_cv``: ask the guest to stop; the watcher stops it hard after grace_s."""
+        if cell.soft is None:
+            cell.soft = why
+            cell.hard_at = time.monotonic() + self.grace_s
+            self._cv.notify_all()
 
-    def _watch(self, cell: _Cell, timeout_s: float) -> None:
-        if cell.done.wait(timeout_s):
-            return
-        with self._cell_lock:
-            if cell.soft is None:
-                cell.soft = "deadline"
-        self._escalate(cell, "deadline" if cell.soft == "deadline" else "interrupt")
+    def _watch_loop(self) -> None:
+        """The session's one watcher thread: deadlines and the hard stop after the grace."""
+        while True:
+            with self._cv:
+                cell = self._cell
+                if cell is None or cell.done.is_set():
+                    self._cv.wait()
+                    continue
+                now = time.monotonic()
+                due = cell.hard_at if cell.soft is not None else cell.deadline
+                if now < due:
+                    self._cv.wait(min(due - now, 3600.0))  # inf: wait for a notify
+                    continue
+                if cell.soft is None:
+                    self._soften(cell, "deadline")
+                    continue
+                if cell.hard is None:
+                    cell.hard = cell.soft
+                    cell.cancel.set()
+                self._cv.wait()
 
     def run(self, code: str, *, emit: Emit, timeout_s: float,
             output_bytes: int = DEFAULT_OUTPUT) -> dict:
@@ -263,10 +278,14 @@ class PythonSession:
                 emit("error", {"ename": "KeepEngineError", "evalue": str(e),
                                "traceback": [f"KeepEngineError: {e}"]})
                 return {"ok": False, "reason": "engine", "elapsed_s": time.monotonic() - started}
-            with self._cell_lock:
+            cell.deadline = time.monotonic() + timeout_s
+            with self._cv:
                 self._cell = cell
-            watcher = threading.Thread(target=self._watch, args=(cell, timeout_s), daemon=True)
-            watcher.start()
+                if self._watcher is None:
+                    self._watcher = threading.Thread(target=self._watch_loop, daemon=True,
+                                                     name="keep-python-watcher")
+                    self._watcher.start()
+                self._cv.notify_all()
             try:
                 turn = "__import__('_keep_driver').run_cell(" + repr(code) + ")"
                 with warnings.catch_warnings():
@@ -274,9 +293,10 @@ class PythonSession:
                     done = session.run(turn, deadline_s=timeout_s + 2 * self.grace_s + 5,
                                        output_bytes=output_bytes, cancel=cell.cancel)
             finally:
-                cell.done.set()
-                with self._cell_lock:
+                with self._cv:
+                    cell.done.set()
                     self._cell = None
+                    self._cv.notify_all()
             status = self._finish(cell, session, done, timeout_s)
             status["elapsed_s"] = round(time.monotonic() - started, 6)
             status["output_bytes"] = cell.sent
@@ -346,15 +366,15 @@ class PythonSession:
             if self._session is None or self._session.ended is not None:
                 return None  # don't start an interpreter just to complete a name
             cell = _Cell(lambda kind, content: None, DEFAULT_OUTPUT)
-            with self._cell_lock:
+            with self._cv:
                 self._cell = cell
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     self._session.run(call, deadline_s=5, cancel=cell.cancel)
             finally:
-                cell.done.set()
-                with self._cell_lock:
+                with self._cv:
+                    cell.done.set()
                     self._cell = None
             return cell.reply
         finally:
