@@ -158,12 +158,31 @@ def state(kind: str) -> dict[str, Any]:
         return st
 
 
-def simulated_root_digests(kind: str) -> list[bytes]:
+def simulated_root_digests(kind: str, *, create: bool = True) -> list[bytes]:
     """SPKI SHA-256 of this installation's simulated root for ``kind`` (pass to a verifier's
-    ``simulated_roots`` only when the user's trust policy allows simulation)."""
+    ``simulated_roots`` only when the user's trust policy allows simulation).  With
+    ``create=False`` an installation without simulated roots yields ``[]`` (nothing generated)."""
+    if kind in ("sim-snp", "snp"):
+        kind = "sev-snp"
+    if kind.startswith("sim-"):
+        kind = kind[4:]
+    if kind not in KINDS:
+        return []
+    if not create and not (sim_roots_dir() / kind / "COMPLETE").exists():
+        return []
     st = state(kind)
     root = st["files"]["ark.der" if kind == "sev-snp" else "root.der"]
     return [spki_sha256(root)]
+
+
+def simulated_ca_certs(kind: str) -> list[bytes]:
+    """DER intermediate + root certificates of this installation's simulated chain for ``kind``
+    ([] when none were generated) — convenient extra ``certs`` when simulation is allowed."""
+    if not simulated_root_digests(kind, create=False):
+        return []
+    kind = "sev-snp" if kind in ("sim-snp", "snp") else kind.removeprefix("sim-")
+    f = state(kind)["files"]
+    return [f["ask.der"], f["ark.der"]] if kind == "sev-snp" else [f["ca.der"], f["root.der"]]
 
 
 # -- evidence ---------------------------------------------------------------------------------
