@@ -190,6 +190,9 @@ class Channel:
                                  timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 raw = await resp.read()
                 status = resp.status
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+            raise KeepError(f"the endpoint {self.endpoint} did not present the pinned certificate of "
+                            f"the attested Keep ({type(exc).__name__}); refusing to send anything") from None
         except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError) as exc:
             raise KeepError(f"lost the Keep's channel during {op!r}: {exc or type(exc).__name__}") from None
         if status >= 400:
@@ -218,6 +221,9 @@ class Channel:
                         yield event
                 if decoder.pending:
                     raise KeepError("the Keep's output stream ended in the middle of an event")
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+            raise KeepError(f"the endpoint {self.endpoint} did not present the pinned certificate of "
+                            f"the attested Keep ({type(exc).__name__}); refusing to send anything") from None
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
                 ConnectionError) as exc:
             raise KeepError(f"lost the connection to the Keep while the cell ran ({type(exc).__name__}); "

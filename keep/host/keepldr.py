@@ -15,7 +15,7 @@ import time
 
 from keepbook.keep import protocol
 from keepbook.keep.host.backends import env_for_wasmldr
-from keepbook.keep.host.framing import read_frame, write_frame
+from keepbook.keep.framing import read_frame, write_frame
 
 
 def log(keep_id: str, event: str, **detail: object) -> None:

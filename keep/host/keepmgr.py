@@ -39,7 +39,7 @@ from aiohttp import web
 
 from keepbook.keep import protocol
 from keepbook.keep.host import backends as backends_mod
-from keepbook.keep.host.framing import read_frame, write_frame
+from keepbook.keep.framing import read_frame, write_frame
 
 START_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 60.0

@@ -26,7 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from keepbook.keep import measurement, protocol
-from keepbook.keep.host.framing import read_frame, write_frame
+from keepbook.keep.framing import read_frame, write_frame
 from keepbook.keep.wasmldr.cells import Busy, Cells
 from keepbook.keep.wasmldr.identity import KeepIdentity
 
