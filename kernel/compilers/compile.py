@@ -42,7 +42,8 @@ class CompileResult:
         return hashlib.sha256(self.module).hexdigest()
 
 
-_CACHE_SIZE = 64
+_CACHE_SIZE = 64  # entries, and at most _CACHE_BYTES of modules: a few big cells must not hog memory
+_CACHE_BYTES = 256 * 1024 * 1024
 _cache: OrderedDict[str, CompileResult] = OrderedDict()
 _cache_lock = threading.Lock()
 
@@ -96,7 +97,9 @@ def compile_cell(
 
     with _cache_lock:
         _cache[key] = result
-        while len(_cache) > _CACHE_SIZE:
+        while len(_cache) > 1 and (
+            len(_cache) > _CACHE_SIZE or sum(len(r.module) for r in _cache.values()) > _CACHE_BYTES
+        ):
             _cache.popitem(last=False)
     return replace(result, log=_with_command(result, verbose))
 

@@ -1,14 +1,14 @@
 """Where the compilers are and which command line each language gets.
 
 Flags chosen (see docs in __init__):
-  C / C++  zig cc|c++ -target wasm32-wasi <opt> -s [-fno-exceptions for C++] [reactor flags] <user flags>
+  C / C++  zig cc|c++ -target wasm32-wasi -msimd128 <opt> -s [-fno-exceptions for C++] [reactor flags] <user flags>
            cell.c -o cell.wasm
            reactor: -mexec-model=reactor -fvisibility=default -rdynamic
            (clang hides symbols by default on wasm, so -rdynamic alone exports nothing; with default
            visibility every non-static function of the cell becomes an export, static ones do not)
-  Zig      zig build-exe -target wasm32-wasi -O <mode> -fstrip [-fno-entry -rdynamic] <user flags>
+  Zig      zig build-exe -target wasm32-wasi -mcpu generic+simd128 -O <mode> -fstrip [-fno-entry -rdynamic] <user flags>
            cell.zig -femit-bin=cell.wasm   (reactor exports the cell's `export fn`s)
-  Rust     rustc --target wasm32-wasip1 --edition 2021 -C opt-level=<n> -C strip=debuginfo
+  Rust     rustc --target wasm32-wasip1 --edition 2021 -C target-feature=+simd128 -C opt-level=<n> -C strip=debuginfo
            [--crate-type cdylib] <user flags> cell.rs -o cell.wasm  (reactor exports #[no_mangle] pub extern "C" fns)
 """
 
@@ -32,6 +32,11 @@ RUST_TARGETS = ("wasm32-wasip1", "wasm32-wasi")  # wasip1 is the current name; w
 OPT_LEVELS = ("-O0", "-O1", "-O2", "-O3", "-Os", "-Oz")
 ZIG_MODES = {"-O0": "Debug", "-O1": "ReleaseSafe", "-O2": "ReleaseFast", "-O3": "ReleaseFast", "-Os": "ReleaseSmall", "-Oz": "ReleaseSmall"}
 RUST_OPT = {"-O0": "0", "-O1": "1", "-O2": "2", "-O3": "3", "-Os": "s", "-Oz": "z"}
+# SIMD: the Keep runs wasmtime 49, which enables Wasm SIMD by default; letting clang/LLVM vectorise
+# loops made the matrix-multiply benchmark 1.4x faster (0.24 s -> 0.17 s vs 0.095 s native gcc -O2).
+C_CPU_FLAGS = ("-msimd128",)
+ZIG_CPU = "generic+simd128"
+RUST_CPU_FLAGS = ("-C", "target-feature=+simd128")
 C_REACTOR_FLAGS = ("-mexec-model=reactor", "-fvisibility=default", "-rdynamic")
 # zig's libc++ for wasm32-wasi has no exception runtime: without this, any std::vector links
 # against missing __cxa_throw; with it, `throw`/`try` in the cell get a clear compile error.
@@ -79,7 +84,7 @@ def zig_env(workdir: Path) -> dict[str, str]:
 def c_command(language: str, opt: str, reactor: bool, flags: list[str]) -> list[str]:
     driver = "cc" if language == "c" else "c++"
     return [
-        str(zig_executable()), driver, "-target", WASI_TARGET, opt, "-s",
+        str(zig_executable()), driver, "-target", WASI_TARGET, *C_CPU_FLAGS, opt, "-s",
         *(CPP_FLAGS if language == "cpp" else ()), *(C_REACTOR_FLAGS if reactor else ()), *flags,
         CELL_FILES[language], "-o", OUTPUT_FILE,
     ]  # fmt: skip
@@ -87,7 +92,8 @@ def c_command(language: str, opt: str, reactor: bool, flags: list[str]) -> list[
 
 def zig_command(opt: str, reactor: bool, flags: list[str]) -> list[str]:
     return [
-        str(zig_executable()), "build-exe", "-target", WASI_TARGET, "-O", ZIG_MODES[opt], "-fstrip",
+        str(zig_executable()), "build-exe", "-target", WASI_TARGET, "-mcpu", ZIG_CPU,
+        "-O", ZIG_MODES[opt], "-fstrip",
         *(ZIG_REACTOR_FLAGS if reactor else ()), *flags,
         CELL_FILES["zig"], f"-femit-bin={OUTPUT_FILE}",
     ]  # fmt: skip
@@ -162,7 +168,7 @@ def rust_command(opt: str, reactor: bool, flags: list[str]) -> list[str]:
     toolchain = rust_toolchain()
     return [
         str(toolchain.rustc), "--target", toolchain.target, "--edition", "2021",
-        "-C", f"opt-level={RUST_OPT[opt]}", "-C", "strip=debuginfo", "--color", "never",
+        *RUST_CPU_FLAGS, "-C", f"opt-level={RUST_OPT[opt]}", "-C", "strip=debuginfo", "--color", "never",
         *(("--crate-type", "cdylib") if reactor else ()), *flags,
         CELL_FILES["rust"], "-o", OUTPUT_FILE,
     ]  # fmt: skip

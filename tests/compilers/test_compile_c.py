@@ -35,14 +35,14 @@ def test_c_hello_world_runs_start():
 
 def test_c_command_uses_wasm32_wasi_and_O2_by_default():
     result = compilers.compile_cell("c", HELLO_C)
-    assert result.command[1:6] == ["cc", "-target", "wasm32-wasi", "-O2", "-s"]
+    assert result.command[1:7] == ["cc", "-target", "wasm32-wasi", "-msimd128", "-O2", "-s"]
     assert result.command[-3:] == ["cell.c", "-o", "cell.wasm"]
-    assert result.command_line.startswith("zig cc -target wasm32-wasi -O2")
+    assert result.command_line.startswith("zig cc -target wasm32-wasi -msimd128 -O2 -s")
 
 
 def test_verbose_log_starts_with_the_command_and_user_flags_are_passed():
     result = compilers.compile_cell("c", HELLO_C, flags=["-DGREETING=1", "-Wall"], opt="-O3", verbose=True)
-    assert result.log.startswith("$ zig cc -target wasm32-wasi -O3 -s -DGREETING=1 -Wall cell.c")
+    assert result.log.startswith("$ zig cc -target wasm32-wasi -msimd128 -O3 -s -DGREETING=1 -Wall cell.c")
     assert "-DGREETING=1" in result.command
 
 

@@ -23,7 +23,7 @@ pub fn main(init: std.process.Init) !void {
 
 def test_zig_hello():
     result = compilers.compile_cell("zig", HELLO_ZIG)
-    assert result.command[1:6] == ["build-exe", "-target", "wasm32-wasi", "-O", "ReleaseFast"]
+    assert result.command[1:8] == ["build-exe", "-target", "wasm32-wasi", "-mcpu", "generic+simd128", "-O", "ReleaseFast"]
     assert run_start(result.module) == (0, "hello from Zig 42\n")
 
 
