@@ -16,7 +16,7 @@ def warmed() -> None:
     compilers.warm()
 
 
-def run_start(module: bytes) -> tuple[int, str]:
+def _run_start(module: bytes) -> tuple[int, str]:
     """Run a WASI command's `_start` locally (test-only stand-in for the Keep) → (exit code, stdout)."""
     engine = wasmtime.Engine()
     with tempfile.TemporaryDirectory() as tmp:
@@ -36,7 +36,7 @@ def run_start(module: bytes) -> tuple[int, str]:
         return code, out.read_text()
 
 
-def invoke(module: bytes, name: str, *args: object) -> object:
+def _invoke(module: bytes, name: str, *args: object) -> object:
     """Instantiate a reactor, run `_initialize` if it has one, then call export `name`."""
     engine = wasmtime.Engine()
     store = wasmtime.Store(engine)
@@ -50,5 +50,22 @@ def invoke(module: bytes, name: str, *args: object) -> object:
     return exports[name](store, *args)
 
 
-def export_names(module: bytes) -> set[str]:
+def _export_names(module: bytes) -> set[str]:
     return {export.name for export in wasmtime.Module(wasmtime.Engine(), module).exports}
+
+
+# Helpers are handed out as fixtures: `from conftest import ...` would be ambiguous next to the other
+# test folders' conftest.py files.
+@pytest.fixture
+def run_start():
+    return _run_start
+
+
+@pytest.fixture
+def invoke():
+    return _invoke
+
+
+@pytest.fixture
+def export_names():
+    return _export_names

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from conftest import export_names, invoke, run_start
 
 from keepbook.kernel import compilers
 
@@ -25,7 +24,7 @@ double scaled(double x) { return twice(1) * x; }
 """
 
 
-def test_c_hello_world_runs_start():
+def test_c_hello_world_runs_start(run_start, export_names):
     result = compilers.compile_cell("c", HELLO_C)
     assert result.language == "c"
     assert result.module.startswith(b"\0asm")
@@ -52,7 +51,7 @@ def test_warnings_are_in_the_log_and_name_the_cell_line():
     assert "cell.c:2:9: warning: unused variable 'unused'" in result.log
 
 
-def test_c_reactor_exports_non_static_functions_for_invoke():
+def test_c_reactor_exports_non_static_functions_for_invoke(invoke, export_names):
     result = compilers.compile_cell("c", REACTOR_C, reactor=True)
     names = export_names(result.module)
     assert {"add", "scaled", "_initialize"} <= names
@@ -61,13 +60,13 @@ def test_c_reactor_exports_non_static_functions_for_invoke():
     assert invoke(result.module, "scaled", 1.5) == 3.0
 
 
-def test_c_reactor_with_libc_and_main_still_exports_functions():
+def test_c_reactor_with_libc_and_main_still_exports_functions(invoke):
     source = '#include <stdio.h>\nint add(int a, int b) { printf("adding\\n"); return a + b; }\nint main(void) { return add(1, 2); }\n'
     result = compilers.compile_cell("c", source, reactor=True)
     assert invoke(result.module, "add", 40, 2) == 42
 
 
-def test_cpp_iostream_hello():
+def test_cpp_iostream_hello(run_start):
     source = """\
 #include <iostream>
 #include <string>
@@ -91,13 +90,13 @@ def test_cpp_throw_is_a_clear_compile_error():
     assert "cell.cpp:3:5: error: cannot use 'throw' with exceptions disabled" in caught.value.message
 
 
-def test_cpp_reactor_extern_c_export():
+def test_cpp_reactor_extern_c_export(invoke):
     source = '#include <numeric>\n#include <vector>\nextern "C" int sum_to(int n) { std::vector<int> v(n); std::iota(v.begin(), v.end(), 1); return std::accumulate(v.begin(), v.end(), 0); }\n'
     result = compilers.compile_cell("c++", source, reactor=True)
     assert invoke(result.module, "sum_to", 10) == 55
 
 
-def test_nonzero_exit_code_is_kept():
+def test_nonzero_exit_code_is_kept(run_start):
     result = compilers.compile_cell("c", "int main(void) { return 3; }\n")
     assert run_start(result.module)[0] == 3
 
@@ -111,7 +110,7 @@ def test_same_cell_is_served_from_the_in_process_cache():
     assert not compilers.compile_cell("c", source, opt="-O1").cached  # flags are part of the key
 
 
-def test_bench_program_compiles_and_prints_checksum():
+def test_bench_program_compiles_and_prints_checksum(run_start):
     result = compilers.compile_cell("c", compilers.bench_c_source(n=16, repeats=2))
     code, out = run_start(result.module)
     assert code == 0 and out.startswith("checksum ")

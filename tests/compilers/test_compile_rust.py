@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from conftest import invoke, run_start
 
 from keepbook.kernel import compilers
 from keepbook.kernel.compilers import toolchains
@@ -42,7 +41,6 @@ def test_no_rustc_at_all_says_so(monkeypatch):
 
 def test_rust_probe_is_cached(monkeypatch):
     toolchains.forget_rust_probe()
-    compilers.compile_cell  # noqa: B018 — import side effects only
     try:
         toolchains.rust_toolchain()
     except compilers.ToolchainMissing:
@@ -57,7 +55,7 @@ def test_rust_probe_is_cached(monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not RUST_PRESENT, reason="no Rust toolchain with a wasm32-wasip1 target on this machine")
-def test_rust_hello_and_reactor():
+def test_rust_hello_and_reactor(run_start, invoke):
     result = compilers.compile_cell("rust", 'fn main() {\n    println!("hello from Rust");\n}\n')
     assert run_start(result.module) == (0, "hello from Rust\n")
     reactor = compilers.compile_cell("rust", '#[no_mangle]\npub extern "C" fn add(a: i32, b: i32) -> i32 { a + b }\n', reactor=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from conftest import export_names, invoke, run_start
 
 from keepbook.kernel import compilers
 
@@ -21,13 +20,13 @@ pub fn main(init: std.process.Init) !void {
 """
 
 
-def test_zig_hello():
+def test_zig_hello(run_start):
     result = compilers.compile_cell("zig", HELLO_ZIG)
     assert result.command[1:8] == ["build-exe", "-target", "wasm32-wasi", "-mcpu", "generic+simd128", "-O", "ReleaseFast"]
     assert run_start(result.module) == (0, "hello from Zig 42\n")
 
 
-def test_zig_reactor_exports_export_fns():
+def test_zig_reactor_exports_export_fns(invoke, export_names):
     source = "export fn add(a: i32, b: i32) i32 {\n    return a + b;\n}\nfn helper() void {}\n"
     result = compilers.compile_cell("zig", source, reactor=True)
     assert "add" in export_names(result.module)

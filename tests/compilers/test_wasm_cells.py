@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 
 import pytest
-from conftest import run_start
 
 from keepbook.kernel import compilers
 
@@ -21,7 +20,7 @@ HELLO_WAT = """\
 """
 
 
-def test_wat_assembles_and_runs():
+def test_wat_assembles_and_runs(run_start):
     result = compilers.compile_cell("wat", HELLO_WAT)
     assert result.language == "wat" and result.command == []
     assert run_start(result.module) == (0, "hello from WAT\n")
