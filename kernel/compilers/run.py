@@ -49,30 +49,29 @@ def run_tool(
     except PermissionError as exc:
         raise ToolchainMissing(language, f"the {language} compiler {argv[0]!r} cannot be run: {exc}") from None
     deadline = time.monotonic() + timeout
-    try:
+    try:  # every way out other than a finished compiler kills the whole process group
         while True:
             remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CompileTimeout(
+                    language,
+                    f"the {language} compiler did not finish within {timeout:g} s and was stopped; nothing was "
+                    "sent to the Keep. If this was the first compile with these flags, zig may have been "
+                    "building its libc: run `keepbook warm` once, or try again.",
+                )
+            if cancel is not None and cancel.is_set():
+                raise CompileCancelled(language, "compilation interrupted; nothing was sent to the Keep")
             try:
-                out, _ = process.communicate(timeout=max(0.0, min(remaining, 0.1 if cancel else remaining)))
-                break
+                out, _ = process.communicate(timeout=min(remaining, _POLL) if cancel else remaining)
             except subprocess.TimeoutExpired:
-                if cancel is not None and cancel.is_set():
-                    _kill_group(process)
-                    raise CompileCancelled(language, "compilation interrupted; nothing was sent to the Keep") from None
-                if time.monotonic() >= deadline:
-                    raise
-    except subprocess.TimeoutExpired:
-        _kill_group(process)
-        raise CompileTimeout(
-            language,
-            f"the {language} compiler did not finish within {timeout:g} s and was stopped; nothing was sent "
-            "to the Keep. If this was the first compile with these flags, zig may have been building its "
-            "libc: run `keepbook warm` once, or try again.",
-        ) from None
-    except BaseException:  # KeyboardInterrupt / kernel interrupt: never leave a compiler behind
+                continue
+            return ToolRun(process.returncode, out.decode("utf-8", errors="replace"))
+    except BaseException:  # timeout, cancel, KeyboardInterrupt: never leave a compiler behind
         _kill_group(process)
         raise
-    return ToolRun(process.returncode, out.decode("utf-8", errors="replace"))
+
+
+_POLL = 0.1  # how often a `cancel` event is checked
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
@@ -80,4 +79,9 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         process.kill()
-    process.communicate()
+    try:
+        process.communicate(timeout=5)
+    except subprocess.TimeoutExpired:  # a grandchild left the group and holds the pipe: stop waiting
+        if process.stdout is not None:
+            process.stdout.close()
+        process.wait()
