@@ -154,7 +154,7 @@ class KeepbookKernel(Kernel):
         else:
             raise mg.MagicError(f"%{m.name} is not available yet in this version of keepbook")
 
-    async def _keep_magic(self, m: mg.LineMagic) -> None:
+    async def _keep_magic(self, m: mg.LineMagic, implicit: bool = False) -> None:
         if m.sub == "new":
             a = m.args
             policy = b""
@@ -168,9 +168,14 @@ class KeepbookKernel(Kernel):
                            token_file=a.token_file, memory_bytes=a.memory, timeout_s=a.timeout,
                            output_bytes=a.output_cap, policy=policy, trust_policy=a.trust_policy)
             session = await self._in_agent(self.agent.new_keep(spec))
-            self._stream(f"Keep {session.id} created: backend {session.info.backend}, profile "
-                         f"{session.info.profile}, manager {session.manager.url}\n"
-                         "Not attested yet: `%attest` (or the first cell) verifies it before anything is sent.\n")
+            if implicit:  # the user's cell output stays on stdout; our remarks go to stderr
+                self._stream(f"[keepbook] Keep {session.id} created (backend {session.info.backend}, "
+                             f"profile {session.info.profile}).\n", "stderr")
+            else:
+                self._stream(f"Keep {session.id} created: backend {session.info.backend}, profile "
+                             f"{session.info.profile}, manager {session.manager.url}\n"
+                             "Not attested yet: `%attest` (or the first cell) verifies it before "
+                             "anything is sent.\n")
         elif m.sub == "status":
             status = await self._in_agent(self.agent.status())
             self._widget(lambda: ui.status_widget(status), ui.status_text(status), ui.status_html(status))
@@ -186,9 +191,10 @@ class KeepbookKernel(Kernel):
 
     async def _ensure_keep(self) -> None:
         if self.agent.current is None:
-            self._stream("No Keep yet: creating one with the defaults (embedded manager, backend "
-                         "sim-snp, profile staging).\n", "stderr")
-            await self._keep_magic(mg.LineMagic("keep", mg._keep_new_parser().parse_args([]), "new"))
+            self._stream("[keepbook] No Keep yet: creating one with the defaults (embedded manager, "
+                         "backend sim-snp, profile staging).\n", "stderr")
+            await self._keep_magic(mg.LineMagic("keep", mg._keep_new_parser().parse_args([]), "new"),
+                                   implicit=True)
 
     async def _cell_magic(self, m: mg.CellMagic) -> None:
         a = m.args
@@ -223,7 +229,7 @@ class KeepbookKernel(Kernel):
         first_attest = session is not None and session.attestation is None
         if first_attest:
             result = await self._in_agent(self.agent.attest())
-            self._stream(f"Attested {result.vector.kind} evidence: VERIFIED — {result.vector.label} "
+            self._stream(f"[keepbook] Attested {result.vector.kind} evidence: VERIFIED — {result.vector.label} "
                          "(`%attest` shows the trust vector)\n", "stderr")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[protocol.Event] = asyncio.Queue()

@@ -1,0 +1,1 @@
+"""Test support: a hostile keep manager, plain HTTP, and process lookup."""

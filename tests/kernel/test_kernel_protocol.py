@@ -1,0 +1,54 @@
+"""The keepbook kernel through jupyter_client, as every frontend sees it."""
+
+from __future__ import annotations
+
+import unittest
+
+import jupyter_kernel_test as jkt
+from jupyter_kernel_test import msgspec_v5
+
+# The message-spec schemas shipped with jupyter_kernel_test lack the comm messages that
+# ipywidgets send (they are part of the Jupyter messaging spec); add them so the widget-backed
+# outputs validate instead of being skipped.
+for _name in ("comm_open", "comm_msg", "comm_close"):
+    msgspec_v5.schema_fragments.setdefault(_name, {
+        "properties": {"comm_id": {"type": "string"}, "data": {"type": "object"},
+                       "target_name": {"type": "string"}, "target_module": {"type": ["string", "null"]},
+                       "metadata": {"type": "object"}},
+        "required": ["comm_id", "data"]})
+
+HELLO = '''%%wat
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "hello, world\\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 13))
+    (drop (call $w (i32.const {fd}) (i32.const 0) (i32.const 1) (i32.const 8)))))'''
+
+
+class KeepbookKernelTests(jkt.KernelTests):
+    kernel_name = "keepbook"
+    language_name = "python"
+    file_extension = ".py"
+
+    code_hello_world = HELLO.replace("{fd}", "1")
+    code_stderr = HELLO.replace("{fd}", "2")
+    completion_samples = [{"text": "%ke", "matches": {"%keep"}},
+                          {"text": "%%wa", "matches": {"%%wat", "%%wasm"}},
+                          {"text": "%keep st", "matches": {"status"}}]
+    complete_code_samples = ["1 + 1", "%keep status", "x = [1,\n 2]"]
+    incomplete_code_samples = ["def f(x):", "x = [1,"]
+    invalid_code_samples = ["1 +* 2", "def (:"]
+    code_generate_error = '%%wat\n(module (func (export "_start") unreachable))'
+    code_execute_result = [
+        {"code": '%%wat --invoke add 2 3\n(module (func (export "add") (param i32 i32) (result i32) '
+                 'local.get 0 local.get 1 i32.add))', "result": "5"},
+        {"code": "6 * 7", "result": "42"},
+    ]
+    code_display_data = [{"code": "%attest", "mime": "text/plain"},
+                         {"code": "%keep status", "mime": "text/html"}]
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,40 @@
+"""Every notebook in notebooks/ runs top to bottom headless with nbclient, without errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernelspec():
+    from keepbook.kernel.kernelspec import install
+    install(prefix=sys.prefix)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs_clean(path: Path, tmp_path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name=nb.metadata.get("kernelspec", {}).get("name", "keepbook"),
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors, errors
+    nbformat.write(nb, tmp_path / path.name)
+
+
+def test_walkthrough_shows_verified_trust_vector_and_keep_output() -> None:
+    nb = nbformat.read(ROOT / "notebooks" / "attestation-walkthrough.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="keepbook").execute()
+    text = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
+                     for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "RESULT: VERIFIED" in text and "SIMULATED" in text
+    assert "Hello from inside the Keep!" in text
+    assert "5050" in text
