@@ -69,10 +69,11 @@ class KeepRecord:
 
 
 class KeepManager:
-    def __init__(self, *, backends: list[backends_mod.BackendSpec], token: str,
+    def __init__(self, *, backends: list[backends_mod.BackendSpec], tokens: list[str],
                  launcher: str = "subprocess", log: Log | None = None):
         self.backends = {b.name: b for b in backends}
-        self._token_digest = hashlib.sha256(token.encode()).hexdigest()
+        # Each token is one principal; a Keep belongs to the token that created it.
+        self._token_digests = [hashlib.sha256(t.encode()).hexdigest() for t in tokens]
         self.launcher = launcher
         self.log = log or Log(None)
         self.keeps: dict[str, KeepRecord] = {}
@@ -118,7 +119,7 @@ class KeepManager:
             return error_response(401, "missing bearer token: send 'Authorization: Bearer <token>' "
                                        "(the token is in the keep manager's token file)")
         digest = hashlib.sha256(header[7:].strip().encode()).hexdigest()
-        if not hmac.compare_digest(digest, self._token_digest):
+        if not any([hmac.compare_digest(digest, d) for d in self._token_digests]):
             return error_response(401, "wrong bearer token for this keep manager")
         request["owner"] = digest
         return await handler(request)
@@ -294,7 +295,7 @@ def error_response(status: int, reason: str) -> web.Response:
 
 
 def load_or_make_token(token_file: Path | None, state_dir: Path) -> tuple[str, Path]:
-    """The token is one line of text in a file only its user can read."""
+    """The token is one line of text in a file only its user can read (made if missing)."""
     if token_file is not None and token_file.exists():
         token = token_file.read_text().strip()
         if not token:
@@ -312,10 +313,12 @@ def load_or_make_token(token_file: Path | None, state_dir: Path) -> tuple[str, P
 async def serve(args: argparse.Namespace) -> None:
     state_dir = Path(args.state_dir).expanduser()
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    token, token_path = load_or_make_token(Path(args.token_file) if args.token_file else None, state_dir)
+    files = [Path(f) for f in (args.token_file or [])] or [None]
+    pairs = [load_or_make_token(f, state_dir) for f in files]
+    token_path = pairs[0][1]
     log = Log(Path(args.log_file) if args.log_file else None)
     names = [n for n in args.backends.split(",") if n] if args.backends else None
-    mgr = KeepManager(backends=backends_mod.offered(names), token=token,
+    mgr = KeepManager(backends=backends_mod.offered(names), tokens=[t for t, _ in pairs],
                       launcher=args.launcher, log=log)
     runner = web.AppRunner(mgr.app(), access_log=None, handle_signals=False)
     await runner.setup()
@@ -366,7 +369,9 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
     ap.add_argument("--backends", default="", help="comma-separated backends to offer "
                     f"(default: {','.join(backends_mod.DEFAULT_BACKENDS)})")
     ap.add_argument("--state-dir", default=str(default_state_dir()))
-    ap.add_argument("--token-file", help="bearer token file (one line); made if missing")
+    ap.add_argument("--token-file", action="append",
+                    help="bearer token file (one line); made if missing.  Repeat for several "
+                         "users: each sees and controls only the Keeps it created")
     ap.add_argument("--tls-cert", help="serve the API over TLS with this certificate (PEM)")
     ap.add_argument("--tls-key", help="private key for --tls-cert (PEM)")
     ap.add_argument("--launcher", choices=("subprocess", "systemd-run"), default="subprocess")

@@ -118,3 +118,33 @@ def test_host_logs_lifecycle_only(manager) -> None:
     log = manager.log.read_text()
     assert "keep-starting" in log and "keep-attested" in log and "keep-closed" in log
     assert NONCE.hex() not in manager.host_visible_text()
+
+
+def test_keeps_are_invisible_across_tokens(tmp_path) -> None:
+    from tests.conftest import Manager
+
+    a, b = tmp_path / "a.token", tmp_path / "b.token"
+    a.write_text("alice-token-0123456789\n")
+    b.write_text("bob-token-9876543210\n")
+    m = Manager(tmp_path, backends="nil", extra=["--token-file", str(a), "--token-file", str(b)])
+    try:
+        status, body = http("POST", m.url + "/v1/keeps", p.CreateKeep(backend="nil").to_cbor(),
+                            token="alice-token-0123456789")
+        assert status == 201
+        kid = p.KeepInfo.from_cbor(body).id
+        bob = "bob-token-9876543210"
+        status, body = http("GET", m.url + "/v1/keeps", token=bob)
+        assert status == 200 and kid not in [k.id for k in p.KeepList.from_cbor(body).keeps]
+        for method, path, payload in [("GET", f"/v1/keeps/{kid}", None), ("DELETE", f"/v1/keeps/{kid}", None),
+                                      ("POST", f"/v1/keeps/{kid}/attest", p.AttestRequest(nonce=NONCE).to_cbor())]:
+            status, body = http(method, m.url + path, payload, token=bob)
+            assert status == 404, (method, path)
+        status, body = http("GET", f"{m.url}/v1/keeps/{kid}", token="alice-token-0123456789")
+        assert status == 200 and p.KeepInfo.from_cbor(body).state == "ready"
+    finally:
+        m.stop()
+
+
+def test_token_file_is_private(manager) -> None:
+    assert (manager.token_file.stat().st_mode & 0o077) == 0
+    assert len(manager.token) >= 32
