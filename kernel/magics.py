@@ -99,6 +99,17 @@ def _run_parser(name: str) -> _Parser:
     return p
 
 
+def parse_keep_cell(line: str) -> argparse.Namespace:
+    """Options of ``%%keep`` (the IPython extension's cell magic: Python in the Keep)."""
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise MagicError(f"%%keep {line.strip()}: {exc}") from None
+    p = _Parser(prog="%%keep", add_help=False)
+    p.add_argument("--timeout", type=_positive_float, help="deadline for this cell, seconds")
+    return p.parse_args(words)
+
+
 @dataclass
 class LineMagic:
     name: str
