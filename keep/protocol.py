@@ -115,10 +115,15 @@ def loads(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
     if len(data) > max_bytes:
         raise ProtocolError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}",
                             status=413)
+    import io
+
+    stream = io.BytesIO(bytes(data))
     try:
-        value = cbor2.loads(bytes(data), tag_hook=_refuse_tag,
-                            semantic_decoders=_SEMANTIC_REFUSALS, max_depth=MAX_DEPTH + 1,
-                            allow_duplicate_keys=False, str_errors="strict")
+        # A decoder on a stream (not cbor2.loads, which ignores what follows the first item),
+        # so trailing bytes — a second message smuggled after the first — are refused.
+        value = cbor2.CBORDecoder(stream, tag_hook=_refuse_tag,
+                                  semantic_decoders=_SEMANTIC_REFUSALS, max_depth=MAX_DEPTH + 1,
+                                  allow_duplicate_keys=False, str_errors="strict").decode()
     except ProtocolError:
         raise
     except RecursionError:
@@ -128,6 +133,9 @@ def loads(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
         if cause is not None:
             raise cause from None
         raise ProtocolError(f"malformed CBOR: {exc}") from None
+    if stream.tell() != len(data):
+        raise ProtocolError(f"malformed CBOR: {len(data) - stream.tell()} bytes of trailing data "
+                            "after the message (one CBOR item per body)")
     _check_plain(value)
     return value
 
