@@ -30,11 +30,23 @@ lab: venv
 	$(BIN)/python -m pip install -q -e '.[test,lab]'
 	$(BIN)/jupyter lab --ip 127.0.0.1 notebooks/
 
+# `make bench`: every cost beside its baseline (< 15 min), table on stdout, JSON in build/.
+# `make bench QUICK=1` (or `make bench-quick`): fewer repetitions, < 2 min.  (GNU make rejects
+# options it does not know, so `make bench --quick` cannot reach the recipe; use QUICK=1.)
+QUICK_ON := $(filter-out 0 no false,$(QUICK))
 bench: venv
-	$(BIN)/keepbook bench --json build/bench.json
+	$(BIN)/keepbook bench $(if $(QUICK_ON),--quick) --json build/bench$(if $(QUICK_ON),-quick).json
 
 bench-quick: venv
 	$(BIN)/keepbook bench --quick --json build/bench-quick.json
+
+# A real browser: Debian's chromium (apt, optional for everything else), JupyterLab and
+# Playwright from PyPI; Playwright drives the system Chromium, it downloads no browser.
+test-browser: venv
+	@command -v chromium >/dev/null || { echo "installing Debian's chromium (needs root and apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	$(BIN)/python -m pip install -q -e '.[test,browser]'
+	$(BIN)/python -m pytest -q -rs tests/browser
 
 clean:
 	rm -rf build .pytest_cache .hypothesis

@@ -26,12 +26,14 @@ def trust_vector_html(tv: TrustVector, explain: bool = False) -> str:
         req = " *" if c.name in tv.required else ""
         rows.append(
             f'<tr class="keepbook-claim" data-claim="{html.escape(c.name)}" data-status="{c.status.value}">'
-            f'<td style="color:{STATUS_COLOURS[c.status]};font-weight:bold">{c.status.mark}</td>'
-            f"<td><code>{html.escape(c.name)}</code>{req}</td><td>{c.status.value}</td>"
-            f"<td>{html.escape(c.reason)}</td></tr>")
+            f'<td style="color:{STATUS_COLOURS[c.status]};font-weight:bold;padding:1px 6px">{c.status.mark}</td>'
+            f'<td style="padding:1px 6px;white-space:nowrap"><code>{html.escape(c.name)}</code>{req}</td>'
+            f'<td style="padding:1px 6px;color:{STATUS_COLOURS[c.status]}">{c.status.value}</td>'
+            f'<td style="padding:1px 6px">{html.escape(c.reason)}</td></tr>')
     parts = [f'<div class="keepbook-trust-vector"><div><b>Trust vector</b> ({html.escape(tv.kind)}) '
              f"{badge_html(tv.protection, tv.label)}</div>",
-             '<table><tr><th></th><th>claim</th><th>status</th><th>reason</th></tr>',
+             '<table style="border-collapse:collapse;text-align:left">'
+             '<tr><th></th><th>claim</th><th>status</th><th>reason</th></tr>',
              "".join(rows), "</table>",
              f'<div style="color:{colour};font-weight:bold">RESULT: {result}</div>',
              "<small>* required by your trust policy</small>"]
@@ -60,29 +62,25 @@ def _short(v: str, limit: int = 96) -> str:
 
 
 def trust_vector_widget(tv: TrustVector, explain: bool = False) -> Any:
-    """An ipywidgets view: a badge, one row per claim (✔/✗/?) with expandable detail."""
+    """An ipywidgets view: a badge, one row per claim (✔/✗/?) with its reason, and one
+    expandable section with every claim's detail (open when a claim failed)."""
     import ipywidgets as w
 
-    header = w.HTML(f"<b>Trust vector</b> ({html.escape(tv.kind)}) {badge_html(tv.protection, tv.label)}")
+    table = w.HTML(trust_vector_html(tv, explain=False))
     rows = []
     for c in tv.claims:
-        colour = STATUS_COLOURS[c.status]
-        req = " *" if c.name in tv.required else ""
-        summary = w.HTML(f'<span style="color:{colour};font-weight:bold">{c.status.mark}</span> '
-                         f"<code>{html.escape(c.name)}</code>{req} — {c.status.value}")
-        detail = w.HTML(f"<div style='padding-left:1.5em'>{html.escape(c.reason)}"
-                        + ("".join(f"<br><small>{html.escape(str(k))}: {html.escape(_short(str(v)))}</small>"
-                                   for k, v in c.detail.items())) + "</div>")
-        acc = w.Accordion(children=[detail], titles=(f"{c.status.mark} {c.name}{req} — {c.status.value}",))
-        acc.selected_index = 0 if c.status is Status.FAILED else None
-        acc.add_class("keepbook-claim")
-        rows.append(acc)
-    result = w.HTML(trust_vector_html(tv).split("</table>")[1].split("<small>")[0])
-    children = [header, *rows, result]
+        extra = "".join(f"<br><small><code>{html.escape(str(k))}</code>: "
+                        f"{html.escape(_short(str(v), 200))}</small>" for k, v in c.detail.items())
+        rows.append(f'<div style="margin-bottom:4px"><span style="color:{STATUS_COLOURS[c.status]}">'
+                    f"{c.status.mark}</span> <b>{html.escape(c.name)}</b> ({c.status.value}): "
+                    f"{html.escape(c.reason)}{extra}</div>")
+    details = w.Accordion(children=[w.HTML("".join(rows))], titles=("Claim details",))
+    details.selected_index = 0 if any(c.status is Status.FAILED for c in tv.claims) else None
+    children = [table, details]
     if explain and tv.fields:
         children.append(w.HTML(fields_html(tv)))
     box = w.VBox(children)
-    box.add_class("keepbook-trust-vector")
+    box.add_class("keepbook-trust-vector-widget")
     return box
 
 
