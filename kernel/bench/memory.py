@@ -1,0 +1,91 @@
+"""Memory of an idle Keep with a live Python session: resident set of its keepldr + wasmldr,
+and how many such Keeps this machine holds.  Baseline: an idle local ipykernel's RSS.
+
+RSS counts shared pages (the memory-mapped compiled interpreter, Python's shared libraries) in
+every process, so it overstates what each extra Keep costs; PSS and the drop of MemAvailable per
+extra Keep (full run) are reported alongside.  The capacity is an estimate: MemAvailable divided
+by the per-Keep cost, not a test that fills the machine."""
+
+from __future__ import annotations
+
+import time
+
+from .core import Goal, Row, Sample
+from .lab import Lab, Manager, pss_bytes, rss_bytes
+from .machine import meminfo
+
+MB = 1e6
+IDLE_S = 2.0
+
+
+def _ipykernel_rss() -> float:
+    from jupyter_client.manager import start_new_kernel
+
+    from .startup import execute
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        execute(kc, "x = 6 * 7")
+        time.sleep(IDLE_S)
+        return rss_bytes(km.provisioner.process.pid) / MB
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def _python_keep(lab: Lab) -> str:
+    """A new attested Keep whose Python session has run one cell (its id)."""
+    a = lab.agent
+    session = a.call(a.new_keep(lab.spec()))
+    a.call(a.attest())
+    lab.run("python", code="x = 6 * 7")
+    return session.id
+
+
+def rows(reps: int, confirm: int, backend: str = "sim-snp") -> tuple[list[Row], dict]:
+    mgr = Manager(backends=backend)
+    lab = Lab(mgr, backend)
+    rss, pss = Sample(), Sample()
+    extra: dict = {}
+    try:
+        for _ in range(max(1, reps)):
+            keep_id = _python_keep(lab)
+            time.sleep(IDLE_S)
+            pids = lab.keep_pids(keep_id)
+            rss.add(sum(rss_bytes(p) for p in pids) / MB)
+            pss.add(sum(pss_bytes(p) for p in pids) / MB)
+            lab.close()
+        marginal = None
+        if confirm:
+            time.sleep(1.0)
+            before = meminfo().get("MemAvailable", 0)
+            opened = []
+            for _ in range(confirm):
+                opened.append(_python_keep(lab))
+            time.sleep(IDLE_S)
+            after = meminfo().get("MemAvailable", 0)
+            marginal = (before - after) / confirm / MB
+            extra = {"keeps_started": confirm, "mem_available_drop_mb_per_keep": round(marginal, 1)}
+            for sess in list(lab.agent.sessions.values()):
+                lab.agent.call(sess.close())
+    finally:
+        lab.stop()
+        mgr.stop()
+    base = _ipykernel_rss()
+    avail = meminfo().get("MemAvailable", 0) / MB
+    per_keep = marginal if marginal else pss.median
+    capacity = int(avail // per_keep) if per_keep else None
+    ipy_capacity = int(avail // base) if base else None
+    rows_ = [
+        Row("idle_python_keep_mb", "MB", rss, base, Goal(150, False, unit="MB"),
+            baseline_label="RSS of an idle local ipykernel after `x = 6 * 7`",
+            note=f"RSS of keepldr + wasmldr, {IDLE_S:.0f} s after one Python cell; PSS "
+                 f"(shared pages divided among sharers) {pss.median:.0f} MB"),
+        Row("python_keeps_capacity", "Keeps", float(capacity) if capacity else None,
+            float(ipy_capacity) if ipy_capacity else None, Goal(20, False, at_least=True, unit="Keeps"),
+            baseline_label="idle ipykernels that fit the same MemAvailable",
+            note=f"ESTIMATE: MemAvailable {avail:.0f} MB / {per_keep:.0f} MB per Keep ("
+                 + (f"measured MemAvailable drop over {confirm} extra Keeps" if marginal
+                    else "PSS per Keep") + ")"),
+    ]
+    return rows_, extra
