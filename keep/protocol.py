@@ -332,18 +332,26 @@ class KeepConfig(Message):
         "limits": F((dict,)),
         "policy": F((bytes,), max_len=256 * 1024),
         "runtime": F((dict,)),
+        "keys": F((dict,), required=False, max_len=16),
     }
     backend: str
     profile: str
     limits: dict
     policy: bytes
     runtime: dict
+    #: Long-lived public keys made inside the Keep at start, bound by the config digest:
+    #: ``dataset/<hpke suite>`` (data owners seal datasets to it), ``audit/ed25519`` (signs the
+    #: audit log's head).  Absent in configs that predate them.
+    keys: dict | None = None
 
     def _check(self) -> None:
         check_limits("keep_config", self.limits)
         for k, v in self.runtime.items():
             if not isinstance(v, str) or len(v) > 256:
                 raise ProtocolError(f"keep_config.runtime.{k}: expected short text")
+        for k, v in (self.keys or {}).items():
+            if len(k) > 64 or not isinstance(v, bytes) or not 32 <= len(v) <= 4096:
+                raise ProtocolError(f"keep_config.keys.{k}: expected a public key (32..4096 bytes)")
 
     def digest(self) -> bytes:
         return hashlib.sha384(self.to_cbor()).digest()
@@ -643,6 +651,23 @@ class Event(Message):
     }
     kind: str
     content: dict
+
+
+@dataclass
+class AuditExport(Message):
+    """The Keep's audit log (``POST {endpoint}/v1/audit``): entries as a CBOR sequence, the
+    signed head, its signature.  Verified by ``keep/audit.py``."""
+
+    MSG: ClassVar[str] = "audit_export"
+    MAX_BYTES: ClassVar[int] = MAX_MESSAGE_BYTES
+    SPEC: ClassVar[Mapping[str, F]] = {
+        "entries": F((bytes,), max_len=MAX_MESSAGE_BYTES - 65536),
+        "head": F((dict,)),
+        "signature": F((bytes,), max_len=256),
+    }
+    entries: bytes
+    head: dict
+    signature: bytes
 
 
 @dataclass

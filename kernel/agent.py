@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
-from keepbook.keep import protocol
+from keepbook.keep import audit as audit_mod
+from keepbook.keep import datasets, protocol, sealing
 from keepbook.kernel.attestation import AttestationResult
 from keepbook.kernel.client import KeepError, KeepSession, ManagerClient
 from keepbook.kernel.embedded import EmbeddedManager
@@ -48,6 +49,11 @@ def _read_token(token_file: str | None) -> str | None:
             raise KeepError(f"token file {p} is empty")
         return token
     return os.environ.get("KEEPBOOK_MANAGER_TOKEN") or None
+
+
+def _sealed_pieces(path: Path, **kw: Any) -> Any:
+    with open(path, "rb") as src:
+        yield from datasets.seal_stream(src, **kw)
 
 
 class ClientAgent:
@@ -131,6 +137,70 @@ class ClientAgent:
         finally:
             self.running_cell = None
         return status
+
+    async def upload(self, path: str | os.PathLike, name: str | None = None, *,
+                     policy: bytes = b"", owner_key: Any = None, suite: str | None = None,
+                     chunk_size: int = datasets.DEFAULT_CHUNK) -> dict:
+        """Send a dataset to the current Keep, sealed, streamed chunk by chunk; return the
+        Keep's receipt (name, path, bytes, digest, owner, policy_digest, policy).
+
+        ``path`` is one of: a sealed dataset from ``keepbook seal`` (sent as is); a seal spec
+        (``*.toml``: data, policy, owner key, suite); any other file, sealed here with
+        ``policy``, ``owner_key`` (default: this user's owner key) and ``suite``.  The Keep is
+        attested first: nothing leaves before its evidence verified."""
+        session = self.require_current()
+        channel = await session.ensure_channel()
+        att = session.attestation
+        assert att is not None and att.ok and att.config is not None
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise KeepError(f"%upload: no such file {p}")
+        try:
+            if await asyncio.to_thread(datasets.is_sealed_file, p):
+                pieces = datasets.read_chunks(p, chunk_size)
+            else:
+                if p.suffix == ".toml":
+                    spec = datasets.parse_spec(p)
+                    p, policy, name = spec.data, spec.policy, name or spec.name
+                    suite = suite or spec.suite
+                    owner_key = owner_key or spec.owner_key
+                if owner_key is None or isinstance(owner_key, (str, os.PathLike)):
+                    owner_key = datasets.load_or_create_owner_key(owner_key)[0]
+                suite = suite or sealing.DEFAULT_SUITE
+                recipient = datasets.recipient_from_config(att.config, suite)
+                pieces = _sealed_pieces(p, name=datasets.check_name(name or p.name),
+                                        recipient=recipient, suite=suite, owner_key=owner_key,
+                                        policy=policy, chunk_size=chunk_size)
+        except (datasets.DatasetError, OSError) as exc:
+            raise KeepError(f"%upload: {exc}") from None
+
+        async def body() -> Any:
+            while True:  # seal (CPU) on a worker thread, send on this loop
+                piece = await asyncio.to_thread(next, pieces, None)
+                if piece is None:
+                    return
+                yield piece
+        try:
+            return await channel.upload(body(), name)
+        except datasets.DatasetError as exc:
+            raise KeepError(f"%upload: {exc}") from None
+
+    async def audit(self) -> "audit_mod.VerifiedLog":
+        """Fetch the current Keep's audit log and verify chain, signature and binding to the
+        attestation this client verified.  Raises KeepError naming the failing check."""
+        session = self.require_current()
+        channel = await session.ensure_channel()
+        att = session.attestation
+        assert att is not None and att.ok and att.config is not None
+        export = await channel.audit()
+        try:
+            log = audit_mod.verify_export(export.entries, export.head, export.signature, att.config)
+        except audit_mod.AuditError as exc:
+            raise KeepError(f"the Keep's audit log does not verify: {exc}") from None
+        log.raw = audit_mod.export_file(  # type: ignore[attr-defined]
+            {"entries": export.entries, "head": export.head, "signature": export.signature},
+            att.response.to_cbor())
+        return log
 
     async def interrupt(self) -> bool:
         session = self.current

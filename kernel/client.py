@@ -239,6 +239,42 @@ class Channel:
                             "the cell's result is unknown")
 
 
+    async def upload(self, body: AsyncIterator[bytes], name: str | None = None) -> dict:
+        """Stream a sealed dataset to the Keep (``POST /v1/upload``); the Keep's receipt."""
+        http = await self._http()
+        url = self.endpoint + "/v1/upload" + (f"?name={name}" if name else "")
+        try:
+            async with http.post(url, data=body,
+                                 headers={"Content-Type": "application/octet-stream"}) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+            raise KeepError(f"the endpoint {self.endpoint} did not present the pinned certificate of "
+                            f"the attested Keep ({type(exc).__name__}); refusing to send anything") from None
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise KeepError(f"lost the Keep's channel during the upload: {exc or type(exc).__name__}") from None
+        if status >= 400:
+            raise KeepError(f"the Keep refused the dataset ({status}): {_reason(raw)}")
+        return protocol.Reply.from_cbor(raw).content
+
+    async def audit(self) -> protocol.AuditExport:
+        http = await self._http()
+        try:
+            async with http.post(self.endpoint + "/v1/audit", data=b"",
+                                 headers={"Content-Type": protocol.CBOR}) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError) as exc:
+            raise KeepError(f"lost the Keep's channel while fetching the audit log: "
+                            f"{exc or type(exc).__name__}") from None
+        if status >= 400:
+            raise KeepError(f"the Keep refused to export its audit log ({status}): {_reason(raw)}")
+        try:
+            return protocol.AuditExport.from_cbor(raw)  # type: ignore[return-value]
+        except protocol.ProtocolError as exc:
+            raise KeepError(f"the Keep's audit export breaks the protocol: {exc.reason}") from None
+
+
 def _reason(raw: bytes) -> str:
     try:
         return protocol.ErrorBody.from_cbor(raw).reason

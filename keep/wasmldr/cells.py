@@ -10,8 +10,10 @@ import time
 from typing import Any, AsyncIterator, Callable
 
 from keepbook.keep import protocol
+from keepbook.keep.policy import Enforcer, OutputPolicy
 
 Emit = Callable[[str, dict], None]
+Audit = Callable[[str, dict], None]
 
 
 class Busy(Exception):
@@ -20,10 +22,15 @@ class Busy(Exception):
 
 class Cells:
     def __init__(self, config: protocol.KeepConfig, debug_log: Callable[[str], None] | None = None,
-                 data_dir: str | None = None):
+                 data_dir: str | None = None, audit: Audit | None = None,
+                 policy: OutputPolicy | None = None):
         self.config = config
         self.limits = config.limits
         self.data_dir = data_dir
+        self.audit: Audit = audit or (lambda kind, data: None)
+        # The output policy is enforced here, in the Keep, on every event (never in the kernel).
+        self.enforcer = Enforcer(policy or OutputPolicy.parse(config.policy, config.profile),
+                                 config.profile, self.audit)
         self._wasm: Any = None
         self._python: Any = None
         self._running: Any = None
@@ -66,10 +73,11 @@ class Cells:
         timeout = float(req.timeout_s or self.limits["timeout_s"])
         out_cap = int(self.limits["output_bytes"])
         fuel = req.fuel if req.fuel is not None else self.limits.get("fuel")
+        body = req.module if req.kind == "wasm" else (req.code or "").encode()
+        digest = "sha256:" + hashlib.sha256(body or b"").hexdigest()
+        self.audit("cell", {"cell_id": req.cell_id, "cell_kind": req.kind, "digest": digest})
         if self._debug_log:
-            body = req.module if req.kind == "wasm" else (req.code or "").encode()
-            self._debug_log(f"cell {req.cell_id} ({req.kind}) digest "
-                            f"{hashlib.sha256(body or b'').hexdigest()[:16]} starting")
+            self._debug_log(f"cell {req.cell_id} ({req.kind}) digest {digest[:23]} starting")
         if req.kind == "wasm":
             engine = self.wasm()
             self._running = engine
@@ -86,11 +94,15 @@ class Cells:
             raise Busy("a cell is already running in this Keep")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        gate = self.enforcer.cell()
 
         def emit(kind: str, content: dict) -> None:
-            data = protocol.Event(kind=kind, content=content).to_cbor()
-            self.bytes_out += len(data)
-            loop.call_soon_threadsafe(queue.put_nowait, data)
+            if self._debug_log and kind != "status":  # debug profile only: details to the host
+                self._debug_log(f"cell {req.cell_id} {kind}: {_brief(content)}")
+            for out_kind, out in gate.filter(kind, content):
+                data = protocol.Event(kind=out_kind, content=out).to_cbor()
+                self.bytes_out += len(data)
+                loop.call_soon_threadsafe(queue.put_nowait, data)
 
         def work() -> None:
             status: dict = {"ok": False, "reason": "the cell did not finish"}
@@ -105,6 +117,8 @@ class Cells:
                 self.cells_run += 1
                 self._lock.release()
                 clean = {k: v for k, v in status.items() if isinstance(v, (str, int, float, bool))}
+                for _, out in gate.filter("status", clean):
+                    clean = out
                 loop.call_soon_threadsafe(queue.put_nowait,
                                           protocol.Event(kind="status", content=clean).to_cbor())
                 loop.call_soon_threadsafe(queue.put_nowait, None)
@@ -132,6 +146,9 @@ class Cells:
                 return {"status": "busy"}
             fn = getattr(self.python(), op)
             return fn(code, pos)
+        if op == "policy":
+            return {"policy": self.enforcer.policy.summary(), "source": self.enforcer.policy.source,
+                    "digest": self.enforcer.policy.digest()}
         if op == "restart":
             if self._python is not None:
                 self._python.restart()
@@ -145,3 +162,11 @@ class Cells:
                     engine.close()
             except Exception:
                 pass
+
+
+def _brief(content: dict) -> str:
+    """A short text of an event for the debug profile's host log (debug only)."""
+    for key in ("text", "evalue", "note"):
+        if isinstance(content.get(key), str):
+            return content[key][:512]
+    return repr(content)[:512]

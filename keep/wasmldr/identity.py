@@ -9,11 +9,34 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from keepbook.keep import protocol, sealing
 from keepbook.keep.wasmldr import evidence_source
+
+
+@dataclass
+class KeepKeys:
+    """The Keep's long-lived keys, made at start: one HPKE dataset key per suite (data owners
+    seal to it) and the audit log's Ed25519 signing key.  Public halves go into the attested
+    config (``KeepConfig.keys``)."""
+
+    dataset: dict[str, tuple[Any, bytes]]
+    audit: ed25519.Ed25519PrivateKey
+
+    @classmethod
+    def generate(cls) -> "KeepKeys":
+        from keepbook.keep import datasets
+
+        return cls(dataset=datasets.keep_dataset_keys(), audit=ed25519.Ed25519PrivateKey.generate())
+
+    def public(self) -> dict[str, bytes]:
+        from keepbook.keep import audit, datasets
+
+        out = {datasets.dataset_key_name(s): pub for s, (_, pub) in self.dataset.items()}
+        out[audit.AUDIT_KEY] = self.audit.public_key().public_bytes_raw()
+        return out
 
 
 @dataclass

@@ -209,6 +209,10 @@ class PythonSession:
                     cell.emit("execute_result", {"data": data, "metadata": meta})
                 else:
                     cell.emit("display_data", {"data": data, "metadata": meta})
+        elif op == "release":
+            # checked and rendered by the Keep's policy gate (keep/policy.py), never here
+            if cell.charge(len(frame)):
+                cell.emit("release", {"value": msg.get("value"), "note": msg.get("note")})
         elif op == "error":
             cell.errored = True
             ename, evalue = str(msg.get("ename", "Error")), str(msg.get("evalue", ""))

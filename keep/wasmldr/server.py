@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import hmac
 import os
+import shutil
 import ssl
 import sys
 import tempfile
@@ -25,10 +26,12 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from keepbook.keep import measurement, protocol
+from keepbook.keep import audit as audit_mod
+from keepbook.keep import datasets, measurement, protocol
 from keepbook.keep.framing import read_frame, write_frame
+from keepbook.keep.policy import OutputPolicy, PolicyError
 from keepbook.keep.wasmldr.cells import Busy, Cells
-from keepbook.keep.wasmldr.identity import KeepIdentity
+from keepbook.keep.wasmldr.identity import KeepIdentity, KeepKeys
 
 LISTEN_HOST = os.environ.get("KEEPBOOK_KEEP_LISTEN", "127.0.0.1")
 
@@ -55,6 +58,10 @@ class Wasmldr:
         self.runner: web.AppRunner | None = None
         self.client_spki: bytes | None = None
         self.closed = asyncio.Event()
+        self.keys: KeepKeys | None = None
+        self.audit: audit_mod.AuditLog | None = None
+        self.data_root: str | None = None
+        self._upload_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ control pipe
     def send(self, msg: protocol.Message) -> None:
@@ -91,12 +98,28 @@ class Wasmldr:
         if backend != self.backend:
             raise protocol.ProtocolError(f"start asks for backend {backend!r} but this Keep "
                                          f"is {self.backend!r}")
+        # Long-lived keys made here, in the Keep; their public halves go into the attested
+        # config, so the evidence vouches for them (dataset sealing, audit signatures).
+        self.keys = KeepKeys.generate()
         config = protocol.KeepConfig(
             backend=self.backend, profile=requested.get("profile"), limits=requested.get("limits"),
-            policy=requested.get("policy", b""), runtime=measurement.runtime_versions())
+            policy=requested.get("policy", b""), runtime=measurement.runtime_versions(),
+            keys=self.keys.public())
         config.validate()
+        try:
+            policy = OutputPolicy.parse(config.policy, config.profile, "the Keep's output policy")
+        except PolicyError as exc:
+            raise protocol.ProtocolError(f"start: {exc}") from None
         self.identity = KeepIdentity(msg.keep_id, config)
-        self.cells = Cells(config, debug_log=self.debug_log)
+        self.audit = audit_mod.AuditLog(msg.keep_id, config.digest(), self.keys.audit)
+        self.audit.append("start", {"profile": config.profile, "backend": config.backend,
+                                    "policy_digest": policy.digest(), "policy_source": policy.source})
+        self.data_root = _private_dir()
+        os.makedirs(os.path.join(self.data_root, "data"), mode=0o700)
+        os.makedirs(os.path.join(self.data_root, "staging"), mode=0o700)
+        self.cells = Cells(config, debug_log=self.debug_log,
+                           data_dir=os.path.join(self.data_root, "data"),
+                           audit=self.audit.append, policy=policy)
         return protocol.Reply(ok=True, content={"profile": config.profile})
 
     async def provision(self, msg: protocol.ProvisionRequest) -> protocol.ProvisionResponse:
@@ -110,6 +133,8 @@ class Wasmldr:
                               middlewares=[self._errors, self._pinned_client])
         app.router.add_post("/v1/run", self.run)
         app.router.add_post("/v1/request", self.request)
+        app.router.add_post("/v1/upload", self.upload)
+        app.router.add_post("/v1/audit", self.audit_export)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, LISTEN_HOST, 0, ssl_context=ctx, shutdown_timeout=1)
@@ -185,6 +210,87 @@ class Wasmldr:
         return _cbor(protocol.Reply(ok=True, content=content))
 
 
+    async def audit_export(self, request: web.Request) -> web.Response:
+        assert self.audit is not None
+        exp = self.audit.export()
+        return _cbor(protocol.AuditExport(entries=exp["entries"], head=exp["head"],
+                                          signature=exp["signature"]))
+
+    async def upload(self, request: web.Request) -> web.Response:
+        """A sealed dataset, streamed: decrypted chunk by chunk into a private staging file,
+        moved to /data/NAME only once every chunk and the owner's signature verified."""
+        assert self.cells is not None and self.keys is not None and self.data_root is not None
+        ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
+        if ctype != "application/octet-stream":
+            raise protocol.ProtocolError(f"wrong content type {ctype or '(none)'!r}: send the sealed "
+                                         "dataset as application/octet-stream", 415)
+        alias = request.query.get("name") or None
+        if alias is not None:
+            try:
+                datasets.check_name(alias)
+            except datasets.DatasetError as exc:
+                raise protocol.ProtocolError(str(exc)) from None
+        async with self._upload_lock:
+            fd, staging = tempfile.mkstemp(dir=os.path.join(self.data_root, "staging"))
+            try:
+                try:
+                    info = await self._receive(request, fd)
+                finally:
+                    os.close(fd)
+                name = alias or info.name
+                final = os.path.join(self.data_root, "data", name)
+                if os.path.exists(final):
+                    raise datasets.DatasetError(f"/data/{name} exists already: upload it --as "
+                                                "another name")
+                dataset_policy = OutputPolicy.parse(info.policy, self.cells.config.profile,
+                                                    f"the owner's policy of {name}")
+                self._admit(info, dataset_policy)
+                os.chmod(staging, 0o400)
+                os.rename(staging, final)
+            except (datasets.DatasetError, PolicyError) as exc:
+                self.audit.append("upload-refused", {"reason": str(exc)[:512]})  # type: ignore[union-attr]
+                raise protocol.ProtocolError(f"sealed dataset refused: {exc}; nothing was "
+                                             "exposed under /data") from None
+            finally:
+                if os.path.exists(staging):
+                    os.unlink(staging)
+        self.cells.enforcer.tighten(dataset_policy)
+        entry = {"name": name, "bytes": info.bytes, "digest": info.digest, "owner": info.owner,
+                 "policy_digest": dataset_policy.digest(), "suite": info.suite}
+        self.audit.append("dataset", entry)  # type: ignore[union-attr]
+        return _cbor(protocol.Reply(ok=True, content={
+            **entry, "path": f"/data/{name}", "policy": self.cells.enforcer.policy.summary()}))
+
+    async def _receive(self, request: web.Request, fd: int) -> datasets.DatasetInfo:
+        opener = datasets.Opener(self.keys.dataset if self.keys else {})
+        with os.fdopen(os.dup(fd), "wb", buffering=0) as out:
+            async for piece in request.content.iter_chunked(1 << 20):
+                for plain in opener.feed(piece):
+                    out.write(plain)
+        return opener.finish()
+
+    def _admit(self, info: datasets.DatasetInfo, policy: OutputPolicy) -> None:
+        """The owner's rules for where their data may be opened."""
+        assert self.cells is not None
+        profile = self.cells.config.profile
+        if profile not in policy.data_profiles:
+            raise datasets.DatasetError(
+                f"the owner's policy allows this data only in profile(s) "
+                f"{', '.join(policy.data_profiles)}; this Keep runs {profile}")
+        owners = self.cells.enforcer.policy.data_owners
+        if owners and info.owner not in owners:
+            raise datasets.DatasetError(f"owner {info.owner} is not one of the owners this "
+                                        "Keep's policy accepts (data.owners)")
+
+
+def _private_dir() -> str:
+    """Where this Keep keeps datasets: memory-backed when possible.  Inside a confidential VM
+    this is the guest's encrypted memory; for nil/sim Keeps it is the host's (they are labelled
+    NO PROTECTION / SIMULATED)."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    return tempfile.mkdtemp(prefix="keepbook-keep-", dir=base)
+
+
 def server_ssl_context(key: Any, cert_der: bytes, client_cert_der: bytes) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -245,6 +351,8 @@ async def serve(backend: str, ctrl_in: int, ctrl_out: int) -> None:
     keep.lifecycle("stopping")
     if keep.cells:
         keep.cells.close()
+    if keep.data_root:
+        shutil.rmtree(keep.data_root, ignore_errors=True)
     if keep.runner:
         await keep.runner.cleanup()
     try:

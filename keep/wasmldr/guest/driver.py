@@ -7,7 +7,8 @@ each cell into Jupyter messages and sends them to the Keep through the host door
 * ``sys.stdout``/``sys.stderr`` are replaced by streams that send text through the door
   (coalesced: a flush at most every 20 ms, or on 32 KiB, and always at cell end);
 * the last expression of a cell is an ``execute_result`` with rich reprs (``_repr_html_`` …);
-* ``display(...)`` and the ``keep`` module (``keep.display``, ``keep.release`` stub);
+* ``display(...)`` and the ``keep`` module (``keep.display``, ``keep.release`` — the Keep's
+  policy engine, outside this interpreter, decides what leaves);
 * matplotlib uses the ``module://keep._mpl`` backend (Agg): ``plt.show()`` and the implicit
   display at cell end send PNGs;
 * ``input()`` raises a clear error;
@@ -240,10 +241,74 @@ class _BackendFinder:
 
 # ---------------------------------------------------------------------------- the keep module
 
+def _plain(x):
+    """A JSON scalar for x (numpy scalars, pandas NA, timestamps become numbers/text)."""
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    item = getattr(x, "item", None)
+    if callable(item):
+        try:
+            v = item()
+            if v is None or isinstance(v, (bool, int, float, str)):
+                return v
+        except Exception:
+            pass
+    try:
+        if x != x:  # NaN-like (pandas NA, NaT)
+            return None
+    except Exception:
+        pass
+    return str(x)
+
+
+def _release_form(value):
+    """The plain-JSON form the Keep checks and renders (keep/policy.py check_value)."""
+    if isinstance(value, bool) or isinstance(value, (int, float)):
+        return {"type": "number", "value": value}
+    if isinstance(value, str):
+        return {"type": "text", "value": value}
+    cls = type(value)
+    mod = cls.__module__.split(".")[0]
+    name = cls.__name__
+    if mod == "numpy" and getattr(value, "ndim", None) == 0:
+        v = _plain(value)
+        return {"type": "text" if isinstance(v, str) else "number", "value": v}
+    if mod == "pandas" and name == "DataFrame":
+        return {"type": "table", "columns": [str(c) for c in value.columns],
+                "index": [_plain(i) for i in value.index.tolist()],
+                "rows": [[_plain(x) for x in row] for row in value.itertuples(index=False)]}
+    if mod == "pandas" and name == "Series":
+        return {"type": "table", "columns": [str(value.name if value.name is not None else "value")],
+                "index": [_plain(i) for i in value.index.tolist()],
+                "rows": [[_plain(x)] for x in value.tolist()]}
+    if mod == "numpy" and name == "ndarray":
+        if value.ndim == 1:
+            return {"type": "list", "value": [_plain(x) for x in value.tolist()]}
+        if value.ndim == 2:
+            return {"type": "table", "columns": [str(j) for j in range(value.shape[1])],
+                    "index": list(range(value.shape[0])),
+                    "rows": [[_plain(x) for x in r] for r in value.tolist()]}
+    if isinstance(value, (list, tuple)):
+        return {"type": "list", "value": [_plain(x) for x in value]}
+    if isinstance(value, dict):
+        return {"type": "mapping", "value": {str(k): _plain(v) for k, v in value.items()}}
+    mpl_figure = sys.modules.get("matplotlib.figure")
+    if mpl_figure is not None and isinstance(value, mpl_figure.Figure):
+        return {"type": "figure", "png": _figure_png(value)}
+    return {"type": f"{mod}.{name}"}
+
+
 def release(value, note=None):
-    """Release a value out of the Keep (not yet implemented: shown as a display for now)."""
-    display(value)
-    return value
+    """Ask the Keep to release ``value`` to the notebook, with a note saying why.
+
+    The Keep (not this interpreter) checks it against the data owner's output policy — type,
+    size, contributing rows for tables, byte budgets — and either shows it or shows
+    "withheld by policy: <rule>".  In the production profile this is the only way out."""
+    if note is not None and not isinstance(note, str):
+        raise TypeError("keep.release(): note must be text")
+    _flush_streams()
+    _send({"op": "release", "note": note or "", "value": _release_form(value)})
+    return None
 
 
 def _make_keep_module():
