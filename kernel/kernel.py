@@ -151,8 +151,41 @@ class KeepbookKernel(Kernel):
                                "text/plain": json.dumps(result.vector.to_json(), indent=1)})
             else:
                 self._show_trust_vector(result.vector, m.args.explain)
+        elif m.name == "upload":
+            await self._upload(m.args.path, m.args.name)
+        elif m.name == "audit":
+            await self._audit()
         else:
             raise mg.MagicError(f"%{m.name} is not available yet in this version of keepbook")
+
+    async def _upload(self, path: str, name: str | None) -> None:
+        """%upload PATH [--as NAME]: sealed to the attested Keep, streamed; read-only at /data."""
+        await self._ensure_keep()
+        r = await self._in_agent(self.agent.upload(path, name))
+        self._stream(f"Uploaded {path} → {r['path']} in the Keep ({r['bytes']} bytes, sealed and "
+                     f"verified in the Keep)\n  digest {r['digest']}\n  owner  {r['owner']}\n"
+                     f"  owner's policy {r['policy_digest']} — now in force with the Keep's "
+                     f"(release required: {r['policy'].get('release_required')}, min rows: "
+                     f"{r['policy'].get('min_rows')})\n")
+
+    async def _audit(self) -> None:
+        """%audit: fetch the Keep's log, verify chain + signature + binding, show a table."""
+        await self._ensure_keep()
+        log = await self._in_agent(self.agent.audit())
+        saved = _save_audit(self.agent.current.id if self.agent.current else "keep", log.raw)
+        rows = log.table()
+        text = "\n".join([*(f"✔ {c}" for c in log.checks),
+                          *(f"{r['seq']:>4}  {r['time']}  {r['kind']:<14} {r['detail']}" for r in rows),
+                          f"(saved for `keepbook audit verify`: {saved})"])
+        import html as _html
+        body = "".join(f"<tr><td>{r['seq']}</td><td>{r['time']}</td><td>{_html.escape(r['kind'])}"
+                       f"</td><td style='text-align:left'>{_html.escape(str(r['detail']))}</td></tr>"
+                       for r in rows)
+        checks = "".join(f"<li>✔ {_html.escape(c)}</li>" for c in log.checks)
+        self._display({"text/plain": text, "text/html":
+                       f"<b>Audit log — verified</b><ul>{checks}</ul><table><thead><tr><th>#</th>"
+                       f"<th>time</th><th>kind</th><th>detail</th></tr></thead><tbody>{body}"
+                       f"</tbody></table><small>saved: {_html.escape(str(saved))}</small>"})
 
     async def _keep_magic(self, m: mg.LineMagic, implicit: bool = False) -> None:
         if m.sub == "new":
@@ -308,6 +341,19 @@ class KeepbookKernel(Kernel):
     async def do_shutdown(self, restart: bool) -> dict:
         await asyncio.to_thread(self.agent.stop)
         return {"status": "ok", "restart": restart}
+
+
+def _save_audit(keep_id: str, raw: bytes) -> str:
+    """Where `%audit` keeps the verified log for the data owner (``keepbook audit verify``)."""
+    import os
+    from pathlib import Path
+
+    base = Path(os.environ.get("KEEPBOOK_AUDIT_DIR") or Path(
+        os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "keepbook" / "audit")
+    base.mkdir(parents=True, exist_ok=True)
+    path = base / f"{keep_id}.audit.cbor"
+    path.write_bytes(raw)
+    return str(path)
 
 
 def _mime(data: Any) -> dict:
