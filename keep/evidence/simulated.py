@@ -84,7 +84,23 @@ def _key_pem(key) -> bytes:
 
 
 def _load_key(pem: bytes):
-    return serialization.load_pem_private_key(pem, None)
+    # These are this installation's own keys, generated here and read back from 0600 files:
+    # OpenSSL's RSA consistency check (≈120 ms per 3072-bit key) guards against malformed keys
+    # from elsewhere and is skipped — it was most of a simulated Keep's first attestation.
+    return serialization.load_pem_private_key(pem, None, unsafe_skip_rsa_key_validation=True)
+
+
+class _State(dict):
+    """A kind's files, with each ``<name>_key`` loaded from ``<name>.key`` on first use: the Keep
+    needs only the signing keys, the client only the root certificate."""
+
+    def __missing__(self, name: str):
+        if not name.endswith("_key") or name[:-4] + ".key" not in self["files"]:
+            raise KeyError(name)
+        with _LOCK:
+            if name not in self:
+                dict.__setitem__(self, name, _load_key(self["files"][name[:-4] + ".key"]))
+            return dict.__getitem__(self, name)
 
 
 # -- per-kind root generation -------------------------------------------------------------------
@@ -149,11 +165,7 @@ def state(kind: str) -> dict[str, Any]:
     with _LOCK:
         st = _CACHE.get(key)
         if st is None:
-            files = _files(kind)
-            st = {"files": files}
-            for name, data in files.items():
-                if name.endswith(".key"):
-                    st[name[:-4] + "_key"] = _load_key(data)
+            st = _State(files=_files(kind))
             _CACHE[key] = st
         return st
 
