@@ -15,6 +15,12 @@ Endpoints (all but ``/v1/health`` need ``Authorization: Bearer <token>``)::
     DELETE /v1/keeps/{id}                                 -> keep_info (closed)
     POST   /v1/keeps/{id}/attest         attest           -> attest_response
     POST   /v1/keeps/{id}/provision      provision        -> provision_response
+
+Warm pool (``--pool N``): N keepldr+wasmldr pairs per backend are started ahead of time and wait,
+booted but *empty*: no config, no key, no evidence.  ``POST /v1/keeps`` hands one out, sends it
+the client's Start (its config) right then, and refills the pool in the background.  Its
+attestation happens afterwards, as for any Keep, with the client's fresh nonce — a pooled Keep
+is never pre-attested, and each one serves exactly one create.
 """
 
 from __future__ import annotations
@@ -44,6 +50,12 @@ from keepbook.keep.framing import read_frame, write_frame
 START_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 60.0
 MAX_KEEPS = 256
+MAX_POOL = 16
+#: after a pooled Keep is handed out, wait this long before booting its replacement, so that the
+#: replacement's start-up (a CPU-bound Python import) does not compete with the client's first
+#: result on a small machine
+POOL_REFILL_DELAY_S = 0.5
+POOL_ENV = "KEEPBOOK_KEEPMGR_POOL"  # default of --pool (so an embedded manager can have one)
 
 
 class Log:
@@ -66,12 +78,26 @@ class KeepRecord:
     replies: asyncio.Queue = field(default_factory=asyncio.Queue)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     reader: asyncio.Task | None = None
+    booted: asyncio.Event = field(default_factory=asyncio.Event)  # wasmldr said "booted"
 
 
 class KeepManager:
     def __init__(self, *, backends: list[backends_mod.BackendSpec], tokens: list[str],
-                 launcher: str = "subprocess", log: Log | None = None):
+                 launcher: str = "subprocess", log: Log | None = None, pool: int = 0,
+                 pool_backends: list[str] | None = None):
         self.backends = {b.name: b for b in backends}
+        if not 0 <= pool <= MAX_POOL:
+            raise ValueError(f"--pool must be between 0 and {MAX_POOL}, got {pool}")
+        unknown = [b for b in pool_backends or [] if b not in self.backends]
+        if unknown:
+            raise ValueError(f"--pool-backends names backends not offered here: {', '.join(unknown)}")
+        self.pool_size = pool
+        # Default: every offered backend this host can run now (hardware ones only where present).
+        self.pool_backends = (list(pool_backends) if pool_backends is not None else
+                              [n for n, b in self.backends.items() if b.availability()[0]]) if pool else []
+        self._pool: dict[str, list[KeepRecord]] = {b: [] for b in self.pool_backends}
+        self._refills: dict[str, asyncio.Task] = {}
+        self._stopping = False
         # Each token is one principal; a Keep belongs to the token that created it.
         self._token_digests = [hashlib.sha256(t.encode()).hexdigest() for t in tokens]
         self.launcher = launcher
@@ -90,6 +116,7 @@ class KeepManager:
         app.router.add_delete("/v1/keeps/{id}", self.delete)
         app.router.add_post("/v1/keeps/{id}/attest", self.attest)
         app.router.add_post("/v1/keeps/{id}/provision", self.provision)
+        app.on_startup.append(self._fill_pools)
         app.on_shutdown.append(self._shutdown)
         return app
 
@@ -140,7 +167,13 @@ class KeepManager:
 
     # ------------------------------------------------------------------ endpoints
     async def health(self, request: web.Request) -> web.Response:
-        return cbor_response(protocol.Reply(ok=True, content={"keeps": len(self.keeps)}))
+        content: dict[str, Any] = {"keeps": len(self.keeps)}
+        if self.pool_size:
+            content["pool"] = {b: {"ready": sum(1 for r in recs if r.booted.is_set()),
+                                   "booting": sum(1 for r in recs if not r.booted.is_set()),
+                                   "size": self.pool_size}
+                               for b, recs in self._pool.items()}
+        return cbor_response(protocol.Reply(ok=True, content=content))
 
     async def contracts(self, request: web.Request) -> web.Response:
         return cbor_response(protocol.Contracts(
@@ -158,25 +191,27 @@ class KeepManager:
         live = [r for r in self.keeps.values() if r.info.state not in ("closed", "failed")]
         if len(live) >= MAX_KEEPS:
             raise protocol.ProtocolError(f"this keep manager already runs {MAX_KEEPS} Keeps", 429)
-        keep_id = uuid.uuid4().hex[:16]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "keepbook.keep.host.keepldr", "--backend", req.backend,
-            "--keep-id", keep_id, "--launcher", self.launcher,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=None, start_new_session=True, env=backends_mod.env_for_wasmldr())
-        info = protocol.KeepInfo(id=keep_id, backend=req.backend, profile=req.profile,
-                                 state="starting", created=time.time())
-        rec = KeepRecord(info=info, owner=request["owner"], proc=proc)
+        rec = self._take_pooled(req.backend)
+        pooled = rec is not None
+        if rec is None:
+            rec = await self._spawn(req.backend)
+        else:
+            self._schedule_refill(req.backend, POOL_REFILL_DELAY_S)
+        keep_id = rec.info.id
+        rec.owner = request["owner"]
+        rec.info.profile = req.profile
+        rec.info.created = time.time()
         self.keeps[keep_id] = rec
-        rec.reader = asyncio.create_task(self._read_replies(rec))
-        self.log("keep-starting", keep=keep_id, backend=req.backend, profile=req.profile)
+        self.log("keep-starting", keep=keep_id, backend=req.backend, profile=req.profile,
+                 pooled=pooled)
+        # The Keep learns its config only now, from this request — pooled or not.
         start = protocol.Start(keep_id=keep_id, config=protocol.dumps({
             "backend": req.backend, "profile": req.profile, "limits": req.limits,
             "policy": req.policy}))
         await self._call(rec, start, protocol.Reply, START_TIMEOUT_S)
-        info.state = "ready"
+        rec.info.state = "ready"
         self.log("keep-ready", keep=keep_id)
-        return cbor_response(info, status=201)
+        return cbor_response(rec.info, status=201)
 
     async def list(self, request: web.Request) -> web.Response:
         mine = [r.info for r in self.keeps.values() if r.owner == request["owner"]]
@@ -207,6 +242,74 @@ class KeepManager:
         self.log("keep-provisioned", keep=rec.info.id)
         return cbor_response(resp)
 
+    # ------------------------------------------------------------------ keepldr processes, pool
+    async def _spawn(self, backend: str) -> KeepRecord:
+        """Start a keepldr (which starts the Keep's wasmldr).  Not yet anyone's, not started."""
+        keep_id = uuid.uuid4().hex[:16]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "keepbook.keep.host.keepldr", "--backend", backend,
+            "--keep-id", keep_id, "--launcher", self.launcher,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=None, start_new_session=True, env=backends_mod.env_for_wasmldr())
+        info = protocol.KeepInfo(id=keep_id, backend=backend, profile="staging",
+                                 state="starting", created=time.time())
+        rec = KeepRecord(info=info, owner="", proc=proc)
+        rec.reader = asyncio.create_task(self._read_replies(rec))
+        return rec
+
+    @staticmethod
+    def _usable(rec: KeepRecord) -> bool:
+        return rec.proc.returncode is None and rec.info.state == "starting"
+
+    def _take_pooled(self, backend: str) -> KeepRecord | None:
+        """A pooled Keep for ``backend`` (booted ones first), removed from the pool; or None."""
+        pool = self._pool.get(backend)
+        if not pool:
+            return None
+        pool[:] = [r for r in pool if self._usable(r)]
+        for rec in sorted(pool, key=lambda r: not r.booted.is_set()):
+            pool.remove(rec)
+            self.log("pool-take", keep=rec.info.id, backend=backend, booted=rec.booted.is_set())
+            return rec
+        return None
+
+    def _schedule_refill(self, backend: str, delay: float = 0.0) -> None:
+        if backend not in self._pool or self._stopping:
+            return
+        task = self._refills.get(backend)
+        if task is None or task.done():
+            self._refills[backend] = asyncio.create_task(self._refill(backend, delay))
+
+    async def _refill(self, backend: str, delay: float) -> None:
+        """Boot Keeps one at a time until the pool is full again (one at a time: on a small host
+        parallel boots only slow each other and the Keeps in use)."""
+        await asyncio.sleep(delay)
+        pool = self._pool[backend]
+        while not self._stopping:
+            pool[:] = [r for r in pool if self._usable(r)]
+            if len(pool) >= self.pool_size:
+                return
+            rec = await self._spawn(backend)
+            pool.append(rec)
+            try:
+                await asyncio.wait_for(rec.booted.wait(), START_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                self.log("pool-boot-failed", keep=rec.info.id, backend=backend)
+                if rec in pool:
+                    pool.remove(rec)
+                await self._stop(rec, "did not boot in time")
+                await asyncio.sleep(5.0)  # a broken backend must not spin
+                continue
+            if not self._usable(rec):  # died while booting
+                self.log("pool-boot-failed", keep=rec.info.id, backend=backend)
+                await asyncio.sleep(5.0)
+                continue
+            self.log("pool-ready", keep=rec.info.id, backend=backend)
+
+    async def _fill_pools(self, app: web.Application) -> None:
+        for backend in self._pool:
+            self._schedule_refill(backend)
+
     # ------------------------------------------------------------------ keepldr relay
     async def _read_replies(self, rec: KeepRecord) -> None:
         reason = "the Keep's loader exited"
@@ -217,6 +320,8 @@ class KeepManager:
                     break
                 if isinstance(msg, protocol.Lifecycle):
                     self.log("keep-lifecycle", keep=rec.info.id, keep_event=msg.event)
+                    if msg.event == "booted":
+                        rec.booted.set()
                     if msg.event == "exited":
                         reason = f"the Keep exited ({msg.detail})"
                     continue
@@ -277,8 +382,12 @@ class KeepManager:
         self.log("keep-closed", keep=rec.info.id)
 
     async def _shutdown(self, app: web.Application) -> None:
+        self._stopping = True
+        for task in self._refills.values():
+            task.cancel()
+        pooled = [r for recs in self._pool.values() for r in recs]
         await asyncio.gather(*(self._stop(r, "keep manager shut down")
-                               for r in self.keeps.values() if r.proc.returncode is None),
+                               for r in [*self.keeps.values(), *pooled] if r.proc.returncode is None),
                              return_exceptions=True)
 
 
@@ -318,8 +427,9 @@ async def serve(args: argparse.Namespace) -> None:
     token_path = pairs[0][1]
     log = Log(Path(args.log_file) if args.log_file else None)
     names = [n for n in args.backends.split(",") if n] if args.backends else None
+    pool_backends = [n for n in args.pool_backends.split(",") if n] if args.pool_backends else None
     mgr = KeepManager(backends=backends_mod.offered(names), tokens=[t for t, _ in pairs],
-                      launcher=args.launcher, log=log)
+                      launcher=args.launcher, log=log, pool=args.pool, pool_backends=pool_backends)
     runner = web.AppRunner(mgr.app(), access_log=None, handle_signals=False)
     await runner.setup()
     ssl_ctx = None
@@ -378,7 +488,21 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
     ap.add_argument("--log-file", help="lifecycle log (JSON lines); default stderr")
     ap.add_argument("--ready-file", help="write {url, pid, token_file} here once listening")
     ap.add_argument("--parent-pid", type=int, help="exit when this process exits")
+    ap.add_argument("--pool", type=int, default=_env_int(POOL_ENV, 0), metavar="N",
+                    help=f"keep N booted, empty Keeps per backend ready for the next create, "
+                         f"refilled in the background (0-{MAX_POOL}; default ${POOL_ENV} or 0).  "
+                         f"They get their config at create time and are attested fresh")
+    ap.add_argument("--pool-backends", default="", metavar="LIST",
+                    help="comma-separated backends to pool (default: every offered backend "
+                         "available on this host)")
     return ap
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
 
 
 def main(argv: list[str] | None = None) -> int:
