@@ -302,16 +302,17 @@ class CellGate:
         """The rule a further ``n`` bytes would break, or None (and the bytes are counted)."""
         p = self.p
         if p.cell_bytes and self.used + n > p.cell_bytes:
-            return "cell_bytes"
+            return "output.cell_bytes"
         if p.session_bytes and self.e.session_used + n > p.session_bytes:
-            return "session_bytes"
+            return "output.session_bytes"
         self.used += n
         self.e.session_used += n
         return None
 
     def _budget_why(self, rule: str) -> str:
-        limit = self.p.cell_bytes if rule == "cell_bytes" else self.p.session_bytes
-        scope = "this cell" if rule == "cell_bytes" else "this Keep session"
+        cell = rule == "output.cell_bytes"
+        limit = self.p.cell_bytes if cell else self.p.session_bytes
+        scope = "this cell" if cell else "this Keep session"
         return f"the output budget of {limit} bytes for {scope} is spent"
 
     # -- the filter
