@@ -361,7 +361,7 @@ def recipient_from_config(config: protocol.KeepConfig, suite: str) -> bytes:
 def is_sealed_file(path: str | os.PathLike) -> bool:
     """Does this file start like a sealed dataset?"""
     with open(path, "rb") as fh:
-        head = fh.read(FRAME.size + 64)
+        head = fh.read(FRAME.size + 4096)
     return len(head) > FRAME.size and head[:1] == b"H" and FORMAT.encode() in head
 
 
