@@ -1,7 +1,8 @@
 """``%load_ext keepbook``: the Keep from an ordinary IPython kernel.
 
-Gives ``%keep new|status|list|close``, ``%attest [--explain] [--json]`` and a ``%%keep`` cell
-magic that runs the cell in the Keep's Python session.  The rest of the notebook stays ordinary
+Gives ``%keep new|status|list|close``, ``%attest [--explain] [--json]``, ``%upload PATH`` (a
+dataset sealed to the Keep, read-only under /data) and a ``%%keep`` cell magic that runs the
+cell in the Keep's Python session.  The rest of the notebook stays ordinary
 host Python; only ``%%keep`` cells travel, and only after the Keep has attested.
 
 It shares the keepbook kernel's client code: the magics are parsed by
@@ -165,6 +166,20 @@ class KeepMagics(Magics):
                          "text/plain": json.dumps(result.vector.to_json(), indent=1)}, raw=True)
             else:
                 _show_trust_vector(result.vector, m.args.explain)
+
+    @line_magic
+    def upload(self, line: str) -> None:
+        """%upload PATH [--as NAME] — seal a dataset to the attested Keep; it appears read-only
+        at /data/NAME for %%keep cells."""
+        with _clear_errors():
+            m = mg.parse_line_magic(f"%upload {line}")
+            self._ensure_keep()
+            r = self._call(self.agent.upload(m.args.path, m.args.name))
+            policy = r.get("policy") or {}
+            print(f"Uploaded {m.args.path} → {r['path']} in the Keep ({r['bytes']} bytes, sealed "
+                  f"and verified in the Keep)\n  digest {r['digest']}\n  owner  {r['owner']}\n"
+                  f"  owner's policy {r['policy_digest']} (release required: "
+                  f"{policy.get('release_required')}, min rows: {policy.get('min_rows')})")
 
     @line_cell_magic
     def keep(self, line: str, cell: str | None = None) -> Any:

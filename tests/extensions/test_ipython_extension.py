@@ -4,6 +4,7 @@ One kernel for the module; the last test shuts it down and looks for orphans."""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import threading
@@ -22,8 +23,8 @@ pytestmark = pytest.mark.slow
 class IPythonKernel(Kernel):
     """The stock ipykernel, not keepbook's: only %%keep cells go to the Keep."""
 
-    def __init__(self) -> None:  # noqa: super().__init__ would start the keepbook kernel
-        self.km, self.kc = start_new_kernel(kernel_name="python3")
+    def __init__(self, env: dict[str, str]) -> None:  # super().__init__ starts keepbook's kernel
+        self.km, self.kc = start_new_kernel(kernel_name="python3", env={**os.environ, **env})
         self.pid = self.km.provisioner.process.pid
         self.closed = False
 
@@ -34,11 +35,16 @@ class IPythonKernel(Kernel):
 
 
 @pytest.fixture(scope="module")
-def kernel():
+def tmp(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ext")
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp):
     from keepbook.keep.wasmldr.pysession import warm
 
     warm()  # the interpreter's compiled artifact is made (or mapped) here, not in a test's clock
-    k = IPythonKernel()
+    k = IPythonKernel({"KEEPBOOK_OWNER_KEY": str(tmp / "owner.pem")})  # not the user's own key
     try:
         yield k
     finally:
@@ -112,6 +118,25 @@ def test_keep_cell_error_shows_the_guest_traceback_only(kernel):
     assert "<cell" in tb and "line 2, in f" in tb
     assert "keepbook" not in tb and "site-packages" not in tb and "ipython.py" not in tb
     assert plain(ok(kernel.execute("%%keep\nsecret"))) == "41"
+
+
+def test_csv_uploaded_to_data_analysed_and_plotted_in_the_keep(kernel, tmp):
+    """The issue's "done": a CSV under /data, pandas and matplotlib, all in the Keep, from the
+    ordinary Python kernel."""
+    csv = tmp / "sales.csv"
+    csv.write_text("region,units\n" + "".join(f"{'north south east'.split()[i % 3]},{i}\n"
+                                                for i in range(30)))
+    res = ok(kernel.execute(f"%upload {csv} --as sales.csv"))
+    assert "/data/sales.csv" in res.stream("stdout")
+    res = ok(kernel.execute("%%keep\nimport pandas as pd, matplotlib.pyplot as plt\n"
+                            "sales = pd.read_csv('/data/sales.csv')\n"
+                            "totals = sales.groupby('region').units.sum()\n"
+                            "totals.plot.bar(figsize=(3, 2))\nplt.show()\ntotals.to_frame()"))
+    png = base64.b64decode(next(d["data"]["image/png"] for d in res.of_type("display_data")
+                                if "image/png" in d["data"]))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    html = res.of_type("execute_result")[0]["data"]["text/html"]
+    assert "<table" in html and "north" in html and str(sum(range(0, 30, 3))) in html
 
 
 def test_usage_errors_are_short(kernel):

@@ -114,8 +114,6 @@ def test_input_is_a_clear_error(kernel):
     assert "input() is not available in the Keep" in res.errors()[0]["evalue"]
 
 
-@pytest.mark.xfail(strict=True, reason="wasmldr server.py creates Cells without a data_dir, so the "
-                   "Keep grants no /data to the session (reported by the issue-4 helper)")
 def test_data_is_a_read_only_folder(kernel):
     res = ok(kernel.execute("import os\n(os.path.isdir('/data'), sorted(os.listdir('/data')) is not None)"))
     assert plain(res) == "(True, True)"
