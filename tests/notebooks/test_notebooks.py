@@ -38,3 +38,22 @@ def test_walkthrough_shows_verified_trust_vector_and_keep_output() -> None:
     assert "RESULT: VERIFIED" in text and "SIMULATED" in text
     assert "Hello from inside the Keep!" in text
     assert "5050" in text
+
+
+PARAMETERS = {"teaching-attestation.ipynb": {"backend": "sim-tdx", "attacks": "flip-evidence,replay"}}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs_under_papermill_with_parameters(path: Path, tmp_path: Path) -> None:
+    papermill = pytest.importorskip("papermill")
+    params = PARAMETERS.get(path.name, {})
+    out = tmp_path / path.name
+    papermill.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent),
+                               progress_bar=False, kernel_name=None)
+    nb = nbformat.read(out, as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors, errors
+    if params:
+        injected = [c for c in nb.cells if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
+        assert injected and all(f"{k} = " in injected[0].source for k in params)
