@@ -17,6 +17,7 @@ class CuttingProxy:
         self.seen = bytearray()           # every byte in both directions
         self.cuts = 0
         self.connections = 0
+        self._transports: list[asyncio.BaseTransport] = []
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -34,6 +35,7 @@ class CuttingProxy:
             c_writer.close()
             return
         down = 0
+        self._transports += [c_writer.transport, s_writer.transport]
 
         async def pipe(reader, writer, to_client: bool) -> None:
             nonlocal down
@@ -58,5 +60,8 @@ class CuttingProxy:
     def close(self) -> None:
         async def stop() -> None:
             self._server.close()
+            for t in self._transports:
+                t.abort()
+            await asyncio.sleep(0.05)
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
