@@ -108,6 +108,14 @@ def test_exception_has_the_guest_traceback(kernel):
     assert plain(ok(kernel.execute("x"))) == "41"  # an exception keeps the session
 
 
+@pytest.mark.xfail(strict=True, reason="kernel.py do_execute answers every failed cell with "
+                   "ename 'CellError' in the execute_reply, not the guest's (reported)")
+def test_execute_reply_names_the_guest_error(kernel):
+    res = kernel.execute("1 / 0")
+    assert res.reply["content"]["ename"] == "ZeroDivisionError"
+    assert res.reply["content"]["evalue"] == "division by zero"
+
+
 def test_input_is_a_clear_error(kernel):
     res = kernel.execute("name = input('your name? ')")
     assert res.status == "error"
@@ -156,7 +164,7 @@ def test_interrupt_of_a_tight_loop_stops_within_a_second_and_says_variables_are_
     stopped_after = time.monotonic() - started - 1.0
     t.join()
     assert res.status == "error"
-    assert stopped_after < 1.5, stopped_after  # ≤ 1 s in the Keep, plus the round trips
+    assert stopped_after < 1.2, stopped_after  # ≤ 1 s (≈0.45 s measured), a little slack for load
     assert "KeyboardInterrupt" in [e["ename"] for e in res.errors()]
     assert "variables and imports are lost" in res.stream("stderr")
     res = kernel.execute("print('works'); kept")
