@@ -175,10 +175,13 @@ class ClientAgent:
             raise KeepError(f"%upload: {exc}") from None
 
         async def body() -> Any:
-            while True:  # seal (CPU) on a worker thread, send on this loop
-                piece = await asyncio.to_thread(next, pieces, None)
+            # seal (CPU, GIL released by OpenSSL) on a worker thread one piece ahead of the send
+            ahead = asyncio.ensure_future(asyncio.to_thread(next, pieces, None))
+            while True:
+                piece = await ahead
                 if piece is None:
                     return
+                ahead = asyncio.ensure_future(asyncio.to_thread(next, pieces, None))
                 yield piece
         try:
             return await channel.upload(body(), name)

@@ -263,10 +263,19 @@ class Wasmldr:
 
     async def _receive(self, request: web.Request, fd: int) -> datasets.DatasetInfo:
         opener = datasets.Opener(self.keys.dataset if self.keys else {})
+
+        def consume(piece: bytes, out: Any) -> None:
+            for plain in opener.feed(piece):
+                out.write(plain)
         with os.fdopen(os.dup(fd), "wb", buffering=0) as out:
+            # decrypt + hash on a worker thread (OpenSSL releases the GIL) while the loop reads
+            pending: asyncio.Future | None = None
             async for piece in request.content.iter_chunked(1 << 20):
-                for plain in opener.feed(piece):
-                    out.write(plain)
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(asyncio.to_thread(consume, piece, out))
+            if pending is not None:
+                await pending
         return opener.finish()
 
     def _admit(self, info: datasets.DatasetInfo, policy: OutputPolicy) -> None:
