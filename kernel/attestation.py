@@ -160,8 +160,16 @@ def _config_claims(config: protocol.KeepConfig, requested: protocol.CreateKeep,
     elif config.profile == "debug":
         out.append(verified("profile", "debug — WARNING: this Keep may log cell details to the "
                                        "host; use staging or production for real data"))
+    elif config.profile == "production":
+        out.append(verified("profile", "production: the host sees lifecycle events only; you get "
+                                       "only what the output policy releases (keep.release)"))
     else:
         out.append(verified("profile", f"{config.profile}: the host sees lifecycle events only"))
+    keys = config.keys or {}
+    if keys:
+        out.append(verified("keep_keys", "the Keep's dataset and audit keys are bound into the "
+                                         "evidence (attested config)",
+                            keys=", ".join(sorted(keys))))
     if config.policy != requested.policy:
         out.append(failed("output_policy", "the Keep's attested output policy is not the one you sent — "
                                     "the host changed it"))
