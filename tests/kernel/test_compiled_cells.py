@@ -110,3 +110,17 @@ def test_rust_cell_runs(kernel):
 def test_verbose_shows_the_command_once(kernel):
     res = ok(kernel.execute(f"%%c --verbose\n{HELLO_C[4:]}"))
     assert res.stream("stderr").count("-target wasm32-wasi") == 1, res.stream("stderr")
+
+
+def test_wrong_export_and_wrong_arguments_are_clear(kernel):
+    res = kernel.execute(f"%%c --invoke nope 1\n{ADD_C}")
+    assert res.status == "error" and res.errors()[0]["ename"] == "NoSuchExport"
+    assert "add" in res.errors()[0]["evalue"]  # it lists what the module does export
+    res = kernel.execute(f"%%c --invoke add 1\n{ADD_C}")
+    assert res.status == "error" and "takes 2 argument" in res.errors()[0]["evalue"]
+
+
+def test_c_without_main_says_to_use_invoke(kernel):
+    res = kernel.execute(f"%%c\n{ADD_C}")
+    assert res.status == "error"
+    assert "--invoke" in res.text()

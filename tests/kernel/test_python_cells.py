@@ -181,3 +181,28 @@ def test_exit_ends_the_session_and_the_next_cell_announces_a_fresh_one(kernel):
     assert "Started a fresh Python session" in res.stream("stderr")
     assert res.status == "error" and res.errors()[0]["ename"] == "NameError"
     assert plain(ok(kernel.execute("1 + 1"))) == "2"
+
+
+def test_limits_memory_output_cap_and_deadline(kernel):
+    """A Keep with small limits: each limit is a clear message and the session survives it."""
+    ok(kernel.execute("%keep new --backend nil --memory 200MiB --timeout 2 --output-cap 2KiB"))
+    ok(kernel.execute("kept = 5"))
+    res = kernel.execute("big = bytearray(400 * 1024 * 1024)")
+    assert res.status == "error" and res.errors()[0]["ename"] == "MemoryError"
+    assert "memory limit of 200 MiB" in res.errors()[0]["evalue"]
+    res = ok(kernel.execute("for i in range(1000):\n    print('line', i)"))
+    assert len(res.stream("stdout").encode()) <= 2048
+    assert "output truncated" in res.stream("stderr")
+    started = time.monotonic()
+    res = kernel.execute("import time\nwhile True:\n    time.sleep(0.1)", timeout=30)
+    assert res.status == "error" and res.errors()[0]["ename"] == "TimeoutError"
+    assert time.monotonic() - started < 4
+    assert plain(ok(kernel.execute("kept"))) == "5"
+
+
+def test_os_exit_ends_the_session_too(kernel):
+    ok(kernel.execute("kept = 5"))
+    res = ok(kernel.execute("import os\nos._exit(3)"))
+    assert "has ended" in res.stream("stderr")
+    res = kernel.execute("kept")
+    assert "fresh Python session" in res.stream("stderr") and res.errors()[0]["ename"] == "NameError"
