@@ -48,5 +48,15 @@ test-browser: venv
 	$(BIN)/python -m pip install -q -e '.[test,browser]'
 	$(BIN)/python -m pytest -q -rs tests/browser
 
+# Hostile world (issue 8).  fuzz: atheris harnesses, >= 10^5 inputs (tools/fuzz/run.py).
+# stress: fuzz + malicious manager + faults + resource abuse + 20 concurrent kernels, one table.
+fuzz: venv
+	$(BIN)/python -m pip install -q -e '.[test,fuzz]' || echo "atheris unavailable: random-bytes fallback"
+	$(BIN)/python tools/fuzz/run.py --json build/fuzz/summary.json
+
+stress: venv
+	$(BIN)/python -m pip install -q -e '.[test,fuzz]' || echo "atheris unavailable: random-bytes fallback"
+	$(BIN)/python tools/stress.py
+
 clean:
 	rm -rf build .pytest_cache .hypothesis
