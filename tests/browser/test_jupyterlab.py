@@ -78,17 +78,12 @@ def test_walkthrough_renders_trust_vector_widget(lab):
         try:
             page.goto(f"{url}/lab/tree/attestation-walkthrough.ipynb?token={token}")
             page.wait_for_selector(".jp-Notebook", timeout=60_000)
-            # wait until the keepbook kernel is connected and idle
-            page.wait_for_function(
-                "() => document.querySelector('.jp-Notebook') && "
-                "!!document.querySelector('[data-status=\"idle\"], .jp-Notebook-ExecutionIndicator[data-status=\"idle\"]')",
-                timeout=60_000)
+            # wait until the keepbook kernel is connected and idle (status bar)
+            page.wait_for_selector("text=keepbook (Python in a Keep) | Idle", timeout=90_000)
             page.click(".jp-Notebook")
             page.keyboard.press("Escape")
-            page.evaluate("() => window.jupyterapp && window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            if not page.evaluate("() => !!window.jupyterapp"):
-                page.click("text=Run", timeout=10_000)
-                page.click("text=Run All Cells", timeout=10_000)
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_text("Run All Cells", exact=True).click()
             page.wait_for_selector("text=Hello from inside the Keep!", timeout=240_000)
             widget = page.wait_for_selector(".keepbook-trust-vector", timeout=60_000)
             claims = page.locator(".keepbook-trust-vector .keepbook-claim")
@@ -100,6 +95,9 @@ def test_walkthrough_renders_trust_vector_widget(lab):
             page.wait_for_selector("text=sum 1..100 = 5050", timeout=120_000)
             widget.scroll_into_view_if_needed()
             page.screenshot(path=str(shots / "browser-trust-vector.png"), full_page=False)
-            page.screenshot(path=str(shots / "browser-walkthrough.png"), full_page=True)
+            widget.screenshot(path=str(shots / "trust-vector-widget.png"))
+        except Exception:
+            page.screenshot(path=str(shots / "browser-failure.png"))
+            raise
         finally:
             browser.close()
