@@ -15,3 +15,9 @@ def load_ipython_extension(ipython):  # pragma: no cover - thin delegation
     from keepbook.extensions.ipython import load_ipython_extension as _load
 
     _load(ipython)
+
+
+def unload_ipython_extension(ipython):  # pragma: no cover - thin delegation
+    from keepbook.extensions.ipython import unload_ipython_extension as _unload
+
+    _unload(ipython)

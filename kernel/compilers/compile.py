@@ -155,14 +155,15 @@ def _compile_native(
         module = out_path.read_bytes()
     log = _clean_log(output)
     if language in ("c", "cpp") and not reactor and not _MAIN.search(source):
-        # wasi-libc links a main-less command whose _start just traps; say so now, not at run time.
-        log += f"{cell_file}: note: {_NO_MAIN_HINT}\n"
+        # wasi-libc links a main-less command whose _start just traps: refuse now, before
+        # anything is sent, rather than fail in the Keep with "unreachable".
+        raise CompileError(language, f"{cell_file}: error: {_NO_MAIN_HINT}")
     return CompileResult(language, check_module(language, module), command, log)
 
 
 _MAIN = re.compile(r"\bmain\b")
 _NO_MAIN_HINT = (
-    "the cell has no main(), so running it would do nothing useful; "
+    "the cell has no main(), so there is nothing to run; "
     "to call one of its functions use --invoke NAME ARGS (a reactor build)"
 )
 

@@ -116,6 +116,9 @@ def test_bench_program_compiles_and_prints_checksum(run_start):
     assert code == 0 and out.startswith("checksum ")
 
 
-def test_c_cell_without_main_gets_a_note_pointing_to_invoke():
-    result = compilers.compile_cell("c", "int add(int a, int b) { return a + b; }\n")
-    assert "cell.c: note: the cell has no main()" in result.log and "--invoke NAME" in result.log
+def test_c_cell_without_main_is_refused_pointing_to_invoke():
+    with pytest.raises(compilers.CompileError) as exc:
+        compilers.compile_cell("c", "int add(int a, int b) { return a + b; }\n")
+    assert "cell.c: error: the cell has no main()" in str(exc.value) and "--invoke NAME" in str(exc.value)
+    # the same source as a reactor is fine
+    assert compilers.compile_cell("c", "int add(int a, int b) { return a + b; }\n", reactor=True).module
