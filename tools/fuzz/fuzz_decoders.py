@@ -33,7 +33,8 @@ def run(data: bytes) -> bool:
         name = NAMES[data[0] % len(NAMES)] if data else NAMES[0]
         cls = p._REGISTRY[name]
         msg = cls.from_cbor(mu.message_bytes(rng, [name]) if structured else raw)
-        assert cls.from_cbor(msg.to_cbor()) == msg
+        enc = msg.to_cbor()
+        assert cls.from_cbor(enc).to_cbor() == enc   # (NaN != NaN: compare encodings)
     elif TARGET == "frames":
         dec = p.FrameDecoder()
         for chunk in _chunks(structured, rng, raw, mu.frame_stream):
