@@ -21,6 +21,10 @@ Design choices (DESIGN.md §6):
   writes are coalesced and flushed by the watcher every 50 ms, so a chatty loop does not make
   one event per byte yet output still arrives while the cell runs.  ``poll_oneoff`` (sleep) is
   shadowed too, so a sleeping guest is interruptible.
+* Fast tier: epoch checks made a numeric C loop twice as slow (see ``fastcells.py``).  A module
+  whose last run took ``FAST_TIER_MIN_S`` or more runs next time in a worker process whose engine
+  has no epoch checks; the Keep stops it by killing the worker.  Its first run, every short
+  cell and every fuel-metered cell run here, as described above.
 * Memory: ``Store.set_limits(memory_size=...)``.  wasmtime makes ``memory.grow`` return -1
   past the limit (it does not trap) and the C API has no limiter callback, so a failed cell
   whose linear memory is near the limit is reported as having exceeded it.
@@ -29,6 +33,7 @@ Design choices (DESIGN.md §6):
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import threading
 import time
@@ -193,10 +198,17 @@ class WasmRuntime:
     :meth:`interrupt` may be called from any thread."""
 
     def __init__(self, *, memory_bytes: int = DEFAULT_MEMORY, data_dir: str | None = None,
-                 cache_size: int = MODULE_CACHE_SIZE, opt_level: str = "speed"):
+                 cache_size: int = MODULE_CACHE_SIZE, opt_level: str = "speed",
+                 epoch: bool = True, fast_tier: bool = True):
         self.memory_bytes = memory_bytes
         self.data_dir = data_dir
         self._opt_level = opt_level
+        # epoch=False only in the fast-tier worker, which its Keep stops by killing it
+        self._epoch = epoch
+        self._fast_tier = fast_tier and epoch and os.name == "posix"
+        self._fast: Any = None  # the fast-tier worker (fastcells.FastWorker), made on demand
+        self._fast_running = False
+        self._last_s: OrderedDict[str, float] = OrderedDict()  # digest → its last run's seconds
         self._engines: dict[bool, wt.Engine] = {}
         self._linkers: dict[bool, wt.Linker] = {}
         self._modules: OrderedDict[tuple[bool, str], wt.Module] = OrderedDict()
@@ -222,7 +234,7 @@ class WasmRuntime:
             eng = self._engines.get(metered)
             if eng is None:
                 cfg = wt.Config()
-                cfg.epoch_interruption = True
+                cfg.epoch_interruption = self._epoch
                 cfg.consume_fuel = metered
                 cfg.cranelift_opt_level = self._opt_level
                 eng = self._engines[metered] = wt.Engine(cfg)
@@ -330,6 +342,10 @@ class WasmRuntime:
     def interrupt(self) -> bool:
         """Stop the running cell, if any (its guest traps within a few ms).  True if one was."""
         with self._cell_lock:
+            if self._fast_running:
+                self._fast.stop_reason = "interrupted"
+                self._fast.stop.set()
+                return True
             cell = self._cell
             if cell is None:
                 return False
@@ -346,8 +362,48 @@ class WasmRuntime:
         ``timeout``, ``interrupted``, ``fuel``, ``invalid_module``, ``no_start``, ``no_export``,
         ``bad_args``.  Every failure was also emitted as an ``error`` event."""
         with self._run_lock:
-            return self._run_locked(module, invoke, list(args or []), emit, timeout_s, fuel,
-                                    output_bytes, memory_bytes or self.memory_bytes)
+            memory_bytes = memory_bytes or self.memory_bytes
+            digest = hashlib.sha256(module).hexdigest() if self._fast_tier and fuel is None else None
+            if digest is not None and self._last_s.get(digest, 0.0) >= _fast_min_s():
+                fast = self._fast_worker()
+                if fast.ready():
+                    with self._cell_lock:
+                        self._fast_running = True
+                    try:
+                        status = fast.run(module, invoke=invoke, args=list(args or []), emit=emit,
+                                          timeout_s=timeout_s, output_bytes=output_bytes,
+                                          memory_bytes=memory_bytes)
+                    finally:
+                        with self._cell_lock:
+                            self._fast_running = False
+                    return status  # it stays in the fast tier: only in-process runs count
+                fast.start_soon()  # this run stays here; the next one may go there
+            status = self._run_locked(module, invoke, list(args or []), emit, timeout_s, fuel,
+                                      output_bytes, memory_bytes)
+            if digest is not None:
+                self._remember(digest, status)
+                if status.get("elapsed_s", 0.0) >= _fast_min_s():
+                    self._fast_worker().start_soon()
+            return status
+
+    def _fast_worker(self) -> Any:
+        if self._fast is None:
+            from keepbook.keep.wasmldr.fastcells import FastWorker
+
+            self._fast = FastWorker(self.data_dir)
+        return self._fast
+
+    def _remember(self, digest: str, status: dict) -> None:
+        if status.get("reason") in ("ok", "exit"):
+            self._last_s[digest] = float(status.get("elapsed_s", 0.0))
+            self._last_s.move_to_end(digest)
+            while len(self._last_s) > 4 * self._cache_size:
+                self._last_s.popitem(last=False)
+
+    def close(self) -> None:
+        """Stop the fast-tier worker, if one was started."""
+        if self._fast is not None:
+            self._fast.kill()
 
     def _run_locked(self, module: bytes, invoke: str | None, args: list, emit: Emit,
                     timeout_s: float, fuel: int | None, output_bytes: int,
@@ -378,7 +434,8 @@ class WasmRuntime:
                 wasi.preopen_dir(self.data_dir, "/data", fs_mutable=False)
             store.set_wasi(wasi)
             store.set_limits(memory_size=memory_bytes)
-            store.set_epoch_deadline(1)
+            if self._epoch:
+                store.set_epoch_deadline(1)
             if metered:
                 store.set_fuel(fuel)
             cell = _Cell(output, engine, deadline=time.monotonic() + timeout_s)
@@ -516,6 +573,12 @@ class WasmRuntime:
         return _CellError("trap", "WasmTrap", f"wasm trap: {name}", frames, trap=name)
 
 
+
+
+def _fast_min_s() -> float:
+    from keepbook.keep.wasmldr.fastcells import FAST_TIER_MIN_S
+
+    return FAST_TIER_MIN_S
 
 
 def _memory_hint(store: wt.Store | None, instance_exports: Any, limit: int) -> str | None:
