@@ -16,13 +16,12 @@ the magic drains while the cell runs, so streams appear live and in the right ce
 from __future__ import annotations
 
 import atexit
-import base64
 import json
 import queue
 import sys
 import threading
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
@@ -31,8 +30,9 @@ from IPython.display import display
 from keepbook.keep import protocol
 from keepbook.keep.evidence.trust import TrustVector
 from keepbook.kernel import magics as mg
-from keepbook.kernel import widgets as ui
-from keepbook.kernel.agent import ClientAgent, NewKeep
+from keepbook.kernel import presenting as show
+from keepbook.kernel.presenting import jupyter_mime, new_keep_spec
+from keepbook.kernel.agent import ClientAgent
 from keepbook.kernel.client import AttestationRefused, KeepError
 from keepbook.kernel.trust_policy import TrustPolicyError
 
@@ -79,40 +79,8 @@ class KeepResult:
         return str(self.data.get("text/plain", "<output of a %%keep cell>"))
 
 
-def jupyter_mime(data: Any) -> dict:
-    """Binary MIME types travel as bytes; Jupyter wants base64 text."""
-    if not isinstance(data, dict):
-        return {"text/plain": str(data)}
-    return {str(k): base64.b64encode(v).decode() if isinstance(v, bytes) else v
-            for k, v in data.items()}
-
-
-def new_keep_spec(args: Any) -> NewKeep:
-    """The ``%keep new`` options (parsed by :mod:`keepbook.kernel.magics`) as a request."""
-    policy = b""
-    if args.policy:
-        try:
-            with open(args.policy, "rb") as fh:
-                policy = fh.read()
-        except OSError as exc:
-            raise KeepError(f"cannot read output policy {args.policy}: {exc.strerror}") from None
-    return NewKeep(backend=args.backend, profile=args.profile, manager=args.manager,
-                   token_file=args.token_file, memory_bytes=args.memory, timeout_s=args.timeout,
-                   output_bytes=args.output_cap, policy=policy, trust_policy=args.trust_policy)
-
-
-def _display_widget(widget_factory: Callable[[], Any], text: str, html: str) -> None:
-    data: dict[str, Any] = {"text/plain": text, "text/html": html}
-    try:
-        data.update({k: v for k, v in widget_factory()._repr_mimebundle_().items() if k != "text/plain"})
-    except Exception:  # no widgets here: the HTML and the text still tell everything
-        pass
-    display(data, raw=True)
-
-
 def _show_trust_vector(tv: TrustVector, explain: bool = False) -> None:
-    text = tv.to_text() + ("\n\nEvidence fields:\n" + ui.fields_text(tv) if explain else "")
-    _display_widget(lambda: ui.trust_vector_widget(tv, explain), text, ui.trust_vector_html(tv, explain))
+    display(show.trust_vector_bundle(tv, explain), raw=True)
 
 
 def _remark(text: str) -> None:
@@ -161,6 +129,10 @@ class KeepMagics(Magics):
             except AttestationRefused as exc:
                 _show_trust_vector(exc.result.vector)
                 raise KeepCellError(str(exc)) from None
+            if m.args.save:
+                from keepbook.kernel.attestation import save_attestation
+                print(f"Attestation saved to {save_attestation(result, m.args.save)} "
+                      "(for `keepbook seal --keep-evidence`)")
             if m.args.json:
                 display({"application/json": result.vector.to_json(),
                          "text/plain": json.dumps(result.vector.to_json(), indent=1)}, raw=True)
@@ -175,11 +147,7 @@ class KeepMagics(Magics):
             m = mg.parse_line_magic(f"%upload {line}")
             self._ensure_keep()
             r = self._call(self.agent.upload(m.args.path, m.args.name))
-            policy = r.get("policy") or {}
-            print(f"Uploaded {m.args.path} → {r['path']} in the Keep ({r['bytes']} bytes, sealed "
-                  f"and verified in the Keep)\n  digest {r['digest']}\n  owner  {r['owner']}\n"
-                  f"  owner's policy {r['policy_digest']} (release required: "
-                  f"{policy.get('release_required')}, min rows: {policy.get('min_rows')})")
+            print(show.upload_receipt(m.args.path, r), end="")
 
     @line_cell_magic
     def keep(self, line: str, cell: str | None = None) -> Any:
@@ -206,7 +174,7 @@ class KeepMagics(Magics):
                       "anything is sent.")
         elif m.sub == "status":
             status = self._call(agent.status())
-            _display_widget(lambda: ui.status_widget(status), ui.status_text(status), ui.status_html(status))
+            display(show.status_bundle(status), raw=True)
         elif m.sub == "list":
             keeps = self._call(agent.list())
             current = agent.current.id if agent.current else None

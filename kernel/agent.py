@@ -140,7 +140,8 @@ class ClientAgent:
 
     async def upload(self, path: str | os.PathLike, name: str | None = None, *,
                      policy: bytes = b"", owner_key: Any = None, suite: str | None = None,
-                     chunk_size: int = datasets.DEFAULT_CHUNK) -> dict:
+                     chunk_size: int = datasets.DEFAULT_CHUNK,
+                     progress: Callable[[int], None] | None = None) -> dict:
         """Send a dataset to the current Keep, sealed, streamed chunk by chunk; return the
         Keep's receipt (name, path, bytes, digest, owner, policy_digest, policy).
 
@@ -177,12 +178,16 @@ class ClientAgent:
         async def body() -> Any:
             # seal (CPU, GIL released by OpenSSL) on a worker thread one piece ahead of the send
             ahead = asyncio.ensure_future(asyncio.to_thread(next, pieces, None))
+            sent = 0
             while True:
                 piece = await ahead
                 if piece is None:
                     return
                 ahead = asyncio.ensure_future(asyncio.to_thread(next, pieces, None))
                 yield piece
+                sent += len(piece)
+                if progress is not None:
+                    progress(sent)
         try:
             return await channel.upload(body(), name)
         except datasets.DatasetError as exc:

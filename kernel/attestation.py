@@ -177,3 +177,14 @@ def _config_claims(config: protocol.KeepConfig, requested: protocol.CreateKeep,
         out.append(verified("output_policy", "the output policy in force is the one you sent"
                             if config.policy else "the profile's default output policy"))
     return out
+
+
+def save_attestation(result: AttestationResult, path: str) -> str:
+    """Write the Keep's attestation answer (CBOR ``attest_response``) for the data owner's
+    ``keepbook seal --keep-evidence FILE``; it re-verifies it there."""
+    from pathlib import Path
+
+    target = Path(path).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(result.response.to_cbor())
+    return str(target)

@@ -8,7 +8,7 @@ import asyncio
 import codeop
 import json
 import traceback
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable
 
 from ipykernel.kernelbase import Kernel
 
@@ -19,7 +19,7 @@ from keepbook.kernel import magics as mg
 from keepbook.kernel.agent import ClientAgent, NewKeep
 from keepbook.kernel.client import AttestationRefused, KeepError
 from keepbook.kernel.trust_policy import TrustPolicyError
-from keepbook.kernel import widgets as ui
+from keepbook.kernel import presenting as show
 
 
 class CellFailed(Exception):
@@ -55,6 +55,8 @@ class KeepbookKernel(Kernel):
             self.shell_handlers[msg_type] = getattr(self.comm_manager, msg_type)
         self.agent = ClientAgent()
         self._error_shown = False
+        self._last_error: tuple[str, str, list[str]] | None = None
+        self._python_started: set[str] = set()
 
     # ------------------------------------------------------------------ output helpers
     def _stream(self, text: str, name: str = "stdout") -> None:
@@ -65,23 +67,17 @@ class KeepbookKernel(Kernel):
                            {"data": data, "metadata": metadata or {}, "transient": {}})
 
     def _error(self, ename: str, evalue: str, tb: list[str] | None = None) -> None:
-        self.send_response(self.iopub_socket, "error",
-                           {"ename": ename, "evalue": evalue, "traceback": tb or [f"{ename}: {evalue}"]})
+        tb = tb or [f"{ename}: {evalue}"]
+        self.send_response(self.iopub_socket, "error", {"ename": ename, "evalue": evalue, "traceback": tb})
         self._error_shown = True
-
-    def _widget(self, widget_factory: Callable[[], Any], text: str, html: str) -> None:
-        data: dict[str, Any] = {"text/plain": text, "text/html": html}
-        try:
-            widget = widget_factory()
-            data.update({k: v for k, v in widget._repr_mimebundle_().items() if k != "text/plain"})
-        except Exception:  # widgets unavailable: the HTML and text still tell everything
-            pass
-        self._display(data)
+        self._last_error = (ename, evalue, tb)
 
     def _show_trust_vector(self, tv: TrustVector, explain: bool = False) -> None:
-        text = tv.to_text() + ("\n\nEvidence fields:\n" + ui.fields_text(tv) if explain else "")
-        self._widget(lambda: ui.trust_vector_widget(tv, explain), text,
-                     ui.trust_vector_html(tv, explain))
+        self._display(show.trust_vector_bundle(tv, explain))
+
+    def _progress(self, label: str, total: int | None = None) -> show.Progress:
+        return show.Progress(lambda kind, content: self.send_response(self.iopub_socket, kind, content),
+                             label, total)
 
     def _publish_event(self, event: protocol.Event) -> None:
         c = event.content
@@ -89,10 +85,10 @@ class KeepbookKernel(Kernel):
             name = c.get("name") if c.get("name") in ("stdout", "stderr") else "stdout"
             self._stream(str(c.get("text", "")), name)
         elif event.kind == "display_data":
-            self._display(_mime(c.get("data")), c.get("metadata") or {})
+            self._display(show.jupyter_mime(c.get("data")), c.get("metadata") or {})
         elif event.kind == "execute_result":
             self.send_response(self.iopub_socket, "execute_result",
-                               {"data": _mime(c.get("data")), "metadata": c.get("metadata") or {},
+                               {"data": show.jupyter_mime(c.get("data")), "metadata": c.get("metadata") or {},
                                 "execution_count": self.execution_count})
         elif event.kind == "error":
             tb = c.get("traceback")
@@ -109,6 +105,7 @@ class KeepbookKernel(Kernel):
                          user_expressions: dict | None = None, allow_stdin: bool = False,
                          *, cell_meta: Any = None, cell_id: Any = None) -> dict:
         self._error_shown = False
+        self._last_error = None
         try:
             cell = mg.parse_cell(code)
             for magic in cell.magics:
@@ -127,7 +124,10 @@ class KeepbookKernel(Kernel):
         except CompileFailed as exc:
             return self._fail("CompileError", str(exc))
         except CellFailed as exc:
-            return self._fail("CellError", str(exc), show=not self._error_shown)
+            if self._last_error is not None:  # the reply names the Keep's own error
+                ename, evalue, tb = self._last_error
+                return self._fail(ename, evalue, tb, show=False)
+            return self._fail("CellError", str(exc))
         except Exception as exc:  # a kernel bug: say so, stay alive
             tb = traceback.format_exception(exc)
             return self._fail(type(exc).__name__, f"keepbook internal error: {exc}", tb)
@@ -137,6 +137,8 @@ class KeepbookKernel(Kernel):
     def _fail(self, ename: str, evalue: str, tb: list[str] | None = None, show: bool = True) -> dict:
         if show and not self._error_shown:
             self._error(ename, evalue, tb)
+        elif not show and self._last_error is None:
+            self._last_error = (ename, evalue, tb or [f"{ename}: {evalue}"])
         return {"status": "error", "execution_count": self.execution_count, "ename": ename,
                 "evalue": evalue, "traceback": tb or [f"{ename}: {evalue}"]}
 
@@ -146,6 +148,9 @@ class KeepbookKernel(Kernel):
         elif m.name == "attest":
             await self._ensure_keep()
             result = await self._in_agent(self.agent.attest())
+            if getattr(m.args, "save", None):
+                saved = self._save_attestation(result, m.args.save)
+                self._stream(f"Attestation saved to {saved} (for `keepbook seal --keep-evidence`)\n")
             if m.args.json:
                 self._display({"application/json": result.vector.to_json(),
                                "text/plain": json.dumps(result.vector.to_json(), indent=1)})
@@ -154,53 +159,59 @@ class KeepbookKernel(Kernel):
         elif m.name == "upload":
             await self._upload(m.args.path, m.args.name)
         elif m.name == "audit":
-            await self._audit()
+            await self._audit(getattr(m.args, "save", None))
         else:
             raise mg.MagicError(f"%{m.name} is not available yet in this version of keepbook")
+
+    def _save_attestation(self, result: Any, path: str) -> str:
+        from keepbook.kernel.attestation import save_attestation
+
+        try:
+            return save_attestation(result, path)
+        except OSError as exc:
+            raise KeepError(f"cannot save the attestation to {path}: {exc.strerror}") from None
 
     async def _upload(self, path: str, name: str | None) -> None:
         """%upload PATH [--as NAME]: sealed to the attested Keep, streamed; read-only at /data."""
         await self._ensure_keep()
-        r = await self._in_agent(self.agent.upload(path, name))
-        self._stream(f"Uploaded {path} → {r['path']} in the Keep ({r['bytes']} bytes, sealed and "
-                     f"verified in the Keep)\n  digest {r['digest']}\n  owner  {r['owner']}\n"
-                     f"  owner's policy {r['policy_digest']} — now in force with the Keep's "
-                     f"(release required: {r['policy'].get('release_required')}, min rows: "
-                     f"{r['policy'].get('min_rows')})\n")
+        await self._ensure_attested()
+        import os as _os
 
-    async def _audit(self) -> None:
+        try:
+            size = _os.path.getsize(_os.path.expanduser(path))
+        except OSError:
+            size = None
+        bar = self._progress(f"uploading {path}", total=size)
+        loop = asyncio.get_running_loop()
+
+        def progress(sent: int) -> None:
+            loop.call_soon_threadsafe(bar.update, sent)
+
+        try:
+            r = await self._in_agent(self.agent.upload(path, name, progress=progress))
+        except BaseException:
+            bar.done(f"upload of {path} failed", ok=False)
+            raise
+        bar.done(f"uploaded {path}")
+        self._stream(show.upload_receipt(path, r))
+
+    async def _audit(self, save_to: str | None = None) -> None:
         """%audit: fetch the Keep's log, verify chain + signature + binding, show a table."""
         await self._ensure_keep()
         log = await self._in_agent(self.agent.audit())
-        saved = _save_audit(self.agent.current.id if self.agent.current else "keep", log.raw)
-        rows = log.table()
-        text = "\n".join([*(f"✔ {c}" for c in log.checks),
-                          *(f"{r['seq']:>4}  {r['time']}  {r['kind']:<14} {r['detail']}" for r in rows),
-                          f"(saved for `keepbook audit verify`: {saved})"])
-        import html as _html
-        body = "".join(f"<tr><td>{r['seq']}</td><td>{r['time']}</td><td>{_html.escape(r['kind'])}"
-                       f"</td><td style='text-align:left'>{_html.escape(str(r['detail']))}</td></tr>"
-                       for r in rows)
-        checks = "".join(f"<li>✔ {_html.escape(c)}</li>" for c in log.checks)
-        self._display({"text/plain": text, "text/html":
-                       f"<b>Audit log — verified</b><ul>{checks}</ul><table><thead><tr><th>#</th>"
-                       f"<th>time</th><th>kind</th><th>detail</th></tr></thead><tbody>{body}"
-                       f"</tbody></table><small>saved: {_html.escape(str(saved))}</small>"})
+        saved = show.save_audit(self.agent.current.id if self.agent.current else "keep", log.raw, save_to)
+        self._display(show.audit_bundle(log, saved))
 
     async def _keep_magic(self, m: mg.LineMagic, implicit: bool = False) -> None:
         if m.sub == "new":
-            a = m.args
-            policy = b""
-            if a.policy:
-                try:
-                    with open(a.policy, "rb") as fh:
-                        policy = fh.read()
-                except OSError as exc:
-                    raise KeepError(f"cannot read output policy {a.policy}: {exc.strerror}") from None
-            spec = NewKeep(backend=a.backend, profile=a.profile, manager=a.manager,
-                           token_file=a.token_file, memory_bytes=a.memory, timeout_s=a.timeout,
-                           output_bytes=a.output_cap, policy=policy, trust_policy=a.trust_policy)
-            session = await self._in_agent(self.agent.new_keep(spec))
+            spec = show.new_keep_spec(m.args)
+            bar = self._progress(f"creating a {spec.backend} Keep ({spec.profile})")
+            try:
+                session = await self._in_agent(self.agent.new_keep(spec))
+            except BaseException:
+                bar.done(f"could not create a {spec.backend} Keep", ok=False)
+                raise
+            bar.done(f"Keep {session.id} created")
             if implicit:  # the user's cell output stays on stdout; our remarks go to stderr
                 self._stream(f"[keepbook] Keep {session.id} created (backend {session.info.backend}, "
                              f"profile {session.info.profile}).\n", "stderr")
@@ -211,7 +222,7 @@ class KeepbookKernel(Kernel):
                              "anything is sent.\n")
         elif m.sub == "status":
             status = await self._in_agent(self.agent.status())
-            self._widget(lambda: ui.status_widget(status), ui.status_text(status), ui.status_html(status))
+            self._display(show.status_bundle(status))
         elif m.sub == "list":
             keeps = await self._in_agent(self.agent.list())
             current = self.agent.current.id if self.agent.current else None
@@ -232,7 +243,16 @@ class KeepbookKernel(Kernel):
     async def _cell_magic(self, m: mg.CellMagic) -> None:
         a = m.args
         if m.name in ("wat", "wasm", "c", "cpp", "zig", "rust"):
-            module = await asyncio.to_thread(self._compile, m)
+            bar = self._progress(f"compiling the {m.name} cell to wasm32-wasi on this machine") \
+                if m.name in ("c", "cpp", "zig", "rust") else None
+            try:
+                module = await asyncio.to_thread(self._compile, m)
+            except BaseException:
+                if bar:
+                    bar.done(f"{m.name} compilation failed", ok=False)
+                raise
+            if bar:
+                bar.done(f"compiled {len(module):,} bytes of Wasm")
             await self._run_in_keep("wasm", module=module, invoke=m.invoke, args=m.invoke_args,
                                     timeout_s=a.timeout, fuel=a.fuel)
 
@@ -250,20 +270,30 @@ class KeepbookKernel(Kernel):
                                             reactor=m.invoke is not None)
         except compilers.CompileError as exc:
             raise CompileFailed(f"{exc}\n(nothing was sent to the Keep)") from None
-        if getattr(m.args, "verbose", False):
-            self._stream("$ " + " ".join(result.command) + "\n", "stderr")
-        if result.log.strip():
+        if result.log.strip():  # with --verbose the log starts with the compiler command
             self._stream(result.log if result.log.endswith("\n") else result.log + "\n", "stderr")
         return result.module
 
+    async def _ensure_attested(self) -> None:
+        session = self.agent.current
+        if session is not None and session.attestation is None:
+            bar = self._progress("attesting the Keep (fresh nonce, evidence, verification)")
+            try:
+                result = await self._in_agent(self.agent.attest())
+            except BaseException:
+                bar.done("attestation failed — nothing was sent", ok=False)
+                raise
+            bar.done(f"attested: {result.vector.kind} evidence VERIFIED — {result.vector.label} "
+                     "(`%attest` shows the trust vector)")
+
     async def _run_in_keep(self, kind: str, **kwargs: Any) -> None:
         await self._ensure_keep()
+        await self._ensure_attested()
         session = self.agent.current
-        first_attest = session is not None and session.attestation is None
-        if first_attest:
-            result = await self._in_agent(self.agent.attest())
-            self._stream(f"[keepbook] Attested {result.vector.kind} evidence: VERIFIED — {result.vector.label} "
-                         "(`%attest` shows the trust vector)\n", "stderr")
+        warmup = None
+        if kind == "python" and session is not None and session.id not in self._python_started:
+            self._python_started.add(session.id)
+            warmup = self._progress("starting Python in the Keep")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[protocol.Event] = asyncio.Queue()
 
@@ -275,10 +305,15 @@ class KeepbookKernel(Kernel):
             getter = asyncio.ensure_future(queue.get())
             done, _ = await asyncio.wait({getter, fut}, return_when=asyncio.FIRST_COMPLETED)
             if getter in done:
+                if warmup is not None:
+                    warmup.done("Python is running in the Keep")
+                    warmup = None
                 self._publish_event(getter.result())
                 continue
             getter.cancel()
             break
+        if warmup is not None:
+            warmup.done("Python is running in the Keep", ok=fut.exception() is None)
         while not queue.empty():
             self._publish_event(queue.get_nowait())
         status = fut.result()  # raises KeepError if the channel broke
@@ -323,7 +358,7 @@ class KeepbookKernel(Kernel):
                          omit_sections: Any = ()) -> dict:
         reply = await self._guest_request("inspect", code, cursor_pos)
         if reply and reply.get("found"):
-            return {"status": "ok", "found": True, "data": _mime(reply.get("data")), "metadata": {}}
+            return {"status": "ok", "found": True, "data": show.jupyter_mime(reply.get("data")), "metadata": {}}
         return {"status": "ok", "found": False, "data": {}, "metadata": {}}
 
     async def _guest_request(self, op: str, code: str, cursor_pos: int) -> dict | None:
@@ -341,28 +376,3 @@ class KeepbookKernel(Kernel):
     async def do_shutdown(self, restart: bool) -> dict:
         await asyncio.to_thread(self.agent.stop)
         return {"status": "ok", "restart": restart}
-
-
-def _save_audit(keep_id: str, raw: bytes) -> str:
-    """Where `%audit` keeps the verified log for the data owner (``keepbook audit verify``)."""
-    import os
-    from pathlib import Path
-
-    base = Path(os.environ.get("KEEPBOOK_AUDIT_DIR") or Path(
-        os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "keepbook" / "audit")
-    base.mkdir(parents=True, exist_ok=True)
-    path = base / f"{keep_id}.audit.cbor"
-    path.write_bytes(raw)
-    return str(path)
-
-
-def _mime(data: Any) -> dict:
-    if not isinstance(data, dict):
-        return {"text/plain": str(data)}
-    out = {}
-    for k, v in data.items():
-        if isinstance(v, bytes):  # binary MIME types travel as bytes; Jupyter wants base64 text
-            import base64
-            v = base64.b64encode(v).decode()
-        out[str(k)] = v
-    return out

@@ -80,6 +80,8 @@ def _attest_parser() -> _Parser:
     p = _Parser(prog="%attest", add_help=False)
     p.add_argument("--explain", action="store_true", help="show each evidence field explained")
     p.add_argument("--json", action="store_true", help="the trust vector as JSON")
+    p.add_argument("--save", metavar="FILE",
+                   help="also write the Keep's attestation to FILE (for `keepbook seal --keep-evidence`)")
     return p
 
 
@@ -162,7 +164,10 @@ def parse_line_magic(line: str) -> LineMagic:
         p.add_argument("--as", dest="name")
         return LineMagic("upload", p.parse_args(rest))
     if name == "audit":
-        return LineMagic("audit", _Parser(prog="%audit", add_help=False).parse_args(rest))
+        p = _Parser(prog="%audit", add_help=False)
+        p.add_argument("--save", metavar="FILE", help="where to save the verified log "
+                       "(default: $KEEPBOOK_AUDIT_DIR or ~/.local/share/keepbook/audit/)")
+        return LineMagic("audit", p.parse_args(rest))
     raise MagicError(f"unknown magic %{name}; keepbook knows %{', %'.join(LINE_MAGICS)} and "
                      f"cell magics %%{', %%'.join(CELL_MAGICS)}")
 

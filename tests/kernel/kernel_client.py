@@ -37,7 +37,7 @@ class Result:
             c = o["content"]
             if o["msg_type"] == "stream":
                 parts.append(c["text"])
-            elif o["msg_type"] in ("display_data", "execute_result"):
+            elif o["msg_type"] in ("display_data", "update_display_data", "execute_result"):
                 parts.append(c["data"].get("text/plain", ""))
             elif o["msg_type"] == "error":
                 parts.append(f"{c['ename']}: {c['evalue']}")
@@ -63,7 +63,7 @@ class Kernel:
             t = msg["msg_type"]
             if t == "status" and msg["content"]["execution_state"] == "idle":
                 idle = True
-            elif t in ("stream", "display_data", "execute_result", "error"):
+            elif t in ("stream", "display_data", "update_display_data", "execute_result", "error"):
                 if res.first_output_at is None:
                     res.first_output_at = time.monotonic() - start
                 res.outputs.append(msg)

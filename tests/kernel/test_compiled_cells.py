@@ -105,8 +105,6 @@ def test_rust_cell_runs(kernel):
     assert res.stream("stdout") == "hello from Rust 42\n"
 
 
-@pytest.mark.xfail(strict=True, reason="kernel.py _compile streams the command itself and the "
-                   "compiler's verbose log starts with it again: shown twice (reported)")
 def test_verbose_shows_the_command_once(kernel):
     res = ok(kernel.execute(f"%%c --verbose\n{HELLO_C[4:]}"))
     assert res.stream("stderr").count("-target wasm32-wasi") == 1, res.stream("stderr")

@@ -180,3 +180,27 @@ def test_shutdown_stops_embedded_manager_and_keeps():
     while (alive(keepldr) or alive(wasmldr)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(keepldr) and not alive(wasmldr)
+
+
+def test_long_steps_show_progress_that_ends_in_one_line(kernel):
+    res = kernel.execute("%keep new --backend sim-snp")
+    bars = [o["content"] for o in res.outputs if o["msg_type"] in ("display_data", "update_display_data")]
+    assert bars and bars[0]["transient"]["display_id"] == bars[-1]["transient"]["display_id"]
+    assert "application/vnd.jupyter.widget-view+json" in bars[0]["data"]
+    assert bars[-1]["data"]["text/plain"].startswith("✔ Keep ") and " created (" in bars[-1]["data"]["text/plain"]
+    res = kernel.execute("%%c\nint main(void) { return 0; }")
+    assert any("compiled" in o["content"]["data"]["text/plain"] for o in res.outputs
+               if o["msg_type"] == "update_display_data")
+
+
+def test_attest_and_audit_can_be_saved(kernel, tmp_path):
+    from keepbook.keep import protocol
+
+    target = tmp_path / "keep.attestation"
+    res = kernel.execute(f"%attest --save {target}")
+    assert res.status == "ok" and f"Attestation saved to {target}" in res.stream()
+    resp = protocol.AttestResponse.from_cbor(target.read_bytes())
+    assert resp.evidence_kind == "sev-snp"
+    log = tmp_path / "audit.cbor"
+    res = kernel.execute(f"%audit --save {log}")
+    assert res.status == "ok" and log.stat().st_size > 0
