@@ -8,6 +8,7 @@ by the per-Keep cost, not a test that fills the machine."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 from .core import Goal, Row, Sample
@@ -23,7 +24,7 @@ def _ipykernel_rss() -> float:
 
     from .startup import execute
 
-    km, kc = start_new_kernel(kernel_name="python3")
+    km, kc = start_new_kernel(kernel_name="python3", stderr=subprocess.DEVNULL)
     try:
         execute(kc, "x = 6 * 7")
         time.sleep(IDLE_S)

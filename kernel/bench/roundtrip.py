@@ -4,6 +4,7 @@ trivial expression.  Round trip = execute_request sent → kernel idle and execu
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 from .core import Goal, Row, Sample
@@ -27,7 +28,7 @@ def _rtts(kc, code: str, reps: int) -> Sample:
 def rows(reps: int) -> list[Row]:
     from jupyter_client.manager import start_new_kernel
 
-    km, kc = start_new_kernel(kernel_name="python3")
+    km, kc = start_new_kernel(kernel_name="python3", stderr=subprocess.DEVNULL)
     try:
         base = _rtts(kc, PY_CELL, reps)
     finally:

@@ -5,6 +5,7 @@ cell."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 from .core import Goal, Row, Sample
@@ -15,7 +16,7 @@ def ipykernel_first_result() -> float:
     from jupyter_client.manager import start_new_kernel
 
     t = time.perf_counter()
-    km, kc = start_new_kernel(kernel_name="python3")
+    km, kc = start_new_kernel(kernel_name="python3", stderr=subprocess.DEVNULL)
     try:
         execute(kc, "6 * 7")
         return time.perf_counter() - t
