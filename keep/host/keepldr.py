@@ -7,15 +7,15 @@ sealed (encrypted) provisioning, and lifecycle events.  It logs lifecycle events
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
+import subprocess
 import sys
 import time
 
-from keepbook.keep import protocol
 from keepbook.keep.host.backends import env_for_wasmldr
-from keepbook.keep.framing import read_frame, write_frame
+
+# asyncio and the protocol are imported after the wasmldr is started (see main): the Keep's boot
+# — a CPU-bound Python import — then overlaps this loader's own, on a cold start.
 
 
 def log(keep_id: str, event: str, **detail: object) -> None:
@@ -35,7 +35,19 @@ def wasmldr_command(backend: str, launcher: str, keep_id: str) -> list[str]:
     return cmd
 
 
-async def relay(backend: str, keep_id: str, launcher: str) -> int:
+def start_wasmldr(backend: str, keep_id: str, launcher: str) -> subprocess.Popen:
+    return subprocess.Popen(wasmldr_command(backend, launcher, keep_id), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=None, env=env_for_wasmldr(),
+                            start_new_session=True)
+
+
+async def relay(backend: str, keep_id: str, launcher: str,
+                child: subprocess.Popen | None = None) -> int:
+    import asyncio
+
+    from keepbook.keep import protocol
+    from keepbook.keep.framing import read_frame, write_frame
+
     loop = asyncio.get_running_loop()
     up_reader = asyncio.StreamReader(limit=2**16)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(up_reader), sys.stdin.buffer)
@@ -43,12 +55,14 @@ async def relay(backend: str, keep_id: str, launcher: str) -> int:
                                                             sys.stdout.buffer)
     up_writer = asyncio.StreamWriter(w_transport, w_protocol, None, loop)
 
-    proc = await asyncio.create_subprocess_exec(
-        *wasmldr_command(backend, launcher, keep_id), stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=None, env=env_for_wasmldr(),
-        start_new_session=True)
+    proc = child or start_wasmldr(backend, keep_id, launcher)
     log(keep_id, "wasmldr-started", pid=proc.pid, backend=backend)
     assert proc.stdin and proc.stdout
+    down_reader = asyncio.StreamReader(limit=2**16)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(down_reader), proc.stdout)
+    d_transport, d_protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
+                                                            proc.stdin)
+    down_writer = asyncio.StreamWriter(d_transport, d_protocol, None, loop)
 
     async def downstream() -> None:  # keepmgr → wasmldr
         while True:
@@ -56,13 +70,13 @@ async def relay(backend: str, keep_id: str, launcher: str) -> int:
             if msg is None:
                 break
             log(keep_id, "relay-down", msg=msg.MSG)
-            write_frame(proc.stdin, msg)  # type: ignore[arg-type]
-            await proc.stdin.drain()
-        proc.stdin.close()
+            write_frame(down_writer, msg)
+            await down_writer.drain()
+        down_writer.close()
 
     async def upstream() -> None:  # wasmldr → keepmgr
         while True:
-            msg = await read_frame(proc.stdout)  # type: ignore[arg-type]
+            msg = await read_frame(down_reader)
             if msg is None:
                 break
             if isinstance(msg, protocol.Lifecycle):
@@ -84,10 +98,10 @@ async def relay(backend: str, keep_id: str, launcher: str) -> int:
     finally:
         down.cancel()
     try:
-        rc = await asyncio.wait_for(proc.wait(), 2)
+        rc = await asyncio.wait_for(asyncio.to_thread(proc.wait), 2)
     except asyncio.TimeoutError:
         proc.kill()
-        rc = await proc.wait()
+        rc = await asyncio.to_thread(proc.wait)
     log(keep_id, "wasmldr-exited", code=rc)
     try:
         write_frame(up_writer, protocol.Lifecycle(event="exited", detail=f"wasmldr exit code {rc}"))
@@ -103,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-id", required=True)
     ap.add_argument("--launcher", choices=("subprocess", "systemd-run"), default="subprocess")
     args = ap.parse_args(argv)
+    child = start_wasmldr(args.backend, args.keep_id, args.launcher)  # first: see the imports
+    import asyncio
+
     try:
-        return asyncio.run(relay(args.backend, args.keep_id, args.launcher))
+        return asyncio.run(relay(args.backend, args.keep_id, args.launcher, child))
     except KeyboardInterrupt:
         return 130
 
