@@ -44,8 +44,17 @@ class HostileManager(TamperingManager):
     async def _upstream(self, request: web.Request, body: bytes) -> tuple[bytes, int]:
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() in ("authorization", "content-type")}
-        async with self.session.request(request.method, self.upstream + request.path_qs,
+        if getattr(self, "_own_session", None) is None:   # ours: the base class's is private
+            self._own_session = aiohttp.ClientSession()
+        async with self._own_session.request(request.method, self.upstream + request.path_qs,
                                         data=body, headers=headers) as resp:
             data = await resp.read()
             self.relayed.append(data)
             return data, resp.status
+
+    def close(self) -> None:
+        own = getattr(self, "_own_session", None)
+        if own is not None:
+            import asyncio
+            asyncio.run_coroutine_threadsafe(own.close(), self.loop).result(10)
+        super().close()
