@@ -633,7 +633,10 @@ class Request(Message):
     args: dict | None = None
 
 
-EVENT_KINDS = ("stream", "display_data", "execute_result", "error", "notice", "status")
+EVENT_KINDS = ("stream", "display_data", "execute_result", "error", "notice", "status", "heartbeat")
+#: While a cell runs, the Keep sends a ``heartbeat`` event whenever it has been silent this long,
+#: so a client can tell a busy Keep from one that stopped answering.
+HEARTBEAT_S = 0.5
 
 
 @dataclass
@@ -641,7 +644,8 @@ class Event(Message):
     """One output event from a running cell, already filtered by the Keep's policy.
 
     ``kind`` is a Jupyter IOPub message type, or ``notice`` (a kernel-visible remark such as
-    "output truncated"), or ``status`` (the last event of a cell, with ``ok``)."""
+    "output truncated"), ``heartbeat`` (empty; the Keep is alive), or ``status`` (the last event
+    of a cell, with ``ok``)."""
 
     MSG: ClassVar[str] = "event"
     MAX_BYTES: ClassVar[int] = MAX_MESSAGE_BYTES

@@ -31,6 +31,7 @@ class NewKeep:
     profile: str = "staging"
     manager: str | None = None       # None: the embedded manager
     token_file: str | None = None
+    manager_ca: str | None = None    # PEM CA to trust for an https:// manager
     memory_bytes: int = protocol.DEFAULT_LIMITS["memory_bytes"]
     timeout_s: float = protocol.DEFAULT_LIMITS["timeout_s"]
     output_bytes: int = protocol.DEFAULT_LIMITS["output_bytes"]
@@ -64,7 +65,7 @@ class ClientAgent:
         self.embedded = EmbeddedManager()
         self.sessions: dict[str, KeepSession] = {}
         self.current: KeepSession | None = None
-        self._managers: dict[tuple[str, str | None], ManagerClient] = {}
+        self._managers: dict[tuple[str, str | None, str | None], ManagerClient] = {}
         self.running_cell: str | None = None
 
     # -- thread plumbing
@@ -75,19 +76,28 @@ class ClientAgent:
         return self.submit(coro).result(timeout)
 
     # -- Keeps
-    def _manager(self, url: str | None, token_file: str | None) -> ManagerClient:
+    def _manager(self, url: str | None, token_file: str | None,
+                 ca_file: str | None = None) -> ManagerClient:
         if url is None:
             url, token = self.embedded.start()
         else:
             token = _read_token(token_file)
-        key = (url, token)
+        key = (url, token, ca_file)
         if key not in self._managers:
-            self._managers[key] = ManagerClient(url, token)
+            ctx = None
+            if ca_file:
+                import ssl
+
+                try:
+                    ctx = ssl.create_default_context(cafile=str(Path(ca_file).expanduser()))
+                except (OSError, ssl.SSLError) as exc:
+                    raise KeepError(f"cannot use {ca_file} as the keep manager's CA: {exc}") from None
+            self._managers[key] = ManagerClient(url, token, ssl_context=ctx)
         return self._managers[key]
 
     async def new_keep(self, spec: NewKeep) -> KeepSession:
         policy = TrustPolicy.load(spec.trust_policy)
-        manager = await asyncio.to_thread(self._manager, spec.manager, spec.token_file)
+        manager = await asyncio.to_thread(self._manager, spec.manager, spec.token_file, spec.manager_ca)
         contracts = await manager.contracts()
         offered = {b.name: b for b in contracts.backends}
         if spec.backend not in offered:

@@ -30,6 +30,10 @@ from keepbook.kernel.trust_policy import TrustPolicy
 
 CONNECT_TIMEOUT_S = 5.0
 CONTROL_TIMEOUT_S = 90.0
+#: The Keep's channel: connecting (TCP + TLS) and silence between events (the Keep sends a
+#: heartbeat every protocol.HEARTBEAT_S while a cell runs) — past these, the Keep is not answering.
+CHANNEL_CONNECT_S = 1.5
+CHANNEL_SILENCE_S = 1.5
 
 
 class KeepError(Exception):
@@ -95,7 +99,7 @@ class ManagerClient:
         http = await self._http()
         try:
             async with http.request(method, self.url + path, data=data, headers=headers,
-                                    ssl=self._ssl if self._ssl is not None else None) as resp:
+                                    ssl=self._ssl if self._ssl is not None else True) as resp:
                 raw = await resp.content.read(protocol.MAX_CONTROL_BYTES + 1)
                 status = resp.status
         except (aiohttp.ClientConnectorError, aiohttp.ClientOSError, ConnectionError) as exc:
@@ -174,7 +178,8 @@ class Channel:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ctx, limit=8),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S))
+                timeout=aiohttp.ClientTimeout(total=None, connect=CHANNEL_CONNECT_S,
+                                              sock_connect=CHANNEL_CONNECT_S))
         return self._session
 
     async def close(self) -> None:
@@ -208,7 +213,10 @@ class Channel:
         saw_status = False
         try:
             async with http.post(self.endpoint + "/v1/run", data=body,
-                                 headers={"Content-Type": protocol.CBOR}) as resp:
+                                 headers={"Content-Type": protocol.CBOR},
+                                 timeout=aiohttp.ClientTimeout(total=None, connect=CHANNEL_CONNECT_S,
+                                                               sock_connect=CHANNEL_CONNECT_S,
+                                                               sock_read=CHANNEL_SILENCE_S)) as resp:
                 if resp.status >= 400:
                     raise KeepError(f"the Keep refused the cell ({resp.status}): "
                                     f"{_reason(await resp.read())}")
@@ -216,6 +224,8 @@ class Channel:
                 async for chunk in resp.content.iter_any():
                     decoder.feed(chunk)
                     for event in decoder.events():
+                        if event.kind == "heartbeat":
+                            continue
                         if event.kind == "status":
                             saw_status = True
                         yield event
@@ -234,6 +244,11 @@ class Channel:
                             "it may have stopped — `%keep new` makes a fresh one") from None
         except protocol.ProtocolError as exc:
             raise KeepError(f"the Keep's output stream breaks the protocol: {exc.reason}") from None
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            raise KeepError(f"the Keep stopped answering: no output and no heartbeat for "
+                            f"{CHANNEL_SILENCE_S:.1f} s (or no connection within {CHANNEL_CONNECT_S:.1f} s); "
+                            "the cell's result is unknown. `%keep status` shows what the host "
+                            "knows; `%keep new` makes a fresh Keep") from None
         if not saw_status:
             raise KeepError("the Keep's output stream ended before the cell finished; "
                             "the cell's result is unknown")

@@ -68,6 +68,8 @@ def _keep_new_parser() -> _Parser:
     p.add_argument("--profile", default="staging", choices=("debug", "staging", "production"))
     p.add_argument("--manager", help="keep manager URL (default: an embedded one on loopback)")
     p.add_argument("--token-file", help="bearer token file for --manager (or $KEEPBOOK_MANAGER_TOKEN)")
+    p.add_argument("--manager-ca", help="CA certificate (PEM) to trust for an https:// --manager "
+                   "(default: the system's trust store)")
     p.add_argument("--memory", type=parse_size, default=1024**3, help="per-cell memory limit")
     p.add_argument("--timeout", type=_positive_float, default=600.0, help="per-cell deadline, seconds")
     p.add_argument("--output-cap", type=parse_size, default=8 * 1024**2, help="output bytes per cell")

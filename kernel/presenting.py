@@ -39,7 +39,8 @@ def new_keep_spec(args: Any) -> NewKeep:
         except OSError as exc:
             raise KeepError(f"cannot read output policy {args.policy}: {exc.strerror}") from None
     return NewKeep(backend=args.backend, profile=args.profile, manager=args.manager,
-                   token_file=args.token_file, memory_bytes=args.memory, timeout_s=args.timeout,
+                   token_file=args.token_file, manager_ca=getattr(args, "manager_ca", None),
+                   memory_bytes=args.memory, timeout_s=args.timeout,
                    output_bytes=args.output_cap, policy=policy, trust_policy=args.trust_policy)
 
 

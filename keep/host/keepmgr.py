@@ -62,12 +62,21 @@ class Log:
     """Lifecycle log: JSON lines.  Only identifiers, states and reasons — never content."""
 
     def __init__(self, path: Path | None):
+        self.path = path
         self._fh = open(path, "a", buffering=1) if path else sys.stderr
 
     def __call__(self, event: str, **detail: Any) -> None:
-        self._fh.write(json.dumps({"t": round(time.time(), 3), "component": "keepmgr",
-                                   "event": event, **detail}) + "\n")
-        self._fh.flush()
+        """Write one line, or refuse the request that caused it: a keep manager that cannot
+        keep its lifecycle log (disk full, say) answers 507 with the reason, never a bare 500."""
+        try:
+            self._fh.write(json.dumps({"t": round(time.time(), 3), "component": "keepmgr",
+                                       "event": event, **detail}) + "\n")
+            self._fh.flush()
+        except OSError as exc:
+            where = f" {self.path}" if self.path else ""
+            raise protocol.ProtocolError(
+                f"the keep manager cannot write its lifecycle log{where}: {exc.strerror or exc} — "
+                "the host operator must free space (or fix the state directory)", 507) from None
 
 
 @dataclass
@@ -104,6 +113,13 @@ class KeepManager:
         self.log = log or Log(None)
         self.keeps: dict[str, KeepRecord] = {}
 
+    def log_quietly(self, event: str, **detail: Any) -> None:
+        """For background work, where no request can carry the log's failure to anyone."""
+        try:
+            self.log(event, **detail)
+        except protocol.ProtocolError:
+            pass
+
     # ------------------------------------------------------------------ HTTP plumbing
     def app(self) -> web.Application:
         app = web.Application(client_max_size=protocol.MAX_CONTROL_BYTES,
@@ -134,7 +150,10 @@ class KeepManager:
                 return error_response(exc.status, exc.reason or "request refused")
             raise
         except Exception as exc:  # never crash the server; say what happened
-            self.log("internal-error", error=type(exc).__name__)
+            try:
+                self.log("internal-error", error=type(exc).__name__)
+            except protocol.ProtocolError:
+                pass
             return error_response(500, f"keep manager internal error ({type(exc).__name__})")
 
     @web.middleware
@@ -202,15 +221,22 @@ class KeepManager:
         rec.info.profile = req.profile
         rec.info.created = time.time()
         self.keeps[keep_id] = rec
-        self.log("keep-starting", keep=keep_id, backend=req.backend, profile=req.profile,
-                 pooled=pooled)
-        # The Keep learns its config only now, from this request — pooled or not.
-        start = protocol.Start(keep_id=keep_id, config=protocol.dumps({
-            "backend": req.backend, "profile": req.profile, "limits": req.limits,
-            "policy": req.policy}))
-        await self._call(rec, start, protocol.Reply, START_TIMEOUT_S)
-        rec.info.state = "ready"
-        self.log("keep-ready", keep=keep_id)
+        try:
+            self.log("keep-starting", keep=keep_id, backend=req.backend, profile=req.profile,
+                     pooled=pooled)
+            # The Keep learns its config only now, from this request — pooled or not.
+            start = protocol.Start(keep_id=keep_id, config=protocol.dumps({
+                "backend": req.backend, "profile": req.profile, "limits": req.limits,
+                "policy": req.policy}))
+            await self._call(rec, start, protocol.Reply, START_TIMEOUT_S)
+            rec.info.state = "ready"
+            self.log("keep-ready", keep=keep_id)
+        except BaseException:
+            # A create that fails leaves nothing behind: no record, no processes.
+            self.keeps.pop(keep_id, None)
+            rec.info.state = "failed"
+            await asyncio.shield(self._kill(rec))
+            raise
         return cbor_response(rec.info, status=201)
 
     async def list(self, request: web.Request) -> web.Response:
@@ -269,7 +295,7 @@ class KeepManager:
         pool[:] = [r for r in pool if self._usable(r)]
         for rec in sorted(pool, key=lambda r: not r.booted.is_set()):
             pool.remove(rec)
-            self.log("pool-take", keep=rec.info.id, backend=backend, booted=rec.booted.is_set())
+            self.log_quietly("pool-take", keep=rec.info.id, backend=backend, booted=rec.booted.is_set())
             return rec
         return None
 
@@ -294,17 +320,17 @@ class KeepManager:
             try:
                 await asyncio.wait_for(rec.booted.wait(), START_TIMEOUT_S)
             except asyncio.TimeoutError:
-                self.log("pool-boot-failed", keep=rec.info.id, backend=backend)
+                self.log_quietly("pool-boot-failed", keep=rec.info.id, backend=backend)
                 if rec in pool:
                     pool.remove(rec)
                 await self._stop(rec, "did not boot in time")
                 await asyncio.sleep(5.0)  # a broken backend must not spin
                 continue
             if not self._usable(rec):  # died while booting
-                self.log("pool-boot-failed", keep=rec.info.id, backend=backend)
+                self.log_quietly("pool-boot-failed", keep=rec.info.id, backend=backend)
                 await asyncio.sleep(5.0)
                 continue
-            self.log("pool-ready", keep=rec.info.id, backend=backend)
+            self.log_quietly("pool-ready", keep=rec.info.id, backend=backend)
 
     async def _fill_pools(self, app: web.Application) -> None:
         for backend in self._pool:
@@ -319,7 +345,7 @@ class KeepManager:
                 if msg is None:
                     break
                 if isinstance(msg, protocol.Lifecycle):
-                    self.log("keep-lifecycle", keep=rec.info.id, keep_event=msg.event)
+                    self.log_quietly("keep-lifecycle", keep=rec.info.id, keep_event=msg.event)
                     if msg.event == "booted":
                         rec.booted.set()
                     if msg.event == "exited":
@@ -335,7 +361,7 @@ class KeepManager:
         if rec.info.state not in ("closed",):
             rec.info.state = "failed"
             rec.info.reason = reason
-            self.log("keep-failed", keep=rec.info.id, reason=reason)
+            self.log_quietly("keep-failed", keep=rec.info.id, reason=reason)
         await rec.replies.put(protocol.ErrorBody(status=502, reason=reason))
 
     async def _call(self, rec: KeepRecord, msg: protocol.Message, expect: type, timeout: float) -> Any:
@@ -366,6 +392,15 @@ class KeepManager:
         if rec.info.state != "failed":
             rec.info.state = "closed"
         rec.info.reason = reason
+        await self._kill(rec)
+        try:
+            self.log("keep-closed", keep=rec.info.id)
+        except protocol.ProtocolError:
+            pass  # the Keep is closed either way; the log's trouble is reported elsewhere
+
+    async def _kill(self, rec: KeepRecord) -> None:
+        """End a Keep's processes: close its pipe (the loader exits, the Keep with it), then
+        SIGKILL the whole process group after a second."""
         if rec.proc.returncode is None:
             try:
                 if rec.proc.stdin:
@@ -379,7 +414,6 @@ class KeepManager:
                 except ProcessLookupError:
                     pass
                 await rec.proc.wait()
-        self.log("keep-closed", keep=rec.info.id)
 
     async def _shutdown(self, app: web.Application) -> None:
         self._stopping = True

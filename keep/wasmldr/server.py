@@ -183,19 +183,43 @@ class Wasmldr:
         req: protocol.RunRequest = await self._body(request, protocol.RunRequest)
         assert self.cells is not None
         events = self.cells.run(req)
-        try:
-            first = await events.__anext__()
-        except Busy as exc:
-            raise protocol.ProtocolError(str(exc), 409) from None
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for data in events:
+                    await queue.put(data)
+                await queue.put(None)
+            except Exception as exc:  # Busy, or a failure to report
+                await queue.put(exc)
+
+        pumping = asyncio.create_task(pump())
+        await asyncio.sleep(0)  # a busy Keep says so before any response starts
+        if not queue.empty() and isinstance(queue._queue[0], Busy):  # type: ignore[attr-defined]
+            raise protocol.ProtocolError(str(queue.get_nowait()), 409)
         resp = web.StreamResponse(status=200, headers={"Content-Type": protocol.CBOR_SEQ})
         await resp.prepare(request)
+        heartbeat = protocol.Event(kind="heartbeat", content={}).to_cbor()
         try:
-            await resp.write(first)
-            async for data in events:
-                await resp.write(data)
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), protocol.HEARTBEAT_S)
+                except asyncio.TimeoutError:
+                    await resp.write(heartbeat)  # silent cell: tell the client we are alive
+                    continue
+                if item is None:
+                    break
+                if isinstance(item, Busy):
+                    await resp.write(protocol.Event(kind="status", content={
+                        "ok": False, "reason": str(item)}).to_cbor())
+                    break
+                if isinstance(item, Exception):
+                    raise item
+                await resp.write(item)
         except (ConnectionError, asyncio.CancelledError):
             # the client went away: stop the cell rather than run it for nobody
             self.cells.interrupt()
+            pumping.cancel()
             raise
         await resp.write_eof()
         return resp
@@ -356,7 +380,14 @@ async def serve(backend: str, ctrl_in: int, ctrl_out: int) -> None:
 
     ctl = asyncio.create_task(control())
     closed = asyncio.create_task(keep.closed.wait())
-    await asyncio.wait({ctl, closed}, return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait({ctl, closed}, return_when=asyncio.FIRST_COMPLETED)
+    if ctl in done:
+        # The loader is gone (killed, or the host closed the Keep): the Keep ends now.  Drop the
+        # datasets and exit at once — no graceful HTTP shutdown, so a client waiting on a cell
+        # sees its connection reset immediately instead of seconds later.
+        if keep.data_root:
+            shutil.rmtree(keep.data_root, ignore_errors=True)
+        os._exit(0)
     keep.lifecycle("stopping")
     if keep.cells:
         keep.cells.close()

@@ -136,12 +136,6 @@ def survived(name: str, elapsed: float) -> None:
 # ---------------------------------------------------------------- kill -9
 
 
-WASMLDR_SLOW_EXIT = ("keep/wasmldr/server.py serve(): when the control pipe closes while a cell "
-                     "runs, the wasmldr first waits for runner.cleanup() (graceful HTTP shutdown, "
-                     "~2 s) before it exits, so the client's stream ends 2.0-2.1 s after the fault")
-
-
-@pytest.mark.xfail(strict=True, reason=WASMLDR_SLOW_EXIT)
 def test_keepldr_killed_mid_cell(kernel):
     _, keepldr, wasmldr = fresh_keep(kernel)
     res, elapsed = fault_during(kernel, LOOP, lambda: os.kill(keepldr, signal.SIGKILL))
@@ -163,7 +157,6 @@ def test_wasmldr_killed_between_cells(kernel):
     recovers(kernel)
 
 
-@pytest.mark.xfail(strict=True, reason=WASMLDR_SLOW_EXIT + " (keepmgr → keepldr → wasmldr cascade)")
 def test_keepmgr_killed_mid_cell(kernel):
     fresh_keep(kernel)
     mgr_pid = embedded_manager_pid(kernel)
@@ -204,9 +197,6 @@ def _stop_then_kill(pid: int) -> Callable[[], None]:
     return stop
 
 
-@pytest.mark.xfail(strict=True, reason="kernel/client.py Channel.run reads the event stream with "
-                   "no read timeout and the Keep sends no heartbeat: a stopped Keep hangs the cell "
-                   "until the Keep dies (bug reported to the kernel owner)")
 def test_keep_stops_answering_mid_cell(kernel):
     _, _, wasmldr = fresh_keep(kernel)
     res, elapsed = fault_during(kernel, LOOP, _stop_then_kill(wasmldr))
@@ -215,8 +205,6 @@ def test_keep_stops_answering_mid_cell(kernel):
     assert elapsed < LIMIT_S, elapsed
 
 
-@pytest.mark.xfail(strict=True, reason="kernel/client.py CONNECT_TIMEOUT_S = 5 s covers the TLS "
-                   "handshake with a stopped Keep; the error comes after 5 s, not 2 s")
 def test_keep_stops_answering_between_cells(kernel):
     _, _, wasmldr = fresh_keep(kernel)
     _stop_then_kill(wasmldr)()
@@ -343,9 +331,6 @@ def test_disk_full_in_manager_state_dir(kernel, full_disk, tmp_path):
     disk_full_scenario(kernel, full_disk, tmp_path, check)
 
 
-@pytest.mark.xfail(strict=True, reason="keep/host/keepmgr.py Log.__call__ raises OSError(ENOSPC); "
-                   "the _errors middleware logs 'internal-error' with the same Log and raises again, "
-                   "so aiohttp answers a bare text/plain 500 the client cannot read")
 def test_disk_full_error_names_the_cause(kernel, full_disk, tmp_path):
     def check(res, elapsed, m):
         text = did_not_succeed(res)
@@ -353,9 +338,6 @@ def test_disk_full_error_names_the_cause(kernel, full_disk, tmp_path):
     disk_full_scenario(kernel, full_disk, tmp_path, check)
 
 
-@pytest.mark.xfail(strict=True, reason="keep/host/keepmgr.py create(): self.log('keep-starting') "
-                   "raises after the keepldr is spawned and recorded; the Keep stays 'starting' "
-                   "with live keepldr/wasmldr processes nobody can use")
 def test_disk_full_leaves_no_orphan_keep(kernel, full_disk, tmp_path):
     from tests.support.http import http
 

@@ -190,9 +190,6 @@ def test_tls_api_refuses_an_untrusted_client_and_plain_http(tls_manager):
     record("refused", "TLS API: untrusted certificate / plain HTTP")
 
 
-@pytest.mark.xfail(strict=True, reason="kernel/magics.py `%keep new` has no option to trust a custom "
-                   "CA for --manager https://… and kernel/agent.py _manager() builds ManagerClient "
-                   "without an ssl_context; only $SSL_CERT_FILE works (suggested: --manager-ca FILE)")
 def test_keep_new_can_trust_a_custom_manager_ca(tls_manager, tmp_path):
     m, ca = tls_manager
     tf = tmp_path / "tok"
