@@ -293,3 +293,21 @@ def test_host_cannot_use_the_keep_endpoint_itself(agent, hostile):
     agent.call(agent.run("wasm", events.append, module=MODULE))
     assert "hello from the Keep" in "".join(e.content.get("text", "") for e in events)
     assert MODULE not in b"".join(proxy.relayed)
+
+
+def test_host_replays_the_sealed_provisioning(agent, hostile, mgr):
+    """The host keeps the client's sealed provisioning message and sends it to the Keep again
+    (to re-open the channel with keys it hopes to learn, or to reset it): a Keep is provisioned
+    once; the replay is refused with 409 and the user's channel keeps working."""
+    from tests.support.http import http
+
+    proxy = hostile(backend="nil")
+    run_cell(agent)
+    kid = agent.current.id
+    sealed = next(body for _, path, body in proxy.requests if path.endswith("/provision"))
+    status, body = http("POST", f"{mgr.url}/v1/keeps/{kid}/provision", sealed, token=mgr.token)
+    assert status == 409 and "already provisioned" in p.ErrorBody.from_cbor(body).reason
+    events: list = []
+    agent.call(agent.run("wasm", events.append, module=MODULE))
+    assert "hello from the Keep" in "".join(e.content.get("text", "") for e in events)
+    record("attack", "sealed provisioning replayed to the Keep")
