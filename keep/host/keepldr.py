@@ -35,10 +35,17 @@ def wasmldr_command(backend: str, launcher: str, keep_id: str) -> list[str]:
     return cmd
 
 
-def start_wasmldr(backend: str, keep_id: str, launcher: str) -> subprocess.Popen:
+#: set in a pooled Keep's environment: it may warm its engines before it reports "booted"
+PREWARM_ENV = "KEEPBOOK_KEEP_PREWARM"
+
+
+def start_wasmldr(backend: str, keep_id: str, launcher: str,
+                  prewarm: bool = False) -> subprocess.Popen:
+    env = env_for_wasmldr()
+    if prewarm:
+        env[PREWARM_ENV] = "1"
     return subprocess.Popen(wasmldr_command(backend, launcher, keep_id), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=None, env=env_for_wasmldr(),
-                            start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=None, env=env, start_new_session=True)
 
 
 async def relay(backend: str, keep_id: str, launcher: str,
@@ -116,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", required=True)
     ap.add_argument("--keep-id", required=True)
     ap.add_argument("--launcher", choices=("subprocess", "systemd-run"), default="subprocess")
+    ap.add_argument("--prewarm", action="store_true",
+                    help="a pooled Keep: let the wasmldr warm up before it reports booted")
     args = ap.parse_args(argv)
-    child = start_wasmldr(args.backend, args.keep_id, args.launcher)  # first: see the imports
+    child = start_wasmldr(args.backend, args.keep_id, args.launcher, args.prewarm)  # first
     import asyncio
 
     try:

@@ -269,12 +269,14 @@ class KeepManager:
         return cbor_response(resp)
 
     # ------------------------------------------------------------------ keepldr processes, pool
-    async def _spawn(self, backend: str) -> KeepRecord:
-        """Start a keepldr (which starts the Keep's wasmldr).  Not yet anyone's, not started."""
+    async def _spawn(self, backend: str, prewarm: bool = False) -> KeepRecord:
+        """Start a keepldr (which starts the Keep's wasmldr).  Not yet anyone's, not started.
+        ``prewarm``: a pooled Keep, which may pay its one-time start-up costs before it says it
+        has booted (it has time; a Keep started for a waiting client has not)."""
         keep_id = uuid.uuid4().hex[:16]
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "keepbook.keep.host.keepldr", "--backend", backend,
-            "--keep-id", keep_id, "--launcher", self.launcher,
+            "--keep-id", keep_id, "--launcher", self.launcher, *(["--prewarm"] if prewarm else []),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=None, start_new_session=True, env=backends_mod.env_for_wasmldr())
         info = protocol.KeepInfo(id=keep_id, backend=backend, profile="staging",
@@ -315,7 +317,7 @@ class KeepManager:
             pool[:] = [r for r in pool if self._usable(r)]
             if len(pool) >= self.pool_size:
                 return
-            rec = await self._spawn(backend)
+            rec = await self._spawn(backend, prewarm=True)
             pool.append(rec)
             try:
                 await asyncio.wait_for(rec.booted.wait(), START_TIMEOUT_S)

@@ -575,6 +575,19 @@ class WasmRuntime:
 
 
 
+_PREWARM_WAT = '(module (func (export "_start")))'
+
+
+def prewarm() -> None:
+    """Pay this process's one-time costs before the first cell needs them: wasmtime's import,
+    Cranelift's and wasmtime's lazy initialisation (a first compile is several times slower
+    than later ones) and the WASI linker.  Nothing of a cell is involved; a pooled Keep calls
+    this while it waits for its Start, so a warm Keep's first Wasm cell costs what later ones
+    do.  Safe to call from a background thread."""
+    rt = WasmRuntime(fast_tier=False)
+    rt.run(wt.wat2wasm(_PREWARM_WAT), emit=lambda kind, content: None, timeout_s=10)
+
+
 def _fast_min_s() -> float:
     from keepbook.keep.wasmldr.fastcells import FAST_TIER_MIN_S
 
