@@ -40,7 +40,7 @@ def _plan(quick: bool) -> dict[str, Callable[[], list[Row]]]:
     extra: dict = {}
 
     def mem() -> list[Row]:
-        rows, info = memory.rows(1 if quick else 3, confirm=0 if quick else 5)
+        rows, info = memory.rows(1 if quick else 3, confirm=0 if quick else 20)
         extra.update(info)
         return rows
 

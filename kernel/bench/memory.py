@@ -60,13 +60,19 @@ def rows(reps: int, confirm: int, backend: str = "sim-snp") -> tuple[list[Row], 
         if confirm:
             time.sleep(1.0)
             before = meminfo().get("MemAvailable", 0)
-            opened = []
             for _ in range(confirm):
-                opened.append(_python_keep(lab))
+                _python_keep(lab)
             time.sleep(IDLE_S)
             after = meminfo().get("MemAvailable", 0)
             marginal = (before - after) / confirm / MB
-            extra = {"keeps_started": confirm, "mem_available_drop_mb_per_keep": round(marginal, 1)}
+            # all of them at once, each with its live session: do they all still answer?
+            answered = 0
+            for sess in list(lab.agent.sessions.values()):
+                lab.agent.current = sess
+                _, events = lab.run("python", code="x")
+                answered += any(e.kind == "execute_result" for e in events)
+            extra = {"keeps_started": confirm, "keeps_answering": answered,
+                     "mem_available_drop_mb_per_keep": round(marginal, 1)}
             for sess in list(lab.agent.sessions.values()):
                 lab.agent.call(sess.close())
     finally:
@@ -86,7 +92,8 @@ def rows(reps: int, confirm: int, backend: str = "sim-snp") -> tuple[list[Row], 
             float(ipy_capacity) if ipy_capacity else None, Goal(20, False, at_least=True, unit="Keeps"),
             baseline_label="idle ipykernels that fit the same MemAvailable",
             note=f"ESTIMATE: MemAvailable {avail:.0f} MB / {per_keep:.0f} MB per Keep ("
-                 + (f"measured MemAvailable drop over {confirm} extra Keeps" if marginal
-                    else "PSS per Keep") + ")"),
+                 + (f"measured MemAvailable drop over {confirm} Keeps started at once, of which "
+                    f"{extra.get('keeps_answering')} then answered a cell from their live session"
+                    if marginal else "PSS per Keep") + ")"),
     ]
     return rows_, extra
