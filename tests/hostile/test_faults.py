@@ -259,7 +259,6 @@ def test_network_cut_mid_stream(kernel, mgr, token_file):
         while "already running" in again.text() and time.monotonic() - cut_at < LIMIT_S:
             time.sleep(0.2)
             again = kernel.execute(HELLO, timeout=30)
-        record("fault", "Keep busy after a cut (s)", seconds=round(time.monotonic() - cut_at, 3))
         assert again.status == "ok" and "still alive" in again.stream("stdout"), again.text()
         recovers(kernel)
     finally:
