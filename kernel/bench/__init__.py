@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import machine
-from .core import Goal, Row, not_measured, table
+from .core import Goal, Row, markdown, not_measured, table
 
 #: suite → the rows it produces (for a suite that fails as a whole)
 SUITES: dict[str, list[tuple[str, str, Goal | None]]] = {
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="keepbook bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (under 2 minutes)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON here")
+    ap.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown here")
     ap.add_argument("--only", metavar="SUITES", help=f"comma-separated subset of: {', '.join(SUITES)}")
     args = ap.parse_args(argv)
     only = [s for s in args.only.split(",") if s] if args.only else None
@@ -102,7 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     m = result["machine"]
     print(f"keepbook bench — {m['cpu']}, {m['cores']} cores, {m['mem_total_gib']} GiB, "
           f"{m['os']}; load {m['load_before']} → {m['load_after']}; {m['duration_s']} s")
+    if m["load_before"] and m["cores"] and max(m["load_before"][0], m["load_after"][0]) > 0.5 * m["cores"]:
+        print(f"NOTE: the machine was busy (load {m['load_before'][0]} → {m['load_after'][0]} on "
+              f"{m['cores']} cores): timings are noisy; re-run when it is quiet.")
     print(table(rows))
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(markdown(rows) + "\n")
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -147,3 +147,19 @@ def table(rows: list[Row]) -> str:
     if notes:
         out += ["", "notes:"] + notes
     return "\n".join(out)
+
+
+def markdown(rows: list[Row]) -> str:
+    """The same table as Markdown, for docs/PERFORMANCE.md."""
+    out = ["| row | value (median, min–max) | baseline (median, min–max) | ratio | goal | met |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        j = r.to_json()
+        vs = r.value.spread() if isinstance(r.value, Sample) else ""
+        bs = r.baseline.spread() if isinstance(r.baseline, Sample) else ""
+        v = f"{_fmt(j['value'])} {r.unit}" + (f" ({vs})" if vs else "") if j["value"] is not None else "not measured"
+        b = f"{_fmt(j['baseline'])} {r.unit}" + (f" ({bs})" if bs else "") if j["baseline"] is not None else "—"
+        met = {True: "yes", False: "**no**", None: "—"}[j["met"]]
+        ratio = f"{_fmt(j['ratio'])}×" if j["ratio"] is not None else "—"
+        out.append(f"| `{r.name}` | {v} | {b} | {ratio} | {j['goal'] or '—'} | {met} |")
+    return "\n".join(out)
