@@ -73,7 +73,17 @@ async def relay(backend: str, keep_id: str, launcher: str,
 
     async def downstream() -> None:  # keepmgr → wasmldr
         while True:
-            msg = await read_frame(up_reader)
+            try:
+                msg = await read_frame(up_reader)
+            except protocol.ProtocolError as exc:
+                # Tell the manager at once instead of leaving it waiting for a reply.  A bad
+                # body leaves the framing intact; a bad header (413) does not, so stop there.
+                log(keep_id, "protocol-error", reason=exc.reason)
+                write_frame(up_writer, protocol.ErrorBody(status=exc.status, reason=exc.reason))
+                await up_writer.drain()
+                if exc.status == 413:
+                    break
+                continue
             if msg is None:
                 break
             log(keep_id, "relay-down", msg=msg.MSG)

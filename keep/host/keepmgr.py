@@ -186,7 +186,8 @@ class KeepManager:
 
     # ------------------------------------------------------------------ endpoints
     async def health(self, request: web.Request) -> web.Response:
-        content: dict[str, Any] = {"keeps": len(self.keeps)}
+        # Unauthenticated: says the manager is up, and nothing about anyone's Keeps.
+        content: dict[str, Any] = {}
         if self.pool_size:
             content["pool"] = {b: {"ready": sum(1 for r in recs if r.booted.is_set()),
                                    "booting": sum(1 for r in recs if not r.booted.is_set()),

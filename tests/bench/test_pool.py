@@ -64,7 +64,9 @@ def test_pool_fills_and_reports(pooled):
     content = protocol.Reply.from_cbor(body).content
     assert set(content["pool"]) == {"sim-snp"}  # --pool-backends narrowed it
     assert content["pool"]["sim-snp"]["size"] == 1
-    assert content["keeps"] == 0  # pooled Keeps are nobody's and listed nowhere
+    assert "keeps" not in content  # the unauthenticated health check tells nothing about Keeps
+    status, body = http("GET", pooled.url + "/v1/keeps", token=pooled.token)
+    assert protocol.KeepList.from_cbor(body).keeps == []  # pooled Keeps are nobody's, listed nowhere
 
 
 def test_pooled_keep_gets_config_at_create_and_fresh_attestation(pooled):
