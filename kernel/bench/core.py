@@ -32,7 +32,7 @@ class Sample:
         """min–max around the median, in the sample's own unit (empty for a single value)."""
         if len(self.values) < 2:
             return ""
-        return f"{_fmt(min(self.values))}–{_fmt(max(self.values))} (n={len(self.values)})"
+        return f"{_fmt(min(self.values))}–{_fmt(max(self.values))}, n={len(self.values)}"
 
 
 def repeat(fn: Callable[[], float], n: int) -> Sample:
