@@ -68,6 +68,16 @@ class ClientAgent:
         self._managers: dict[tuple[str, str | None, str | None], ManagerClient] = {}
         self.running_cell: str | None = None
 
+    def prestart_embedded(self) -> None:
+        """Start the embedded keep manager on the agent's thread pool without waiting; a
+        failure here is reported by the first `%keep new` that needs it."""
+        def start() -> None:
+            try:
+                self.embedded.start()
+            except Exception:
+                pass
+        self.loop.call_soon_threadsafe(lambda: self.loop.run_in_executor(None, start))
+
     # -- thread plumbing
     def submit(self, coro: Awaitable[T]) -> "Future[T]":
         return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
@@ -236,24 +246,32 @@ class ClientAgent:
         return await channel.request(op, args)
 
     async def status(self) -> dict[str, Any]:
+        """The Keep status panel: what the host says (state), what the attestation proved
+        (protection), and what the Keep itself counts (cells run, bytes released)."""
         session = self.require_current()
         info = await session.manager.get(session.id)
         out: dict[str, Any] = {"id": info.id, "backend": info.backend, "profile": info.profile,
-                               "state": info.state, "manager": session.manager.url,
-                               "uptime_s": round(time.time() - info.created, 1),
-                               "cells_run": session.cells_run}
+                               "state": info.state}
         if info.reason:
             out["reason"] = info.reason
-        if session.attestation is not None:
+        if session.attestation is None:
+            out["protection"] = "not attested yet"
+        else:
             out["protection"] = session.attestation.vector.label
-            out["attested"] = session.attestation.ok
-        if session.channel is not None:
-            out["endpoint"] = session.channel.endpoint
-            if info.state not in ("closed", "failed"):
-                try:
-                    out.update({f"keep_{k}": v for k, v in (await session.channel.request("status", timeout=5)).items()})
-                except KeepError as exc:
-                    out["channel"] = str(exc)
+            out["attested"] = "verified" if session.attestation.ok else "REFUSED"
+        out["endpoint"] = session.channel.endpoint if session.channel else "(not provisioned yet)"
+        out["uptime_s"] = round(time.time() - info.created, 1)
+        out["cells_run"] = session.cells_run
+        if session.channel is not None and info.state not in ("closed", "failed"):
+            try:
+                keep = await session.channel.request("status", timeout=5)
+            except KeepError as exc:
+                out["channel"] = str(exc)
+            else:  # the Keep's own counts are authoritative
+                out["cells_run"] = keep.get("cells_run", out["cells_run"])
+                out["bytes_released"] = keep.get("bytes_out", 0)
+                out["busy"] = keep.get("busy", False)
+        out["manager"] = session.manager.url
         return out
 
     async def list(self) -> list[protocol.KeepInfo]:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -27,8 +28,13 @@ class EmbeddedManager:
         self.token: str | None = None
         self.state_dir: Path | None = None
         self.log_path: Path | None = None
+        self._lock = threading.Lock()
 
     def start(self) -> tuple[str, str]:
+        with self._lock:  # the kernel prestarts it in the background; callers wait for that one
+            return self._start()
+
+    def _start(self) -> tuple[str, str]:
         if self.proc is not None and self.proc.poll() is None and self.url and self.token:
             return self.url, self.token
         self.state_dir = Path(tempfile.mkdtemp(prefix="keepbook-keepmgr-"))

@@ -54,6 +54,9 @@ class KeepbookKernel(Kernel):
         for msg_type in ("comm_open", "comm_msg", "comm_close"):
             self.shell_handlers[msg_type] = getattr(self.comm_manager, msg_type)
         self.agent = ClientAgent()
+        # Start the embedded keep manager now, in the background: the first `%keep new` then
+        # finds it running (and, with $KEEPBOOK_KEEPMGR_POOL set, a warm Keep waiting).
+        self.agent.prestart_embedded()
         self._error_shown = False
         self._last_error: tuple[str, str, list[str]] | None = None
         self._python_started: set[str] = set()

@@ -84,19 +84,42 @@ def trust_vector_widget(tv: TrustVector, explain: bool = False) -> Any:
     return box
 
 
+STATUS_LABELS = {"id": "Keep", "backend": "backend", "profile": "profile", "state": "state",
+                 "reason": "reason", "protection": "protection", "attested": "attestation",
+                 "endpoint": "endpoint", "uptime_s": "uptime", "cells_run": "cells run",
+                 "bytes_released": "bytes released", "busy": "running a cell", "channel": "channel",
+                 "manager": "keep manager"}
+
+
+def _status_value(key: str, value: Any) -> str:
+    if key == "uptime_s" and isinstance(value, (int, float)):
+        m, s_ = divmod(int(value), 60)
+        h, m = divmod(m, 60)
+        return f"{h}h {m:02d}m {s_:02d}s" if h else f"{m}m {s_:02d}s"
+    if key == "bytes_released" and isinstance(value, int):
+        return f"{value:,} bytes"
+    return str(value)
+
+
 def status_text(status: dict) -> str:
+    """Plain text for nbclient and terminals; keys stay machine-readable (``id``, ``cells_run``)."""
     width = max(len(k) for k in status) if status else 0
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in status.items())
+    return "\n".join(f"{k:<{width}}  {_status_value(k, v)}" for k, v in status.items())
+
+
+def _protection_kind(label: str) -> str:
+    return ("hardware" if label == "PROTECTED" else "simulated" if label.startswith("SIMULATED")
+            else "none" if label == "NO PROTECTION" else "")
 
 
 def status_html(status: dict) -> str:
-    prot = status.get("protection", "")
-    kind = ("hardware" if prot == "PROTECTED" else "simulated" if prot.startswith("SIMULATED")
-            else "none" if prot else "")
-    badge = badge_html(kind, prot) if prot else ""
-    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
+    prot = str(status.get("protection", ""))
+    kind = _protection_kind(prot)
+    badge = badge_html(kind, prot) if kind else html.escape(prot)
+    rows = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(STATUS_LABELS.get(k, k))}</th>"
+                   f"<td style='text-align:left'>{badge if k == 'protection' else html.escape(_status_value(k, v))}</td></tr>"
                    for k, v in status.items())
-    return f'<div class="keepbook-status"><b>Keep</b> {badge}<table>{rows}</table></div>'
+    return f'<div class="keepbook-status"><b>Keep status</b><table>{rows}</table></div>'
 
 
 def status_widget(status: dict) -> Any:

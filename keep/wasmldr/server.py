@@ -358,6 +358,10 @@ async def serve(backend: str, ctrl_in: int, ctrl_out: int) -> None:
                                                      os.fdopen(ctrl_out, "wb", buffering=0))
     writer = asyncio.StreamWriter(transport, proto, None, loop)
     keep = Wasmldr(backend, writer)
+    from keepbook.keep.wasmldr import prewarm
+
+    if prewarm.wanted():  # a pooled Keep: pay one-time costs before anyone waits (no client data)
+        await asyncio.to_thread(prewarm.prewarm, backend)
     keep.lifecycle("booted")
 
     async def control() -> None:
