@@ -391,7 +391,7 @@ async def serve(backend: str, ctrl_in: int, ctrl_out: int) -> None:
         # sees its connection reset immediately instead of seconds later.
         if keep.data_root:
             shutil.rmtree(keep.data_root, ignore_errors=True)
-        os._exit(0)
+        end_keep(0)
     keep.lifecycle("stopping")
     if keep.cells:
         keep.cells.close()
@@ -405,17 +405,39 @@ async def serve(backend: str, ctrl_in: int, ctrl_out: int) -> None:
         pass
 
 
+_SCRATCH: str | None = None
+
+
+def use_private_scratch() -> str:
+    """Point every temporary file of this Keep (the Python session's writable /tmp and home,
+    the TLS key handed to OpenSSL) at a private, memory-backed directory, removed at exit."""
+    global _SCRATCH
+    _SCRATCH = _private_dir()
+    os.chmod(_SCRATCH, 0o700)
+    tempfile.tempdir = _SCRATCH
+    os.environ["TMPDIR"] = _SCRATCH
+    return _SCRATCH
+
+
+def end_keep(code: int = 0) -> None:
+    """The Keep is over: remove its scratch and end the process now (engines may hold threads)."""
+    if _SCRATCH:
+        shutil.rmtree(_SCRATCH, ignore_errors=True)
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="wasmldr")
     ap.add_argument("--backend", required=True)
     args = ap.parse_args(argv)
     ctrl_in, ctrl_out = isolate_stdio()
+    use_private_scratch()
     try:
         asyncio.run(serve(args.backend, ctrl_in, ctrl_out))
     except KeyboardInterrupt:
-        return 130
-    # Engines may hold threads; the Keep is over, end the process now.
-    os._exit(0)
+        end_keep(130)
+    end_keep(0)
+    return 0
 
 
 if __name__ == "__main__":

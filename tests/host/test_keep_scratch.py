@@ -1,0 +1,39 @@
+"""A Keep's temporary files (Python session scratch, the TLS key handed to OpenSSL) live in a
+private memory-backed directory that disappears with the Keep."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from keepbook.kernel.agent import ClientAgent, NewKeep
+
+
+def _keep_dirs() -> set[Path]:
+    import tempfile
+    bases = [Path("/dev/shm")] if Path("/dev/shm").is_dir() else [Path(tempfile.gettempdir())]
+    return {p for b in bases for p in b.glob("keepbook-keep-*")}
+
+
+def test_scratch_is_private_memory_backed_and_removed(shared_manager, tmp_path):
+    tf = tmp_path / "t"
+    tf.write_text(shared_manager.token)
+    before = _keep_dirs()
+    agent = ClientAgent()
+    try:
+        agent.call(agent.new_keep(NewKeep(backend="nil", manager=shared_manager.url, token_file=str(tf))))
+        out = []
+        status = agent.call(agent.run("python", out.append, code="open('/tmp/x', 'w').write('scratch')"))
+        assert status["ok"], out
+        mine = _keep_dirs() - before
+        assert mine, "the Keep made no private directory"
+        assert all((d.stat().st_mode & 0o077) == 0 for d in mine)
+        # the guest's writable /tmp is somewhere inside the Keep's private directories
+        assert any(f.name == "x" for d in mine for f in d.rglob("x"))
+        agent.call(agent.close())
+        deadline = time.monotonic() + 5
+        while (_keep_dirs() & mine) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not (_keep_dirs() & mine), "a Keep's private directories outlived it"
+    finally:
+        agent.stop()
