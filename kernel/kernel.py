@@ -219,7 +219,7 @@ class KeepbookKernel(Kernel):
                 self._stream(f"[keepbook] Keep {session.id} created (backend {session.info.backend}, "
                              f"profile {session.info.profile}).\n", "stderr")
             else:
-                self._stream(f"Keep {session.id} created: backend {session.info.backend}, profile "
+                self._stream(f"Keep {session.id}: backend {session.info.backend}, profile "
                              f"{session.info.profile}, manager {session.manager.url}\n"
                              "Not attested yet: `%attest` (or the first cell) verifies it before "
                              "anything is sent.\n")
