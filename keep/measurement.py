@@ -17,7 +17,8 @@ from pathlib import Path
 
 _KEEP_DIR = Path(__file__).resolve().parent
 #: Files and folders (relative to keep/) that make up the in-Keep code.
-IN_KEEP_PARTS = ("protocol.py", "framing.py", "sealing.py", "measurement.py", "policy.py", "wasmldr", "evidence")
+IN_KEEP_PARTS = ("protocol.py", "framing.py", "sealing.py", "cbor_http.py", "measurement.py", "policy.py",
+                 "datasets.py", "audit.py", "wasmldr", "evidence")
 
 
 def runtime_versions() -> dict[str, str]:

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from . import dcap, pcs
 from .certs import build_chain, cert_name, load_certs, load_pool
 from .pck import PckInfo, parse_pck
-from .trust import Claim, EvidenceError, ReferenceValues, TrustVector, failed, unverified, verified
+from .trust import Claim, EvidenceError, compare_value, ReferenceValues, TrustVector, failed, unverified, verified
 
 #: SHA-256 of the DER SubjectPublicKeyInfo of the production Intel SGX Root CA.
 PINNED_INTEL_ROOTS: dict[bytes, str] = {
@@ -366,15 +366,6 @@ def _root_digest(c: x509.Certificate) -> bytes:
     return spki_sha256(c)
 
 
-def _compare(name: str, got: bytes, want: bytes | None, what: str, why: str) -> Claim:
-    if want is None:
-        return unverified(name, f"{what} {got.hex()[:32]}…; no expected value given")
-    if got == bytes(want):
-        return verified(name, f"{what} matches the expected value")
-    return failed(name, f"{what} does not match the expected value: {why} "
-                  f"(got {got.hex()[:16]}…, expected {bytes(want).hex()[:16]}…)")
-
-
 def _debug_claim(debug: bool, ref: ReferenceValues, what: str) -> Claim:
     if not debug:
         return verified("debug", f"the {what} is not in debug mode")
@@ -403,11 +394,11 @@ class TdxVerifier(_DcapVerifier):
                               "violations itself (check your guest kernel)"))
         else:
             tv.add(verified("attributes", text))
-        tv.add(_compare("measurement", b.mrtd, ref.measurement, "MRTD (initial TD memory)",
+        tv.add(compare_value("measurement", b.mrtd, ref.measurement, "MRTD (initial TD memory)",
                         "the TD firmware/image is not the one you expect"),
                required=ref.measurement is not None)
         self._rtmrs(tv, b, ref)
-        tv.add(_compare("report_data", b.report_data, ref.report_data, "report data",
+        tv.add(compare_value("report_data", b.report_data, ref.report_data, "report data",
                         "the quote answers a different request (replayed, or for another key)"),
                required=ref.report_data is not None)
 
@@ -438,10 +429,10 @@ class SgxVerifier(_DcapVerifier):
         else:
             tv.add(verified("attributes", f"enclave attributes {b.attributes.hex()} "
                             f"({'64-bit' if flags & 4 else '32-bit'}, {'KSS' if flags & 0x80 else 'no KSS'})"))
-        tv.add(_compare("measurement", b.mrenclave, ref.measurement, "MRENCLAVE",
+        tv.add(compare_value("measurement", b.mrenclave, ref.measurement, "MRENCLAVE",
                         "the enclave code is not the one you expect"), required=ref.measurement is not None)
-        tv.add(_compare("mrsigner", b.mrsigner, ref.mrsigner, "MRSIGNER",
+        tv.add(compare_value("mrsigner", b.mrsigner, ref.mrsigner, "MRSIGNER",
                         "the enclave was signed by another key"), required=ref.mrsigner is not None)
-        tv.add(_compare("report_data", b.report_data, ref.report_data, "report data",
+        tv.add(compare_value("report_data", b.report_data, ref.report_data, "report data",
                         "the quote answers a different request (replayed, or for another key)"),
                required=ref.report_data is not None)

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from . import snp
 from .certs import build_chain, cert_name, load_pool
 from .snp_certs import AmdKeyInfo, is_amd_key_cert, parse_key_info
-from .trust import (ReferenceValues, TrustVector, failed, unverified, verified)
+from .trust import (ReferenceValues, compare_value, TrustVector, failed, unverified, verified)
 
 KIND = "sev-snp"
 
@@ -124,13 +124,13 @@ class SnpVerifier:
         tv.add(_check_policy(rep, ref))
         tv.add(_check_vmpl(rep, ref), required=ref.vmpl is not None)
         tv.add(_check_min_tcb(rep, ref), required=ref.min_tcb is not None)
-        tv.add(_compare("measurement", rep.measurement, ref.measurement,
+        tv.add(compare_value("measurement", rep.measurement, ref.measurement,
                         "launch measurement", "the guest image/firmware is not the one you expect"),
                required=ref.measurement is not None)
-        tv.add(_compare("host_data", rep.host_data, ref.host_data, "host data",
+        tv.add(compare_value("host_data", rep.host_data, ref.host_data, "host data",
                         "the VM was launched with different host data"),
                required=ref.host_data is not None)
-        tv.add(_compare("report_data", rep.report_data, ref.report_data, "report data",
+        tv.add(compare_value("report_data", rep.report_data, ref.report_data, "report data",
                         "the report answers a different request (replayed, or for another key)"),
                required=ref.report_data is not None)
         return tv
@@ -261,15 +261,6 @@ def _check_min_tcb(rep: snp.SnpReport, ref: ReferenceValues):
         return failed("tcb", f"firmware below your minimum TCB ({', '.join(low)}): the host must "
                       "update the platform firmware/microcode")
     return verified("tcb", f"reported TCB {_fmt(tcb)} meets your minimum")
-
-
-def _compare(name: str, got: bytes, want: bytes | None, what: str, why: str):
-    if want is None:
-        return unverified(name, f"{what} {got.hex()[:32]}…; no expected value given")
-    if got == bytes(want):
-        return verified(name, f"{what} matches the expected value")
-    return failed(name, f"{what} does not match the expected value: {why} "
-                  f"(got {got.hex()[:16]}…, expected {bytes(want).hex()[:16]}…)")
 
 
 def _fmt(tcb: Mapping[str, int]) -> str:

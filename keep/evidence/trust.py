@@ -51,6 +51,16 @@ def unverified(name: str, reason: str, **detail: Any) -> Claim:
     return Claim(name, Status.UNVERIFIED, reason, detail)
 
 
+def compare_value(name: str, got: bytes, want: bytes | None, what: str, why: str) -> Claim:
+    """A measured value against the user's expected one: unverified when none is given."""
+    if want is None:
+        return unverified(name, f"{what} {got.hex()[:32]}…; no expected value given")
+    if got == bytes(want):
+        return verified(name, f"{what} matches the expected value")
+    return failed(name, f"{what} does not match the expected value: {why} "
+                  f"(got {got.hex()[:16]}…, expected {bytes(want).hex()[:16]}…)")
+
+
 PROTECTION_LABEL = {
     "hardware": "PROTECTED",
     "simulated": "SIMULATED — no hardware protection",

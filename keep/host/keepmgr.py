@@ -44,6 +44,7 @@ from typing import Any
 from aiohttp import web
 
 from keepbook.keep import protocol
+from keepbook.keep.cbor_http import cbor_response, error_middleware, error_response, read_message
 from keepbook.keep.host import backends as backends_mod
 from keepbook.keep.framing import read_frame, write_frame
 
@@ -123,7 +124,7 @@ class KeepManager:
     # ------------------------------------------------------------------ HTTP plumbing
     def app(self) -> web.Application:
         app = web.Application(client_max_size=protocol.MAX_CONTROL_BYTES,
-                              middlewares=[self._errors, self._auth])
+                              middlewares=[error_middleware(protocol.MAX_CONTROL_BYTES, self._internal_error), self._auth])
         app.router.add_get("/v1/health", self.health)
         app.router.add_get("/v1/contracts", self.contracts)
         app.router.add_post("/v1/keeps", self.create)
@@ -136,25 +137,12 @@ class KeepManager:
         app.on_shutdown.append(self._shutdown)
         return app
 
-    @web.middleware
-    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    def _internal_error(self, exc: Exception) -> str:
         try:
-            return await handler(request)
-        except protocol.ProtocolError as exc:
-            return error_response(exc.status, exc.reason)
-        except web.HTTPRequestEntityTooLarge:
-            return error_response(413, f"request body exceeds the limit of "
-                                       f"{protocol.MAX_CONTROL_BYTES} bytes")
-        except web.HTTPException as exc:
-            if exc.status >= 400:
-                return error_response(exc.status, exc.reason or "request refused")
-            raise
-        except Exception as exc:  # never crash the server; say what happened
-            try:
-                self.log("internal-error", error=type(exc).__name__)
-            except protocol.ProtocolError:
-                pass
-            return error_response(500, f"keep manager internal error ({type(exc).__name__})")
+            self.log("internal-error", error=type(exc).__name__)
+        except protocol.ProtocolError:
+            pass
+        return f"keep manager internal error ({type(exc).__name__})"
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -171,11 +159,7 @@ class KeepManager:
         return await handler(request)
 
     async def _body(self, request: web.Request, cls: type[protocol.Message]) -> Any:
-        ctype = request.headers.get("Content-Type", "")
-        if ctype.split(";")[0].strip() != protocol.CBOR:
-            raise protocol.ProtocolError(
-                f"wrong content type {ctype or '(none)'!r}: send {protocol.CBOR}", 415)
-        return cls.from_cbor(await request.read())
+        return await read_message(request, cls)
 
     def _record(self, request: web.Request) -> KeepRecord:
         rec = self.keeps.get(request.match_info["id"])
@@ -426,15 +410,6 @@ class KeepManager:
         await asyncio.gather(*(self._stop(r, "keep manager shut down")
                                for r in [*self.keeps.values(), *pooled] if r.proc.returncode is None),
                              return_exceptions=True)
-
-
-def cbor_response(msg: protocol.Message, status: int = 200) -> web.Response:
-    return web.Response(body=msg.to_cbor(), status=status, content_type=protocol.CBOR)
-
-
-def error_response(status: int, reason: str) -> web.Response:
-    return web.Response(body=protocol.ErrorBody(status=status, reason=reason).to_cbor(),
-                        status=status, content_type=protocol.CBOR)
 
 
 # ---------------------------------------------------------------------- command line

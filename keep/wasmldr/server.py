@@ -26,6 +26,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from keepbook.keep.cbor_http import cbor_response, error_middleware, error_response, read_message
 from keepbook.keep import audit as audit_mod
 from keepbook.keep import datasets, measurement, protocol
 from keepbook.keep.framing import read_frame, write_frame
@@ -130,7 +131,7 @@ class Wasmldr:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         ctx = server_ssl_context(key, cert_der, sealed.client_cert)
         app = web.Application(client_max_size=protocol.MAX_MESSAGE_BYTES,
-                              middlewares=[self._errors, self._pinned_client])
+                              middlewares=[error_middleware(protocol.MAX_MESSAGE_BYTES, _internal), self._pinned_client])
         app.router.add_post("/v1/run", self.run)
         app.router.add_post("/v1/request", self.request)
         app.router.add_post("/v1/upload", self.upload)
@@ -146,38 +147,20 @@ class Wasmldr:
 
     # ------------------------------------------------------------------ attested channel
     @web.middleware
-    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except protocol.ProtocolError as exc:
-            return _error(exc.status, exc.reason)
-        except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"request exceeds the limit of {protocol.MAX_MESSAGE_BYTES} bytes")
-        except web.HTTPException as exc:
-            if exc.status >= 400:
-                return _error(exc.status, exc.reason or "refused")
-            raise
-        except Exception as exc:
-            return _error(500, f"Keep internal error ({type(exc).__name__})")
-
-    @web.middleware
     async def _pinned_client(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """TLS already required the sealed client certificate; check its key once more."""
         ssl_obj = request.transport.get_extra_info("ssl_object") if request.transport else None
         der = ssl_obj.getpeercert(binary_form=True) if ssl_obj else None
         if not der or self.client_spki is None:
-            return _error(403, "client certificate required")
+            return error_response(403, "client certificate required")
         spki = x509.load_der_x509_certificate(der).public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         if not hmac.compare_digest(spki, self.client_spki):
-            return _error(403, "client certificate is not the one sealed to this Keep")
+            return error_response(403, "client certificate is not the one sealed to this Keep")
         return await handler(request)
 
     async def _body(self, request: web.Request, cls: type[protocol.Message]) -> Any:
-        ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
-        if ctype != protocol.CBOR:
-            raise protocol.ProtocolError(f"wrong content type {ctype or '(none)'!r}: send {protocol.CBOR}", 415)
-        return cls.from_cbor(await request.read())
+        return await read_message(request, cls)
 
     async def run(self, request: web.Request) -> web.StreamResponse:
         req: protocol.RunRequest = await self._body(request, protocol.RunRequest)
@@ -229,15 +212,15 @@ class Wasmldr:
         assert self.cells is not None
         if req.op == "close":
             asyncio.get_running_loop().call_later(0.05, self.closed.set)
-            return _cbor(protocol.Reply(ok=True, content={"closing": True}))
+            return cbor_response(protocol.Reply(ok=True, content={"closing": True}))
         content = await asyncio.to_thread(self.cells.request, req.op, req.args or {})
-        return _cbor(protocol.Reply(ok=True, content=content))
+        return cbor_response(protocol.Reply(ok=True, content=content))
 
 
     async def audit_export(self, request: web.Request) -> web.Response:
         assert self.audit is not None
         exp = self.audit.export()
-        return _cbor(protocol.AuditExport(entries=exp["entries"], head=exp["head"],
+        return cbor_response(protocol.AuditExport(entries=exp["entries"], head=exp["head"],
                                           signature=exp["signature"]))
 
     async def upload(self, request: web.Request) -> web.Response:
@@ -282,7 +265,7 @@ class Wasmldr:
         entry = {"name": name, "bytes": info.bytes, "digest": info.digest, "owner": info.owner,
                  "policy_digest": dataset_policy.digest(), "suite": info.suite}
         self.audit.append("dataset", entry)  # type: ignore[union-attr]
-        return _cbor(protocol.Reply(ok=True, content={
+        return cbor_response(protocol.Reply(ok=True, content={
             **entry, "path": f"/data/{name}", "policy": self.cells.enforcer.policy.summary()}))
 
     async def _receive(self, request: web.Request, fd: int) -> datasets.DatasetInfo:
@@ -341,12 +324,8 @@ def server_ssl_context(key: Any, cert_der: bytes, client_cert_der: bytes) -> ssl
     return ctx
 
 
-def _cbor(msg: protocol.Message, status: int = 200) -> web.Response:
-    return web.Response(body=msg.to_cbor(), status=status, content_type=protocol.CBOR)
-
-
-def _error(status: int, reason: str) -> web.Response:
-    return _cbor(protocol.ErrorBody(status=status, reason=reason), status)
+def _internal(exc: Exception) -> str:
+    return f"Keep internal error ({type(exc).__name__})"  # the type only: no content leaves
 
 
 async def serve(backend: str, ctrl_in: int, ctrl_out: int) -> None:
