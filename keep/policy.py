@@ -38,7 +38,7 @@ import json
 import math
 import os
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 PROFILES = ("debug", "staging", "production")

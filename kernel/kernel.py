@@ -16,7 +16,7 @@ from keepbook import __version__
 from keepbook.keep import protocol
 from keepbook.keep.evidence.trust import TrustVector
 from keepbook.kernel import magics as mg
-from keepbook.kernel.agent import ClientAgent, NewKeep
+from keepbook.kernel.agent import ClientAgent
 from keepbook.kernel.client import AttestationRefused, KeepError
 from keepbook.kernel.trust_policy import TrustPolicyError
 from keepbook.kernel import presenting as show

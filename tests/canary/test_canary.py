@@ -8,7 +8,6 @@ What is host-visible is listed in docs/host-visibility.md; this test is its proo
 
 from __future__ import annotations
 
-import os
 import secrets
 
 import pytest

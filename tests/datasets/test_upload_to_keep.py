@@ -111,7 +111,6 @@ def test_sealed_to_another_keep_is_refused(env, shared_manager, tmp_path):
 
 def test_wrong_owner_signature_is_refused(env, tmp_path):
     agent, *_ = env
-    tmp = env[2]
     assert owner_seal(env, tmp_path / "s.sealed", "--name", "signed.csv") == 0
     blob = bytearray((tmp_path / "s.sealed").read_bytes())
     blob[-10] ^= 1  # inside the signature, in the trailer

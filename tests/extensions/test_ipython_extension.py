@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from jupyter_client.manager import start_new_kernel
 
-from tests.kernel.kernel_client import Kernel, Result
+from tests.kernel.kernel_client import Kernel, ok, plain
 from tests.support.procs import alive, keep_pids
 
 pytestmark = pytest.mark.slow
@@ -51,13 +51,8 @@ def kernel(tmp):
         k.close()
 
 
-def ok(res: Result) -> Result:
-    assert res.status == "ok", res.text()
-    return res
 
 
-def plain(res: Result) -> str:
-    return res.of_type("execute_result")[0]["data"]["text/plain"]
 
 
 def keepmgr_pids(parent: int) -> dict[int, Path]:

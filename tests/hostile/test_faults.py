@@ -10,12 +10,10 @@ cells; they are not repeated here.)"""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -24,8 +22,8 @@ from keepbook.keep import protocol as p
 from tests.conftest import Manager
 from tests.hostile.netproxy import CuttingProxy
 from tests.hostile.report import record
-from tests.kernel.kernel_client import Kernel, Result
-from tests.support.procs import _cmdline, alive, keep_pids
+from tests.kernel.kernel_client import Kernel, Result, keep_id
+from tests.support.procs import _cmdline, keep_pids
 from tests.support.tamper import TamperingManager
 
 LIMIT_S = 2.0
@@ -57,11 +55,6 @@ def kernel():
     k.close()
 
 
-def keep_id(kernel: Kernel) -> str:
-    res = kernel.execute("%keep status")
-    m = re.search(r"^id\s+(\w+)", res.text(), re.M)
-    assert m, res.text()
-    return m.group(1)
 
 
 def kernel_pid(kernel: Kernel) -> int:

@@ -15,7 +15,6 @@ import wasmtime
 
 from keepbook.keep import protocol as p
 from keepbook.kernel.agent import ClientAgent, NewKeep
-from keepbook.kernel.client import KeepError
 from tests.conftest import HELLO_WAT, LOOP_WAT
 from tests.hostile.report import record
 

@@ -78,3 +78,23 @@ class Kernel:
     def close(self) -> None:
         self.kc.stop_channels()
         self.km.shutdown_kernel(now=False)
+
+
+def ok(res: Result) -> Result:
+    assert res.status == "ok", res.text()
+    return res
+
+
+def plain(res: Result) -> str:
+    """The text/plain of the cell's execute_result."""
+    return res.of_type("execute_result")[0]["data"]["text/plain"]
+
+
+def keep_id(kernel: Kernel) -> str:
+    """The current Keep's id, as `%keep status` shows it."""
+    import re
+
+    res = kernel.execute("%keep status")
+    m = re.search(r"^id\s+(\w+)", res.text(), re.M)
+    assert m, res.text()
+    return m.group(1)

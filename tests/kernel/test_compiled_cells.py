@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from keepbook.kernel import compilers
-from tests.kernel.kernel_client import Kernel, Result
+from tests.kernel.kernel_client import Kernel, ok
 
 pytestmark = pytest.mark.slow
 
@@ -51,9 +51,6 @@ def kernel():
         k.close()
 
 
-def ok(res: Result) -> Result:
-    assert res.status == "ok", res.text()
-    return res
 
 
 @pytest.mark.parametrize("cell, expected", [(HELLO_C, "hello from C 42\n"),

@@ -4,14 +4,13 @@ Each ends in a clear error and leaves the kernel usable."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
 import time
 
 import pytest
 
-from tests.kernel.kernel_client import Kernel
+from tests.kernel.kernel_client import Kernel, keep_id
 from tests.support.procs import alive, keep_pids
 
 LOOP = '%%wat\n(module (func (export "_start") (loop $l (br $l))))'
@@ -32,11 +31,6 @@ def kernel():
     k.close()
 
 
-def keep_id(kernel: Kernel) -> str:
-    res = kernel.execute("%keep status")
-    m = re.search(r"^id\s+(\w+)", res.text(), re.M)
-    assert m, res.text()
-    return m.group(1)
 
 
 def test_nothing_runs_before_attestation_and_trust_vector_is_shown(kernel):

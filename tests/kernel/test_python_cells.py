@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.kernel.kernel_client import Kernel, Result
+from tests.kernel.kernel_client import Kernel, ok, plain
 
 pytestmark = pytest.mark.slow
 
@@ -28,13 +28,8 @@ def kernel():
         k.close()
 
 
-def ok(res: Result) -> Result:
-    assert res.status == "ok", res.text()
-    return res
 
 
-def plain(res: Result) -> str:
-    return res.of_type("execute_result")[0]["data"]["text/plain"]
 
 
 def interrupt_after(kernel: Kernel, delay: float) -> threading.Thread:
