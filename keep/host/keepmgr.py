@@ -517,11 +517,36 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
+def systemd_run_problem() -> str | None:
+    """Why `systemd-run --user` cannot start a Keep here (None if it can): checked once at start,
+    so a missing user bus is a clear start error instead of every Keep failing later."""
+    import shutil
+    import subprocess
+
+    if shutil.which("systemd-run") is None:
+        return "systemd-run is not on PATH"
+    try:
+        r = subprocess.run(["systemd-run", "--user", "--quiet", "--pipe", "--collect", "true"],
+                           capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"systemd-run did not run ({exc})"
+    if r.returncode != 0:
+        return (r.stderr.strip() or f"systemd-run --user exited with {r.returncode}")[:300]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         print("keepmgr: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    if args.launcher == "systemd-run":
+        problem = systemd_run_problem()
+        if problem:
+            print(f"keepmgr: --launcher systemd-run cannot start Keeps here: {problem}; "
+                  "use --launcher subprocess, or run under a user systemd instance "
+                  "(`systemctl --user status`)", file=sys.stderr)
+            return 2
     try:
         asyncio.run(serve(args))
     except ValueError as exc:

@@ -148,3 +148,18 @@ def test_keeps_are_invisible_across_tokens(tmp_path) -> None:
 def test_token_file_is_private(manager) -> None:
     assert (manager.token_file.stat().st_mode & 0o077) == 0
     assert len(manager.token) >= 32
+
+
+def test_systemd_launcher_that_cannot_work_is_a_clear_start_error(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from keepbook.keep.host.keepmgr import systemd_run_problem
+
+    import pytest
+    if systemd_run_problem() is None:
+        pytest.skip("systemd-run --user works here; the refusal path cannot be shown")
+    r = subprocess.run([sys.executable, "-m", "keepbook.keep.host.keepmgr", "--port", "0",
+                        "--state-dir", str(tmp_path), "--launcher", "systemd-run"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--launcher systemd-run cannot start Keeps here" in r.stderr
