@@ -60,6 +60,7 @@ class KeepbookKernel(Kernel):
         self._error_shown = False
         self._last_error: tuple[str, str, list[str]] | None = None
         self._python_started: set[str] = set()
+        self.params: dict[str, Any] = {}  # the notebook's parameters (papermill), for magic lines
 
     # ------------------------------------------------------------------ output helpers
     def _stream(self, text: str, name: str = "stdout") -> None:
@@ -110,7 +111,14 @@ class KeepbookKernel(Kernel):
         self._error_shown = False
         self._last_error = None
         try:
-            cell = mg.parse_cell(code)
+            params = mg.parse_parameters(code)
+            if params is not None:  # kept by the kernel, for `{name}` in magic lines
+                self.params.update(params)
+                self._stream("[keepbook] notebook parameters: " + ", ".join(
+                    f"{k}={v!r}" for k, v in params.items()) + "\n", "stderr")
+                return {"status": "ok", "execution_count": self.execution_count, "payload": [],
+                        "user_expressions": {}}
+            cell = mg.parse_cell(code, self.params)
             for magic in cell.magics:
                 await self._line_magic(magic)
             if cell.cell_magic is not None:

@@ -10,6 +10,7 @@ import argparse
 import re
 import shlex
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 LINE_MAGICS = ("keep", "attest", "upload", "audit")
 CELL_MAGICS = ("wat", "wasm", "c", "cpp", "zig", "rust", "python")
@@ -174,7 +175,50 @@ def parse_line_magic(line: str) -> LineMagic:
                      f"cell magics %%{', %%'.join(CELL_MAGICS)}")
 
 
-def parse_cell(code: str) -> Cell:
+PARAMETERS_HEADER = "# parameters"
+
+
+def parse_parameters(code: str) -> dict[str, Any] | None:
+    """The notebook's parameters, if this is a parameters cell: its first line is
+    ``# Parameters`` (what papermill writes in the cell it injects) and every statement is
+    ``name = literal``.  Parsed with ``ast.literal_eval`` only — nothing runs on the host.
+    The kernel keeps them to fill ``{name}`` in magic lines (``%keep new --backend {backend}``)."""
+    import ast
+
+    lines = [ln for ln in code.splitlines() if ln.strip()]
+    if not lines or not lines[0].strip().lower().startswith(PARAMETERS_HEADER):
+        return None
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return None
+    values: dict[str, Any] = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)):
+            return None
+        try:
+            values[node.targets[0].id] = ast.literal_eval(node.value)
+        except ValueError:
+            return None
+    return values
+
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def substitute(line: str, params: Mapping[str, Any]) -> str:
+    """Fill ``{name}`` in a magic line from the notebook's parameters (shell-quoted); a
+    ``{name}`` that is not a parameter is left as written."""
+    return _PLACEHOLDER.sub(lambda m: shlex.quote(str(params[m.group(1)])) if m.group(1) in params
+                            else m.group(0), line)
+
+
+def parse_cell(code: str, params: Mapping[str, Any] | None = None) -> Cell:
+    if params:
+        lines = [substitute(ln, params) if ln.lstrip().startswith("%") else ln
+                 for ln in code.splitlines()]
+        code = "\n".join(lines)
     lines = code.splitlines()
     i = 0
     while i < len(lines) and not lines[i].strip():

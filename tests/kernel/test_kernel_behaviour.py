@@ -198,3 +198,15 @@ def test_attest_and_audit_can_be_saved(kernel, tmp_path):
     log = tmp_path / "audit.cbor"
     res = kernel.execute(f"%audit --save {log}")
     assert res.status == "ok" and log.stat().st_size > 0
+
+
+def test_parameters_cell_stays_in_the_kernel():
+    k = Kernel()
+    try:
+        res = k.execute('# Parameters\nbackend = "nil"')
+        assert res.status == "ok" and "notebook parameters: backend='nil'" in res.stream("stderr")
+        assert "No Keep yet" not in res.text()  # nothing was sent anywhere: no Keep was made
+        res = k.execute("%keep new --backend {backend}")
+        assert res.status == "ok" and "backend nil" in res.stream()
+    finally:
+        k.close()

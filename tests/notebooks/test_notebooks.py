@@ -40,7 +40,13 @@ def test_walkthrough_shows_verified_trust_vector_and_keep_output() -> None:
     assert "5050" in text
 
 
-PARAMETERS = {"teaching-attestation.ipynb": {"backend": "sim-tdx", "attacks": "flip-evidence,replay"}}
+PARAMETERS = {"teaching-attestation.ipynb": {"backend": "sim-tdx", "attacks": "flip-evidence,replay"},
+              "attestation-walkthrough.ipynb": {"backend": "sim-sgx", "profile": "production"},
+              "sensitive-analysis.ipynb": {"backend": "sim-tdx"}}
+#: what each parameterised run must show, proving the parameters took effect
+EXPECT = {"attestation-walkthrough.ipynb": ["Trust vector (sgx)", "production"],
+          "sensitive-analysis.ipynb": ["Trust vector (tdx)"],
+          "teaching-attestation.ipynb": ["tdx"]}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -57,3 +63,7 @@ def test_notebook_runs_under_papermill_with_parameters(path: Path, tmp_path: Pat
     if params:
         injected = [c for c in nb.cells if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
         assert injected and all(f"{k} = " in injected[0].source for k in params)
+        text = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
+                         for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+        for expected in EXPECT.get(path.name, []):
+            assert expected in text, (path.name, expected)

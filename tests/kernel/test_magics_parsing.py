@@ -1,0 +1,48 @@
+"""Magic parsing is pure: text in, a typed command or a clear UsageError out."""
+
+from __future__ import annotations
+
+import pytest
+
+from keepbook.kernel import magics as mg
+
+
+def test_parameters_cell_is_literal_assignments_only():
+    assert mg.parse_parameters('# Parameters\nbackend = "sim-tdx"\nn = 3\n') == {"backend": "sim-tdx", "n": 3}
+    assert mg.parse_parameters('# parameters (papermill)\nx = [1, 2]') == {"x": [1, 2]}
+    # anything that would need running code is not a parameters cell: it goes to the Keep
+    assert mg.parse_parameters("# Parameters\nimport os") is None
+    assert mg.parse_parameters("# Parameters\nx = os.getcwd()") is None
+    assert mg.parse_parameters("# Parameters\nx, y = 1, 2") is None
+    assert mg.parse_parameters("x = 1") is None
+    assert mg.parse_parameters("# Parameters\nx = (") is None
+
+
+def test_placeholders_fill_magic_lines_only():
+    cell = mg.parse_cell("%keep new --backend {backend} --profile {profile}\nprint('{backend}')",
+                         {"backend": "sim-tdx", "profile": "production"})
+    assert cell.magics[0].args.backend == "sim-tdx" and cell.magics[0].args.profile == "production"
+    assert cell.python == "print('{backend}')"  # Python for the Keep is never rewritten
+
+
+def test_placeholder_values_are_quoted_and_unknown_ones_kept():
+    assert mg.substitute("%upload {path}", {"path": "my data.csv"}) == "%upload 'my data.csv'"
+    assert mg.substitute("%keep new --backend {other}", {"backend": "nil"}) == "%keep new --backend {other}"
+    with pytest.raises(mg.MagicError, match="invalid choice"):
+        mg.parse_cell("%keep new --profile {profile}", {})
+
+
+@pytest.mark.parametrize("line,reason", [
+    ("%keep", "needs one of"), ("%keep explode", "needs one of"), ("%nope", "unknown magic"),
+    ("%keep status now", "takes no arguments"), ("%keep new --memory lots", "not a size"),
+    ("%keep new --timeout -1", "must be positive"), ('%keep new --backend "unclosed', "No closing quotation"),
+])
+def test_bad_line_magics_say_why(line, reason):
+    with pytest.raises(mg.MagicError, match=reason):
+        mg.parse_cell(line)
+
+
+def test_sizes():
+    assert mg.parse_size("512MiB") == 512 * 1024**2
+    assert mg.parse_size("1G") == 10**9
+    assert mg.parse_size("2048") == 2048
