@@ -35,7 +35,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -138,43 +138,87 @@ def _sig_message(header_hash: bytes, plain_hash: bytes, size: int, chunks: int) 
     return SIG_DOMAIN + header_hash + plain_hash + struct.pack(">QQ", size, chunks)
 
 
+class Sealer:
+    """One sealed stream, frame by frame.  :meth:`seal_into` writes a chunk's frame into a
+    caller-owned buffer, so an uploader can reuse a few buffers instead of allocating (and
+    page-faulting) fresh ones per chunk; :func:`seal_stream` is the simple generator on top."""
+
+    def __init__(self, *, name: str, recipient: bytes, suite: str, owner_key: Any,
+                 policy: bytes = b"", chunk_size: int = DEFAULT_CHUNK):
+        check_name(name)
+        if not 1024 <= chunk_size <= MAX_CHUNK:
+            raise DatasetError(f"chunk size must be between 1 KiB and {MAX_CHUNK} bytes")
+        alg, pub = owner_public(owner_key)
+        core = {"format": FORMAT, "name": name, "suite": suite, "recipient": recipient,
+                "owner_alg": alg, "owner_key": pub, "policy": bytes(policy),
+                "chunk_size": chunk_size, "created": round(time.time(), 3)}
+        dek = AESGCM.generate_key(256)
+        core_hash = hashlib.sha256(protocol.dumps(core)).digest()
+        try:
+            sealed_key = sealing.seal(suite, recipient, dek, INFO_DOMAIN + core_hash)
+        except sealing.SealingError as exc:
+            raise DatasetError(str(exc)) from None
+        header = protocol.dumps({**core, "sealed_key": sealed_key})
+        self.header_frame = _frame(b"H", header)
+        self.chunk_size = chunk_size
+        self._owner_key = owner_key
+        self._header_hash = hashlib.sha256(header).digest()
+        self._aead = AESGCM(dek)
+        self._plain = hashlib.sha256()
+        self._size = self._index = 0
+        self._final = False
+
+    @staticmethod
+    def frame_size(plain_len: int) -> int:
+        return FRAME.size + plain_len + TAG
+
+    def seal_into(self, chunk: Any, final: bool, out: Any) -> int:
+        """Write the frame of the next chunk (``final``: the last one) into ``out`` (a writable
+        buffer of at least :meth:`frame_size` bytes); return the frame's length."""
+        if self._final:
+            raise DatasetError("stream: a chunk after the final chunk")
+        n = len(chunk)
+        if n > self.chunk_size:
+            raise DatasetError(f"chunk of {n} bytes exceeds the chunk size {self.chunk_size}")
+        kind = b"F" if final else b"C"
+        self._plain.update(chunk)
+        self._size += n
+        end = FRAME.size + n + TAG
+        view = memoryview(out)
+        FRAME.pack_into(view, 0, kind, n + TAG)
+        self._aead.encrypt_into(_nonce(self._index), chunk,
+                                self._header_hash + struct.pack(">Q", self._index) + kind,
+                                view[FRAME.size:end])
+        self._index += 1
+        self._final = final
+        return end
+
+    def trailer_frame(self) -> bytes:
+        """The owner's signature over header, plaintext digest, size and chunk count."""
+        if not self._final:
+            raise DatasetError("stream: the trailer before the final chunk")
+        digest = self._plain.digest()
+        sig = _sign(self._owner_key, _sig_message(self._header_hash, digest, self._size, self._index))
+        return _frame(b"S", protocol.dumps({"plaintext_sha256": digest, "bytes": self._size,
+                                           "chunks": self._index, "signature": sig}))
+
+
 def seal_stream(src: BinaryIO, *, name: str, recipient: bytes, suite: str, owner_key: Any,
                 policy: bytes = b"", chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]:
-    """Yield the sealed dataset piece by piece; reads ``src`` one chunk at a time."""
-    check_name(name)
-    if not 1024 <= chunk_size <= MAX_CHUNK:
-        raise DatasetError(f"chunk size must be between 1 KiB and {MAX_CHUNK} bytes")
-    alg, pub = owner_public(owner_key)
-    core = {"format": FORMAT, "name": name, "suite": suite, "recipient": recipient,
-            "owner_alg": alg, "owner_key": pub, "policy": bytes(policy), "chunk_size": chunk_size,
-            "created": round(time.time(), 3)}
-    dek = AESGCM.generate_key(256)
-    core_hash = hashlib.sha256(protocol.dumps(core)).digest()
-    try:
-        sealed_key = sealing.seal(suite, recipient, dek, INFO_DOMAIN + core_hash)
-    except sealing.SealingError as exc:
-        raise DatasetError(str(exc)) from None
-    header = protocol.dumps({**core, "sealed_key": sealed_key})
-    header_hash = hashlib.sha256(header).digest()
-    yield _frame(b"H", header)
-    aead = AESGCM(dek)
-    plain = hashlib.sha256()
-    size = index = 0
+    """Yield the sealed dataset frame by frame; reads ``src`` one chunk at a time."""
+    sealer = Sealer(name=name, recipient=recipient, suite=suite, owner_key=owner_key,
+                    policy=policy, chunk_size=chunk_size)
+    yield sealer.header_frame
     chunk = src.read(chunk_size)
     while True:
         nxt = src.read(chunk_size) if len(chunk) == chunk_size else b""
-        kind = b"F" if not nxt else b"C"
-        plain.update(chunk)
-        size += len(chunk)
-        yield _frame(kind, aead.encrypt(_nonce(index), chunk,
-                                        header_hash + struct.pack(">Q", index) + kind))
-        index += 1
-        if kind == b"F":
+        out = bytearray(Sealer.frame_size(len(chunk)))
+        sealer.seal_into(chunk, not nxt, out)
+        yield bytes(out)
+        if not nxt:
             break
         chunk = nxt
-    sig = _sign(owner_key, _sig_message(header_hash, plain.digest(), size, index))
-    yield _frame(b"S", protocol.dumps({"plaintext_sha256": plain.digest(), "bytes": size,
-                                       "chunks": index, "signature": sig}))
+    yield sealer.trailer_frame()
 
 
 # ---------------------------------------------------------------------- opening
@@ -203,7 +247,6 @@ class Opener:
     def __init__(self, keys: dict[str, tuple[Any, bytes]], max_bytes: int = 1 << 40):
         self.keys = keys
         self.max_bytes = max_bytes
-        self.buf = bytearray()
         self.info: DatasetInfo | None = None
         self.header_hash = b""
         self.aead: AESGCM | None = None
@@ -212,37 +255,78 @@ class Opener:
         self.plain = hashlib.sha256()
         self.final = False
         self.trailer: dict | None = None
+        # the frame being read: its 5 header bytes, then its body (a reused buffer)
+        self._head = bytearray()
+        self._kind = b""
+        self._want = -1          # body length of the current frame; -1 = reading its header
+        self._fill = 0
+        self._body = bytearray()
+        self._out = bytearray()  # reused plaintext buffer (the sink path)
 
-    def feed(self, data: bytes) -> list[bytes]:
-        self.buf += data
-        out = []
-        while len(self.buf) >= FRAME.size:
-            kind, length = FRAME.unpack_from(self.buf)
-            limit = MAX_HEADER if kind in (b"H", b"S") else MAX_CHUNK + TAG
-            if length > limit:
-                raise DatasetError(f"frame {self.index}: {length} bytes exceeds the limit of {limit}")
-            if len(self.buf) < FRAME.size + length:
-                break
-            body = bytes(self.buf[FRAME.size:FRAME.size + length])
-            del self.buf[:FRAME.size + length]
-            piece = self._frame(kind, body)
-            if piece:
-                out.append(piece)
+    def feed(self, data: Any, sink: Callable[[memoryview], None] | None = None) -> list[bytes]:
+        """Take the next bytes of the stream.  Without ``sink``, return the plaintext pieces of
+        the chunks completed; with ``sink``, hand each to ``sink`` as a view that is valid only
+        during the call (no copies: a frame that arrives whole is opened in place) and return
+        []."""
+        out: list[bytes] = []
+        mv = memoryview(data).cast("B")
+        pos, end = 0, len(mv)
+        while pos < end:
+            if self._want < 0:
+                take = min(FRAME.size - len(self._head), end - pos)
+                self._head += mv[pos:pos + take]
+                pos += take
+                if len(self._head) < FRAME.size:
+                    break
+                kind, length = FRAME.unpack(self._head)
+                limit = MAX_HEADER if kind in (b"H", b"S") else MAX_CHUNK + TAG
+                if length > limit:
+                    raise DatasetError(f"frame {self.index}: {length} bytes exceeds the limit of {limit}")
+                self._kind, self._want, self._fill = kind, length, 0
+                if end - pos >= length:       # the whole body is here: no copy
+                    body = mv[pos:pos + length]
+                    pos += length
+                    self._done(body, sink, out)
+                    continue
+                if len(self._body) < length:
+                    self._body = bytearray(length)
+            take = min(self._want - self._fill, end - pos)
+            self._body[self._fill:self._fill + take] = mv[pos:pos + take]
+            self._fill += take
+            pos += take
+            if self._fill == self._want:
+                self._done(memoryview(self._body)[:self._want], sink, out)
         return out
 
-    def _frame(self, kind: bytes, body: bytes) -> bytes | None:
+    def _done(self, body: memoryview, sink: Callable[[memoryview], None] | None,
+              out: list[bytes]) -> None:
+        kind = self._kind
+        self._head.clear()
+        self._want = -1
+        if sink is None:
+            piece = self._frame(kind, body, None)
+            if piece:
+                out.append(bytes(piece))
+        else:
+            if len(self._out) < len(body):
+                self._out = bytearray(len(body))
+            piece = self._frame(kind, body, memoryview(self._out))
+            if piece:
+                sink(piece)
+
+    def _frame(self, kind: bytes, body: memoryview, into: memoryview | None) -> Any:
         if self.trailer is not None:
             raise DatasetError("stream: data after the owner's signature — the stream was extended")
         if self.info is None:
             if kind != b"H":
                 raise DatasetError("stream: does not start with a sealed-dataset header")
-            self._header(body)
+            self._header(bytes(body))
             return None
         if kind == b"S":
             if not self.final:
                 raise DatasetError(f"stream: truncated — the signature came after chunk "
                                    f"{self.index - 1} but before the final chunk")
-            self._trailer(body)
+            self._trailer(bytes(body))
             return None
         if kind not in (b"C", b"F"):
             raise DatasetError(f"stream: unknown frame type {kind!r}")
@@ -250,9 +334,15 @@ class Opener:
             raise DatasetError("stream: a chunk after the final chunk — the stream was extended "
                                "or reordered")
         assert self.aead is not None
+        nonce, aad = _nonce(self.index), self.header_hash + struct.pack(">Q", self.index) + kind
         try:
-            plain = self.aead.decrypt(_nonce(self.index), body,
-                                      self.header_hash + struct.pack(">Q", self.index) + kind)
+            if len(body) < TAG:
+                raise InvalidTag()
+            if into is None:
+                plain: Any = self.aead.decrypt(nonce, body, aad)
+            else:
+                plain = into[:len(body) - TAG]
+                self.aead.decrypt_into(nonce, body, aad, plain)
         except InvalidTag:
             raise DatasetError(f"chunk {self.index}: authentication failed — the chunk was altered, "
                                "reordered, dropped, or its final flag changed") from None
@@ -321,7 +411,7 @@ class Opener:
         """All checks passed?  Raises :class:`DatasetError` naming what is missing."""
         if self.info is None:
             raise DatasetError("stream: empty or cut inside the header")
-        if self.buf:
+        if self._head:
             raise DatasetError("stream: truncated in the middle of a frame")
         if not self.final:
             raise DatasetError(f"stream: truncated after chunk {self.index - 1} — the final "

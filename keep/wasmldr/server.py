@@ -35,6 +35,7 @@ from keepbook.keep.wasmldr.cells import Busy, Cells
 from keepbook.keep.wasmldr.identity import KeepIdentity, KeepKeys
 
 LISTEN_HOST = os.environ.get("KEEPBOOK_KEEP_LISTEN", "127.0.0.1")
+UPLOAD_BATCH = 4 << 20  # bytes of a sealed upload handed to the opening thread at once
 
 
 def isolate_stdio() -> tuple[int, int]:
@@ -269,20 +270,40 @@ class Wasmldr:
             **entry, "path": f"/data/{name}", "policy": self.cells.enforcer.policy.summary()}))
 
     async def _receive(self, request: web.Request, fd: int) -> datasets.DatasetInfo:
+        """Read the body as it arrives (no re-chunking copies) and hand it over in batches of
+        UPLOAD_BATCH bytes to a worker thread that opens, hashes and writes it while the loop
+        reads the next batch: one thread hand-off per batch, at most two batches in flight."""
         opener = datasets.Opener(self.keys.dataset if self.keys else {})
 
-        def consume(piece: bytes, out: Any) -> None:
-            for plain in opener.feed(piece):
-                out.write(plain)
-        with os.fdopen(os.dup(fd), "wb", buffering=0) as out:
-            # decrypt + hash on a worker thread (OpenSSL releases the GIL) while the loop reads
-            pending: asyncio.Future | None = None
-            async for piece in request.content.iter_chunked(1 << 20):
-                if pending is not None:
-                    await pending
-                pending = asyncio.ensure_future(asyncio.to_thread(consume, piece, out))
+        def write(view: memoryview) -> None:
+            while view:
+                view = view[os.write(fd, view):]
+
+        def consume(batch: list[bytes]) -> None:
+            for piece in batch:
+                opener.feed(piece, write)
+
+        pending: asyncio.Future | None = None
+        batch: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                piece = await request.content.readany()
+                if piece:
+                    batch.append(piece)
+                    size += len(piece)
+                if size >= UPLOAD_BATCH or (not piece and batch):
+                    if pending is not None:
+                        await pending
+                    pending = asyncio.ensure_future(asyncio.to_thread(consume, batch))
+                    batch, size = [], 0
+                if not piece:
+                    break
             if pending is not None:
                 await pending
+        finally:  # never leave the worker writing to fd after the caller closed it
+            if pending is not None and not pending.done():
+                await asyncio.wait([pending])
         return opener.finish()
 
     def _admit(self, info: datasets.DatasetInfo, policy: OutputPolicy) -> None:
