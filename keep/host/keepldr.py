@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from keepbook.keep.host.backends import env_for_wasmldr
+from keepbook.keep.host.backends import SCRATCH_ENV, env_for_wasmldr, make_keep_scratch
 
 # asyncio and the protocol are imported after the wasmldr is started (see main): the Keep's boot
 # — a CPU-bound Python import — then overlaps this loader's own, on a cold start.
@@ -42,10 +42,22 @@ PREWARM_ENV = "KEEPBOOK_KEEP_PREWARM"
 def start_wasmldr(backend: str, keep_id: str, launcher: str,
                   prewarm: bool = False) -> subprocess.Popen:
     env = env_for_wasmldr()
+    env[SCRATCH_ENV] = make_keep_scratch(keep_id)
     if prewarm:
         env[PREWARM_ENV] = "1"
-    return subprocess.Popen(wasmldr_command(backend, launcher, keep_id), stdin=subprocess.PIPE,
+    proc = subprocess.Popen(wasmldr_command(backend, launcher, keep_id), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=None, env=env, start_new_session=True)
+    proc.keep_scratch = env[SCRATCH_ENV]  # type: ignore[attr-defined]
+    return proc
+
+
+def _remove_scratch(proc: subprocess.Popen) -> None:
+    """The Keep is gone: remove its private directory, whatever way it ended."""
+    import shutil
+
+    path = getattr(proc, "keep_scratch", None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 async def relay(backend: str, keep_id: str, launcher: str,
@@ -120,6 +132,7 @@ async def relay(backend: str, keep_id: str, launcher: str,
         proc.kill()
         rc = await asyncio.to_thread(proc.wait)
     log(keep_id, "wasmldr-exited", code=rc)
+    _remove_scratch(proc)
     try:
         write_frame(up_writer, protocol.Lifecycle(event="exited", detail=f"wasmldr exit code {rc}"))
         await up_writer.drain()

@@ -349,6 +349,9 @@ class KeepManager:
             rec.info.state = "failed"
             rec.info.reason = reason
             self.log_quietly("keep-failed", keep=rec.info.id, reason=reason)
+        # The loader is gone (it removes the Keep's directory itself when it can; if it was
+        # killed, nobody else will).
+        backends_mod.remove_keep_scratch(rec.info.id)
         await rec.replies.put(protocol.ErrorBody(status=502, reason=reason))
 
     async def _call(self, rec: KeepRecord, msg: protocol.Message, expect: type, timeout: float) -> Any:
@@ -401,6 +404,7 @@ class KeepManager:
                 except ProcessLookupError:
                     pass
                 await rec.proc.wait()
+        backends_mod.remove_keep_scratch(rec.info.id)  # in case the loader died with the Keep
 
     async def _shutdown(self, app: web.Application) -> None:
         self._stopping = True

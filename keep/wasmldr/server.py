@@ -324,7 +324,11 @@ def _private_dir() -> str:
     """Where this Keep keeps datasets: memory-backed when possible.  Inside a confidential VM
     this is the guest's encrypted memory; for nil/sim Keeps it is the host's (they are labelled
     NO PROTECTION / SIMULATED)."""
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    given = os.environ.get("KEEPBOOK_KEEP_DIR")  # made by the loader (removed by it, too)
+    if given and os.path.isdir(given):
+        base: str | None = given
+    else:
+        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
     return tempfile.mkdtemp(prefix="keepbook-keep-", dir=base)
 
 

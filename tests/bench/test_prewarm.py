@@ -9,8 +9,9 @@ import sys
 from keepbook.keep.host import keepldr
 
 
-def test_keepldr_sets_the_prewarm_env_only_when_asked(monkeypatch):
+def test_keepldr_sets_the_prewarm_env_only_when_asked(monkeypatch, tmp_path):
     seen = []
+    monkeypatch.setattr(keepldr, "make_keep_scratch", lambda keep_id: str(tmp_path))
 
     class FakePopen:
         def __init__(self, cmd, **kw):

@@ -37,3 +37,33 @@ def test_scratch_is_private_memory_backed_and_removed(shared_manager, tmp_path):
         assert not (_keep_dirs() & mine), "a Keep's private directories outlived it"
     finally:
         agent.stop()
+
+
+def test_nothing_is_left_when_the_keep_is_killed(shared_manager, tmp_path):
+    """kill -9 of both the Keep and its loader: the keep manager still removes the Keep's
+    directory when the Keep is closed."""
+    import os
+    import signal
+
+    from tests.support.procs import keep_pids
+
+    tf = tmp_path / "t"
+    tf.write_text(shared_manager.token)
+    before = _keep_dirs()
+    agent = ClientAgent()
+    try:
+        session = agent.call(agent.new_keep(NewKeep(backend="nil", manager=shared_manager.url,
+                                                    token_file=str(tf))))
+        assert agent.call(agent.run("python", lambda e: None, code="open('/tmp/y', 'w').write('y')"))["ok"]
+        mine = _keep_dirs() - before
+        assert mine
+        keepldr, wasmldr = keep_pids(session.id)
+        os.kill(wasmldr, signal.SIGKILL)
+        os.kill(keepldr, signal.SIGKILL)
+        agent.call(agent.close())
+        deadline = time.monotonic() + 5
+        while (_keep_dirs() & mine) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not (_keep_dirs() & mine), "a killed Keep's directory outlived it"
+    finally:
+        agent.stop()

@@ -17,8 +17,15 @@ from tests.hostile import mutations as mu
 
 class PipeKeep:
     def __init__(self, backend: str = "nil"):
+        import os
+        import tempfile
+
+        # the Keep's private files go to a directory this harness removes (as keepldr would)
+        self.scratch = tempfile.mkdtemp(prefix="keepbook-test-keep-")
+        env = {**os.environ, "KEEPBOOK_KEEP_DIR": self.scratch}
         self.proc = subprocess.Popen([sys.executable, "-m", "keepbook.keep.wasmldr", "--backend", backend],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+                                     env=env)
         self._buf = b""
         booted = self.read(timeout=30)
         assert isinstance(booted, p.Lifecycle) and booted.event == "booted", booted
@@ -66,6 +73,9 @@ class PipeKeep:
             except (subprocess.TimeoutExpired, OSError):
                 self.proc.kill()
                 self.proc.wait()
+        import shutil
+
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def pipe_message(rng: random.Random) -> bytes:
