@@ -166,12 +166,17 @@ class ClientAgent:
         manager = await asyncio.to_thread(self._manager, spec.manager, spec.token_file, spec.manager_ca)
         contracts = await manager.contracts()
         offered = {b.name: b for b in contracts.backends}
+        usable = [b.name for b in contracts.backends if b.available]
         if spec.backend not in offered:
             raise KeepError(f"backend {spec.backend!r} is not offered by {manager.url}; "
-                            f"offered: {', '.join(offered) or 'none'}")
+                            f"available there: {', '.join(usable) or 'none'} — e.g. "
+                            f"`%keep new --backend {usable[0] if usable else 'sim-snp'}`")
         if not offered[spec.backend].available:
+            hint = ("`%keep new --backend sim-snp` gives a SIMULATED Keep here; for real "
+                    f"{spec.backend.upper()} protection use a keep manager on a host that has it "
+                    "(`%keep new --manager URL --token-file FILE`)")
             raise KeepError(f"backend {spec.backend!r} is not available at {manager.url}: "
-                            f"{offered[spec.backend].note}")
+                            f"{offered[spec.backend].note}. What to do: {hint}")
         req = protocol.CreateKeep(backend=spec.backend, profile=spec.profile,
                                   limits={"memory_bytes": spec.memory_bytes, "timeout_s": spec.timeout_s,
                                           "output_bytes": spec.output_bytes}, policy=spec.policy)

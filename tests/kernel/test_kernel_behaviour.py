@@ -210,3 +210,17 @@ def test_parameters_cell_stays_in_the_kernel():
         assert res.status == "ok" and "backend nil" in res.stream()
     finally:
         k.close()
+
+
+def test_no_keep_possible_gives_one_clear_message_with_what_to_do():
+    k = Kernel()
+    try:
+        res = k.execute("%keep new --backend snp")
+        assert res.status == "error"
+        errors = res.errors()
+        assert len(errors) == 1, errors  # one message, not a stack of tracebacks
+        assert "not available" in errors[0]["evalue"] and "What to do" in errors[0]["evalue"]
+        assert "--backend sim-snp" in errors[0]["evalue"]
+        assert "Traceback" not in "".join(errors[0]["traceback"])
+    finally:
+        k.close()
