@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from keepbook.keep import measurement, protocol
 from keepbook.keep.evidence.registry import get_verifier
-from keepbook.keep.evidence.trust import (EvidenceError, ReferenceValues, Status, TrustVector,
+from keepbook.keep.evidence.trust import (EvidenceError, Status, TrustVector,
                                           failed, unverified, verified)
 from keepbook.kernel.trust_policy import TrustPolicy
 
@@ -68,12 +68,11 @@ def verify_attestation(resp: protocol.AttestResponse, *, nonce: bytes,
             simulated_roots = _simulated_roots(resp.evidence_kind)
         except Exception as exc:  # no simulated roots here: the chain claim will say so
             config_claims.append(unverified("simulated_root", f"no local simulated root: {exc}"))
-    reference = ReferenceValues(
-        report_data=rd,
-        measurement=(measurement.measurement(32 if resp.evidence_kind == "sgx" else 48)
-                     if expected_protection != "hardware" else None),
-        allow_debug=policy.allow_debug,
-        accept_tcb_status=tuple(policy.accepted_tcb_status))
+    reference = policy.reference_values()
+    reference.report_data = rd
+    if expected_protection != "hardware" and reference.measurement is None:
+        # a process-based Keep runs this installation's keepbook code: that is its reference
+        reference.measurement = measurement.measurement(32 if resp.evidence_kind == "sgx" else 48)
     try:
         vector = get_verifier(resp.evidence_kind).verify(
             resp.evidence, certs=list(resp.certs), reference=reference,
@@ -132,6 +131,7 @@ def verify_attestation(resp: protocol.AttestResponse, *, nonce: bytes,
     # 6. Which claims this policy requires.
     if resp.evidence_kind != "nil":
         vector.require("chain", "signature")
+        vector.require(*policy.required_reference_claims())  # each reference value given
         m = vector.get("measurement")
         if policy.require_measurement and expected_protection != "hardware":
             vector.require("measurement")

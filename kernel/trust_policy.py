@@ -12,6 +12,12 @@ TOML, from ``--trust-policy FILE``, ``$KEEPBOOK_TRUST_POLICY`` or
     require_measurement = true      # the Keep must run the same keepbook code as this client
     allow_debug = false             # refuse evidence from a TEE in debug mode
     accepted_tcb_status = ["UpToDate"]
+
+    [reference]                     # what a hardware Keep's evidence must show (each one given
+    measurement = "hex…"            # becomes a required claim); same keys as `keepbook verify
+    host_data = "hex…"              # --policy`: measurement, host_data, mrsigner, rtmrs,
+    min_tcb = { snp = 8, microcode = 115 }   # min_tcb, vmpl, allow_smt, allow_migration_agent
+    vmpl = 0
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from keepbook.keep.evidence.reference import KEYS as REFERENCE_KEYS, parse_reference
+from keepbook.keep.evidence.trust import ReferenceValues
 
 
 class TrustPolicyError(ValueError):
@@ -36,7 +45,21 @@ class TrustPolicy:
     require_measurement: bool = True
     allow_debug: bool = False
     accepted_tcb_status: list[str] = field(default_factory=lambda: ["UpToDate"])
+    reference: dict = field(default_factory=dict)   # the [reference] table, checked at load
     source: str = "built-in default"
+
+    def reference_values(self) -> ReferenceValues:
+        """A fresh ReferenceValues from the [reference] table and the top-level switches."""
+        ref = parse_reference(self.reference)
+        ref.allow_debug = self.allow_debug
+        ref.accept_tcb_status = tuple(self.accepted_tcb_status)
+        return ref
+
+    def required_reference_claims(self) -> list[str]:
+        """Claims the [reference] table asks to be verified."""
+        names = {"measurement": "measurement", "host_data": "host_data", "mrsigner": "mrsigner",
+                 "rtmrs": "rtmrs", "min_tcb": "tcb", "vmpl": "vmpl"}
+        return [claim for key, claim in names.items() if key in self.reference]
 
     @classmethod
     def from_toml(cls, text: str, source: str = "<string>") -> "TrustPolicy":
@@ -50,7 +73,22 @@ class TrustPolicy:
             raise TrustPolicyError(f"trust policy {source}: unknown key(s) {', '.join(sorted(unknown))}; "
                                    f"known keys: {', '.join(sorted(known))}")
         kwargs: dict[str, Any] = {}
+        if "reference" in raw:
+            ref = raw["reference"]
+            if not isinstance(ref, dict):
+                raise TrustPolicyError(f"trust policy {source}: [reference] must be a table")
+            extra = set(ref) - (REFERENCE_KEYS - {"report_data", "allow_debug", "accept_tcb_status"})
+            if extra:
+                raise TrustPolicyError(f"trust policy {source}: unknown [reference] key(s) "
+                                       f"{', '.join(sorted(extra))}")
+            try:
+                parse_reference(ref)
+            except ValueError as exc:
+                raise TrustPolicyError(f"trust policy {source}: [reference] {exc}") from None
         for name, value in raw.items():
+            if name == "reference":
+                kwargs[name] = dict(value)
+                continue
             default = getattr(cls(), name)
             if isinstance(default, bool) and not isinstance(value, bool):
                 raise TrustPolicyError(f"trust policy {source}: {name} must be true or false")

@@ -19,15 +19,13 @@ from typing import Any, Sequence
 
 from keepbook.keep.evidence.detect import detect as detect_evidence
 from keepbook.keep.evidence.certs import load_certs
+from keepbook.keep.evidence import reference
 from keepbook.keep.evidence.registry import get_verifier
 from keepbook.keep.evidence.trust import EvidenceError, ReferenceValues, TrustVector
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
 
-_HEX_FIELDS = {"report_data": 64, "measurement": None, "host_data": 32, "mrsigner": 32}
-_POLICY_KEYS = set(_HEX_FIELDS) | {"rtmrs", "allow_debug", "min_tcb", "vmpl", "allow_smt",
-                                   "allow_migration_agent", "accept_tcb_status", "allow_simulated",
-                                   "require", "reference", "kind"}
+_POLICY_KEYS = reference.KEYS | {"allow_simulated", "require", "reference", "kind"}
 
 
 class UsageError(Exception):
@@ -68,14 +66,9 @@ def _read(path: str, what: str) -> bytes:
 
 def _hex(value: Any, name: str, size: int | None, pad: bool = False) -> bytes:
     try:
-        b = bytes.fromhex(str(value).strip().removeprefix("0x"))
-    except ValueError:
-        raise UsageError(f"{name} is not hex: {value!r}") from None
-    if size is not None:
-        if len(b) > size or (len(b) < size and not pad):
-            raise UsageError(f"{name} must be {size} bytes, got {len(b)}")
-        b = b.ljust(size, b"\0")
-    return b
+        return reference._hex(value, name, size, pad)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def parse_time(s: str) -> _dt.datetime:
@@ -97,31 +90,10 @@ def load_policy(data: bytes) -> tuple[ReferenceValues, dict[str, Any]]:
     if unknown:
         raise UsageError(f"unknown policy key(s): {', '.join(sorted(unknown))} "
                          f"(known: {', '.join(sorted(_POLICY_KEYS - {'reference'}))})")
-    ref = ReferenceValues()
-    for k, size in _HEX_FIELDS.items():
-        if k in doc:
-            setattr(ref, k, _hex(doc[k], k, size, pad=(k == "report_data")))
-    if "rtmrs" in doc:
-        rt = doc["rtmrs"]
-        if not isinstance(rt, list) or len(rt) > 4:
-            raise UsageError("rtmrs must be a list of up to 4 hex strings ('' = don't check)")
-        ref.rtmrs = [(_hex(x, f"rtmrs[{i}]", 48) if x else None) for i, x in enumerate(rt)]
-    for k in ("allow_debug", "allow_smt", "allow_migration_agent"):
-        if k in doc:
-            if not isinstance(doc[k], bool):
-                raise UsageError(f"{k} must be true or false")
-            setattr(ref, k, doc[k])
-    if "vmpl" in doc:
-        if not isinstance(doc["vmpl"], int) or not 0 <= doc["vmpl"] <= 3:
-            raise UsageError("vmpl must be 0–3")
-        ref.vmpl = doc["vmpl"]
-    if "min_tcb" in doc:
-        mt = doc["min_tcb"]
-        if not isinstance(mt, dict) or not all(isinstance(v, int) for v in mt.values()):
-            raise UsageError("min_tcb must be a table of integers (bootloader, tee, snp, microcode, fmc)")
-        ref.min_tcb = dict(mt)
-    if "accept_tcb_status" in doc:
-        ref.accept_tcb_status = tuple(str(x) for x in doc["accept_tcb_status"])
+    try:
+        ref = reference.parse_reference(doc)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     extras = {"allow_simulated": bool(doc.get("allow_simulated", False)),
               "require": [str(x) for x in doc.get("require", [])], "kind": doc.get("kind")}
     return ref, extras
