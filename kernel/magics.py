@@ -274,5 +274,27 @@ def complete_magic(code: str, cursor_pos: int) -> tuple[list[str], int, int] | N
         if parts[0] == "keep" and len(parts) == 2:
             start = cursor_pos - len(parts[1])
             return ([s for s in KEEP_SUBCOMMANDS if s.startswith(parts[1])], start, cursor_pos)
+        word, before = parts[-1], parts[-2]
+        start = cursor_pos - len(word)
+        if parts[:2] == ["keep", "new"]:
+            if before in VALUE_CHOICES:
+                return ([v for v in VALUE_CHOICES[before] if v.startswith(word)], start, cursor_pos)
+            if word.startswith("-"):
+                options = [o for a in _keep_new_parser()._actions for o in a.option_strings]
+                return (sorted(o for o in options if o.startswith(word)), start, cursor_pos)
+        if parts[0] == "attest" and word.startswith("-"):
+            options = [o for a in _attest_parser()._actions for o in a.option_strings]
+            return (sorted(o for o in options if o.startswith(word)), start, cursor_pos)
         return ([], cursor_pos, cursor_pos)
     return None
+
+
+#: values offered by Tab after these %keep new options
+def _value_choices() -> dict[str, tuple[str, ...]]:
+    from keepbook.keep import protocol
+    from keepbook.keep.host.backends import DEFAULT_BACKENDS  # names only: a plain table
+
+    return {"--backend": tuple(DEFAULT_BACKENDS), "--profile": tuple(protocol.PROFILES)}
+
+
+VALUE_CHOICES = _value_choices()

@@ -46,3 +46,16 @@ def test_sizes():
     assert mg.parse_size("512MiB") == 512 * 1024**2
     assert mg.parse_size("1G") == 10**9
     assert mg.parse_size("2048") == 2048
+
+
+@pytest.mark.parametrize("line,expected", [
+    ("%keep new --backend sim-", {"sim-snp", "sim-tdx", "sim-sgx"}),
+    ("%keep new --profile p", {"production"}),
+    ("%keep new --man", {"--manager", "--manager-ca"}),
+    ("%attest --ex", {"--explain"}),
+    ("%ke", {"%keep"}),
+])
+def test_tab_completes_magics_options_and_values(line, expected):
+    matches, start, end = mg.complete_magic(line, len(line))
+    assert set(matches) == expected
+    assert end == len(line) and line[start:end] in {"sim-", "p", "--man", "--ex", "%ke"}
