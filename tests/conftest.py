@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cells import LOOP_WAT, print_wat  # noqa: F401  (re-exported)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -64,12 +66,6 @@ def shared_manager(tmp_path_factory):
     m.stop()
 
 
-HELLO_WAT = '''(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "hello from the Keep\\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 20))
-    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))'''
+HELLO_WAT = print_wat("hello from the Keep\n")
 
-LOOP_WAT = '(module (func (export "_start") (loop $l (br $l))))'
+

@@ -22,20 +22,14 @@ from keepbook.keep import protocol as p
 from tests.conftest import Manager
 from tests.hostile.netproxy import CuttingProxy
 from tests.hostile.report import record
+from tests.support.cells import LOOP_WAT, print_wat
 from tests.kernel.kernel_client import Kernel, Result, keep_id
 from tests.support.procs import _cmdline, keep_pids
 from tests.support.tamper import TamperingManager
 
 LIMIT_S = 2.0
-LOOP = '%%wat\n(module (func (export "_start") (loop $l (br $l))))'
-HELLO = '''%%wat
-(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "still alive\\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 12))
-    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))'''
+LOOP = "%%wat\n" + LOOP_WAT
+HELLO = "%%wat\n" + print_wat("still alive\n")
 # Writes 4 KiB lines forever: an output stream that is always in flight.
 FLOOD = '''%%wat
 (module

@@ -7,6 +7,8 @@ import unittest
 import jupyter_kernel_test as jkt
 from jupyter_kernel_test import msgspec_v5
 
+from tests.support.cells import print_wat
+
 # The message-spec schemas shipped with jupyter_kernel_test lack the comm messages that
 # ipywidgets send (they are part of the Jupyter messaging spec); add them so the widget-backed
 # outputs validate instead of being skipped.
@@ -17,14 +19,7 @@ for _name in ("comm_open", "comm_msg", "comm_close"):
                        "metadata": {"type": "object"}},
         "required": ["comm_id", "data"]})
 
-HELLO = '''%%wat
-(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "hello, world\\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 13))
-    (drop (call $w (i32.const {fd}) (i32.const 0) (i32.const 1) (i32.const 8)))))'''
+
 
 
 class KeepbookKernelTests(jkt.KernelTests):
@@ -32,8 +27,8 @@ class KeepbookKernelTests(jkt.KernelTests):
     language_name = "python"
     file_extension = ".py"
 
-    code_hello_world = HELLO.replace("{fd}", "1")
-    code_stderr = HELLO.replace("{fd}", "2")
+    code_hello_world = "%%wat\n" + print_wat("hello, world\n")
+    code_stderr = "%%wat\n" + print_wat("hello, world\n", fd=2)
     completion_samples = [{"text": "%ke", "matches": {"%keep"}},
                           {"text": "%%wa", "matches": {"%%wat", "%%wasm"}},
                           {"text": "%keep st", "matches": {"status"}}]
