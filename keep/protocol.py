@@ -21,6 +21,7 @@ Wire rules (see docs/protocol.md):
 from __future__ import annotations
 
 import hashlib
+import io
 import struct
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Iterator, Mapping
@@ -106,6 +107,32 @@ def dumps(value: Any) -> bytes:
     return cbor2.dumps(value, canonical=True)
 
 
+class _Incomplete(Exception):
+    """The stream ended inside an item (only meaningful for CBOR sequences)."""
+
+
+def _decode_one(stream: io.BytesIO, what: str) -> Any:
+    """One strictly decoded, plain CBOR item from ``stream``; every failure becomes a
+    ProtocolError with a reason, except a premature end, which is :class:`_Incomplete`."""
+    try:
+        value = cbor2.CBORDecoder(stream, tag_hook=_refuse_tag, semantic_decoders=_SEMANTIC_REFUSALS,
+                                  max_depth=MAX_DEPTH + 1, allow_duplicate_keys=False,
+                                  str_errors="strict").decode()
+    except ProtocolError:
+        raise
+    except cbor2.CBORDecodeEOF:
+        raise _Incomplete from None
+    except RecursionError:
+        raise ProtocolError(f"message nests deeper than {MAX_DEPTH} levels") from None
+    except Exception as exc:  # cbor2 raises several types; all mean "not valid CBOR for us"
+        cause = exc.__cause__ if isinstance(exc.__cause__, ProtocolError) else None
+        if cause is not None:
+            raise cause from None
+        raise ProtocolError(f"malformed CBOR{what}: {exc}") from None
+    _check_plain(value)
+    return value
+
+
 def loads(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
     """Decode one CBOR item strictly; raise :class:`ProtocolError` with a reason otherwise."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -115,53 +142,17 @@ def loads(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
     if len(data) > max_bytes:
         raise ProtocolError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}",
                             status=413)
-    import io
-
-    stream = io.BytesIO(bytes(data))
+    # A decoder on a stream (not cbor2.loads, which ignores what follows the first item), so
+    # trailing bytes — a second message smuggled after the first — are refused.
+    stream = io.BytesIO(data)
     try:
-        # A decoder on a stream (not cbor2.loads, which ignores what follows the first item),
-        # so trailing bytes — a second message smuggled after the first — are refused.
-        value = cbor2.CBORDecoder(stream, tag_hook=_refuse_tag,
-                                  semantic_decoders=_SEMANTIC_REFUSALS, max_depth=MAX_DEPTH + 1,
-                                  allow_duplicate_keys=False, str_errors="strict").decode()
-    except ProtocolError:
-        raise
-    except RecursionError:
-        raise ProtocolError(f"message nests deeper than {MAX_DEPTH} levels") from None
-    except Exception as exc:  # cbor2 raises several types; all mean "not valid CBOR for us"
-        cause = exc.__cause__ if isinstance(exc.__cause__, ProtocolError) else None
-        if cause is not None:
-            raise cause from None
-        raise ProtocolError(f"malformed CBOR: {exc}") from None
+        value = _decode_one(stream, "")
+    except _Incomplete:
+        raise ProtocolError("malformed CBOR: the message ends in the middle of an item") from None
     if stream.tell() != len(data):
         raise ProtocolError(f"malformed CBOR: {len(data) - stream.tell()} bytes of trailing data "
                             "after the message (one CBOR item per body)")
-    _check_plain(value)
     return value
-
-
-def _split_one(data: bytes) -> tuple[Any, int] | None:
-    """Decode the first CBOR item of ``data``; return (item, consumed) or None if incomplete."""
-    import io
-
-    stream = io.BytesIO(data)
-    try:
-        decoder = cbor2.CBORDecoder(stream, tag_hook=_refuse_tag,
-                                    semantic_decoders=_SEMANTIC_REFUSALS,
-                                    max_depth=MAX_DEPTH + 1, allow_duplicate_keys=False)
-        item = decoder.decode()
-    except ProtocolError:
-        raise
-    except Exception as exc:
-        if "premature end" in str(exc) or "insufficient data" in str(exc).lower() \
-                or isinstance(exc, EOFError) or "end of stream" in str(exc).lower():
-            return None
-        cause = exc.__cause__ if isinstance(exc.__cause__, ProtocolError) else None
-        if cause is not None:
-            raise cause from None
-        raise ProtocolError(f"malformed CBOR in sequence: {exc}") from None
-    _check_plain(item)
-    return item, stream.tell()
 
 
 # --------------------------------------------------------------------------- field validation
@@ -735,13 +726,19 @@ class SequenceDecoder:
             raise ProtocolError(f"event larger than {self._max} bytes in the output stream", 413)
 
     def events(self) -> Iterator[Event]:
-        while self._buf:
-            split = _split_one(bytes(self._buf))
-            if split is None:
-                return
-            item, used = split
+        """Every whole event buffered so far, decoded in one pass; a partial one stays."""
+        stream = io.BytesIO(bytes(self._buf))
+        used = 0
+        try:
+            while used < len(self._buf):
+                try:
+                    item = _decode_one(stream, " in sequence")
+                except _Incomplete:
+                    return
+                used = stream.tell()
+                yield Event.from_dict(item)  # type: ignore[misc]
+        finally:
             del self._buf[:used]
-            yield Event.from_dict(item)  # type: ignore[misc]
 
     @property
     def pending(self) -> int:
