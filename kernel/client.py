@@ -155,6 +155,11 @@ class ManagerClient:
 # ---------------------------------------------------------------------- attested channel
 
 
+def not_pinned(endpoint: str, exc: Exception) -> KeepError:
+    return KeepError(f"the endpoint {endpoint} did not present the pinned certificate of the "
+                     f"attested Keep ({type(exc).__name__}); refusing to send anything")
+
+
 class Channel:
     """HTTPS to the Keep, pinned to the one-use certificate whose key we made and sealed."""
 
@@ -188,24 +193,27 @@ class Channel:
         if self._session is not None:
             await self._session.close()
 
-    async def request(self, op: str, args: dict | None = None, timeout: float = 30.0) -> dict:
+    async def _post_cbor(self, path: str, body: bytes, doing: str, timeout: float | None) -> bytes:
+        """POST a CBOR body on the channel; the answer's bytes, or KeepError saying what failed."""
         http = await self._http()
         try:
-            async with http.post(self.endpoint + "/v1/request",
-                                 data=protocol.Request(op=op, args=args).to_cbor(),
+            async with http.post(self.endpoint + path, data=body,
                                  headers={"Content-Type": protocol.CBOR},
                                  timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 raw = await resp.read()
                 status = resp.status
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
-            raise KeepError(f"the endpoint {self.endpoint} did not present the pinned certificate of "
-                            f"the attested Keep ({type(exc).__name__}); refusing to send anything") from None
+            raise not_pinned(self.endpoint, exc) from None
         except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError) as exc:
-            raise KeepError(f"lost the Keep's channel during {op!r}: {exc or type(exc).__name__}") from None
+            raise KeepError(f"lost the Keep's channel during {doing}: {exc or type(exc).__name__}") from None
         if status >= 400:
-            raise KeepError(f"the Keep refused {op!r} ({status}): {_reason(raw)}")
-        reply = protocol.Reply.from_cbor(raw)
-        return reply.content
+            raise KeepError(f"the Keep refused {doing} ({status}): {_reason(raw)}")
+        return raw
+
+    async def request(self, op: str, args: dict | None = None, timeout: float = 30.0) -> dict:
+        raw = await self._post_cbor("/v1/request", protocol.Request(op=op, args=args).to_cbor(),
+                                    repr(op), timeout)
+        return protocol.Reply.from_cbor(raw).content
 
     async def run(self, req: protocol.RunRequest) -> AsyncIterator[protocol.Event]:
         """Send one cell; yield its events as they arrive.  Always ends with a status event, or
@@ -234,8 +242,7 @@ class Channel:
                 if decoder.pending:
                     raise KeepError("the Keep's output stream ended in the middle of an event")
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
-            raise KeepError(f"the endpoint {self.endpoint} did not present the pinned certificate of "
-                            f"the attested Keep ({type(exc).__name__}); refusing to send anything") from None
+            raise not_pinned(self.endpoint, exc) from None
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
                 ConnectionError) as exc:
             raise KeepError(f"lost the connection to the Keep while the cell ran ({type(exc).__name__}); "
@@ -278,17 +285,7 @@ class Channel:
         return protocol.Reply.from_cbor(raw).content
 
     async def audit(self) -> protocol.AuditExport:
-        http = await self._http()
-        try:
-            async with http.post(self.endpoint + "/v1/audit", data=b"",
-                                 headers={"Content-Type": protocol.CBOR}) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError) as exc:
-            raise KeepError(f"lost the Keep's channel while fetching the audit log: "
-                            f"{exc or type(exc).__name__}") from None
-        if status >= 400:
-            raise KeepError(f"the Keep refused to export its audit log ({status}): {_reason(raw)}")
+        raw = await self._post_cbor("/v1/audit", b"", "the audit log export", CONTROL_TIMEOUT_S)
         try:
             return protocol.AuditExport.from_cbor(raw)  # type: ignore[return-value]
         except protocol.ProtocolError as exc:
@@ -324,9 +321,7 @@ class _UploadConnection:
             try:
                 conn.connect()  # TLS handshake: the pinned certificate, our client certificate
             except ssl.SSLError as exc:
-                raise KeepError(f"the endpoint {self.endpoint} did not present the pinned certificate "
-                                f"of the attested Keep ({type(exc).__name__}); refusing to send "
-                                "anything") from None
+                raise not_pinned(self.endpoint, exc) from None
             assert conn.sock is not None
             conn.sock.settimeout(self.TIMEOUT_S)
             conn.putrequest("POST", path, skip_accept_encoding=True)
