@@ -337,7 +337,8 @@ class _DcapVerifier:
 
     # .................................................................................................
     def _body_claims(self, tv: TrustVector, q: dcap.Quote, ref: ReferenceValues) -> None:
-        raise NotImplementedError
+        """The report body's claims (TD or enclave): each subclass adds its own."""
+        raise NotImplementedError(f"{type(self).__name__} must check its report body")
 
 
 def _name_cn(n: x509.Name) -> str:
@@ -395,11 +396,11 @@ class TdxVerifier(_DcapVerifier):
         else:
             tv.add(verified("attributes", text))
         tv.add(compare_value("measurement", b.mrtd, ref.measurement, "MRTD (initial TD memory)",
-                        "the TD firmware/image is not the one you expect"),
+                             "the TD firmware/image is not the one you expect"),
                required=ref.measurement is not None)
         self._rtmrs(tv, b, ref)
         tv.add(compare_value("report_data", b.report_data, ref.report_data, "report data",
-                        "the quote answers a different request (replayed, or for another key)"),
+                             "the quote answers a different request (replayed, or for another key)"),
                required=ref.report_data is not None)
 
     @staticmethod
@@ -430,9 +431,9 @@ class SgxVerifier(_DcapVerifier):
             tv.add(verified("attributes", f"enclave attributes {b.attributes.hex()} "
                             f"({'64-bit' if flags & 4 else '32-bit'}, {'KSS' if flags & 0x80 else 'no KSS'})"))
         tv.add(compare_value("measurement", b.mrenclave, ref.measurement, "MRENCLAVE",
-                        "the enclave code is not the one you expect"), required=ref.measurement is not None)
+                             "the enclave code is not the one you expect"), required=ref.measurement is not None)
         tv.add(compare_value("mrsigner", b.mrsigner, ref.mrsigner, "MRSIGNER",
-                        "the enclave was signed by another key"), required=ref.mrsigner is not None)
+                             "the enclave was signed by another key"), required=ref.mrsigner is not None)
         tv.add(compare_value("report_data", b.report_data, ref.report_data, "report data",
-                        "the quote answers a different request (replayed, or for another key)"),
+                             "the quote answers a different request (replayed, or for another key)"),
                required=ref.report_data is not None)

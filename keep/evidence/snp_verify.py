@@ -125,13 +125,13 @@ class SnpVerifier:
         tv.add(_check_vmpl(rep, ref), required=ref.vmpl is not None)
         tv.add(_check_min_tcb(rep, ref), required=ref.min_tcb is not None)
         tv.add(compare_value("measurement", rep.measurement, ref.measurement,
-                        "launch measurement", "the guest image/firmware is not the one you expect"),
+                             "launch measurement", "the guest image/firmware is not the one you expect"),
                required=ref.measurement is not None)
         tv.add(compare_value("host_data", rep.host_data, ref.host_data, "host data",
-                        "the VM was launched with different host data"),
+                             "the VM was launched with different host data"),
                required=ref.host_data is not None)
         tv.add(compare_value("report_data", rep.report_data, ref.report_data, "report data",
-                        "the report answers a different request (replayed, or for another key)"),
+                             "the report answers a different request (replayed, or for another key)"),
                required=ref.report_data is not None)
         return tv
 
