@@ -4,77 +4,56 @@ the user never types it."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
+from keepbook.keep.host.launch import ManagerProcess, ManagerStartError
 from keepbook.kernel.client import KeepError
-
-READY_TIMEOUT_S = 30.0
 
 
 class EmbeddedManager:
     def __init__(self, backends: str | None = None):
         self.backends = backends
-        self.proc: subprocess.Popen | None = None
-        self.url: str | None = None
-        self.token: str | None = None
+        self.process: ManagerProcess | None = None
         self.state_dir: Path | None = None
-        self.log_path: Path | None = None
         self._lock = threading.Lock()
+
+    @property
+    def proc(self):  # the keepmgr's Popen (tests and tools look for its pid)
+        return self.process.proc if self.process is not None else None
+
+    @property
+    def url(self) -> str | None:
+        return self.process.url if self.process is not None else None
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.process.log if self.process is not None else None
 
     def start(self) -> tuple[str, str]:
         with self._lock:  # the kernel prestarts it in the background; callers wait for that one
-            return self._start()
-
-    def _start(self) -> tuple[str, str]:
-        if self.proc is not None and self.proc.poll() is None and self.url and self.token:
-            return self.url, self.token
-        self.state_dir = Path(tempfile.mkdtemp(prefix="keepbook-keepmgr-"))
-        os.chmod(self.state_dir, 0o700)
-        ready = self.state_dir / "ready.json"
-        self.log_path = self.state_dir / "keepmgr.log"
-        cmd = [sys.executable, "-m", "keepbook.keep.host.keepmgr", "--host", "127.0.0.1",
-               "--port", "0", "--state-dir", str(self.state_dir), "--ready-file", str(ready),
-               "--log-file", str(self.log_path), "--parent-pid", str(os.getpid())]
-        if self.backends:
-            cmd += ["--backends", self.backends]
-        errlog = open(self.state_dir / "keepmgr.stderr", "wb")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog,
-                                     start_new_session=True)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if ready.exists():
-                info = json.loads(ready.read_text())
-                self.url = info["url"]
-                self.token = Path(info["token_file"]).read_text().strip()
-                return self.url, self.token
-            if self.proc.poll() is not None:
-                tail = (self.state_dir / "keepmgr.stderr").read_text(errors="replace")[-800:]
-                raise KeepError(f"the embedded keep manager exited at start (code {self.proc.returncode}): {tail}")
-            time.sleep(0.02)
-        self.stop()
-        raise KeepError(f"the embedded keep manager did not start within {READY_TIMEOUT_S:.0f} s")
+            if self.process is not None and self.process.alive():
+                return self.process.url, self.process.token
+            self.stop()
+            self.state_dir = Path(tempfile.mkdtemp(prefix="keepbook-keepmgr-"))
+            os.chmod(self.state_dir, 0o700)
+            try:
+                self.process = ManagerProcess(self.state_dir, backends=self.backends,
+                                              parent_pid=os.getpid())
+            except ManagerStartError as exc:
+                raise KeepError(f"the embedded keep manager could not start: {exc}") from None
+            return self.process.url, self.process.token
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.process is not None and self.process.alive()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.proc = None
+        if self.process is not None:
+            self.process.stop(wait_s=5)
+            self.process = None
         if self.state_dir is not None:
             shutil.rmtree(self.state_dir, ignore_errors=True)
             self.state_dir = None

@@ -3,18 +3,15 @@ it: the same code path as `%keep new --manager URL`, minus the notebook."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
 from keepbook.keep import protocol
+from keepbook.keep.host.launch import ManagerProcess
 from keepbook.kernel.agent import ClientAgent, NewKeep
 
 TRIVIAL_WAT = '(module (func (export "answer") (result i32) i32.const 42))'
@@ -26,31 +23,16 @@ def trivial_module() -> bytes:
     return bytes(wasmtime.wat2wasm(TRIVIAL_WAT))
 
 
-class Manager:
+class Manager(ManagerProcess):
     """`keepbook keepmgr` on loopback, a free port, a private state dir; stopped on exit."""
 
     def __init__(self, backends: str = "nil,sim-snp", pool: int = 0):
         self.backends, self.pool = backends, pool
-        self.dir = Path(tempfile.mkdtemp(prefix="keepbook-bench-"))
-        os.chmod(self.dir, 0o700)
-        ready = self.dir / "ready.json"
-        cmd = [sys.executable, "-m", "keepbook.keep.host.keepmgr", "--port", "0",
-               "--state-dir", str(self.dir), "--ready-file", str(ready),
-               "--log-file", str(self.dir / "keepmgr.log"), "--backends", backends,
-               "--parent-pid", str(os.getpid())]
-        if pool:
-            cmd += ["--pool", str(pool)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.dir / "stderr", "wb"),
-                                     start_new_session=True)
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("bench keep manager did not start: "
-                                   + (self.dir / "stderr").read_text(errors="replace")[-600:])
-            time.sleep(0.02)
-        info = json.loads(ready.read_text())
-        self.url, self.token_file = info["url"], info["token_file"]
+        state = Path(tempfile.mkdtemp(prefix="keepbook-bench-"))
+        os.chmod(state, 0o700)
+        super().__init__(state, backends=backends, parent_pid=os.getpid(),
+                         extra=["--pool", str(pool)] if pool else None)
+        self.token_file = str(self.token_file)
 
     def pool_ready(self, backend: str) -> int:
         """Booted Keeps waiting in the pool for ``backend`` (from /v1/health)."""
@@ -71,14 +53,8 @@ class Manager:
         """keepldr and wasmldr processes under this manager (all descendants)."""
         return descendants(self.proc.pid)
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+    def stop(self, wait_s: float = 10.0) -> None:
+        super().stop(wait_s)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
