@@ -57,8 +57,7 @@ class KeepbookKernel(Kernel):
         # Start the embedded keep manager now, in the background: the first `%keep new` then
         # finds it running (and, with $KEEPBOOK_KEEPMGR_POOL set, a warm Keep waiting).
         self.agent.prestart_embedded()
-        self._error_shown = False
-        self._last_error: tuple[str, str, list[str]] | None = None
+        self._last_error: tuple[str, str, list[str]] | None = None  # the error this cell showed
         self._python_started: set[str] = set()
         self.params: dict[str, Any] = {}  # the notebook's parameters (papermill), for magic lines
 
@@ -73,7 +72,6 @@ class KeepbookKernel(Kernel):
     def _error(self, ename: str, evalue: str, tb: list[str] | None = None) -> None:
         tb = tb or [f"{ename}: {evalue}"]
         self.send_response(self.iopub_socket, "error", {"ename": ename, "evalue": evalue, "traceback": tb})
-        self._error_shown = True
         self._last_error = (ename, evalue, tb)
 
     def _show_trust_vector(self, tv: TrustVector, explain: bool = False) -> None:
@@ -108,7 +106,6 @@ class KeepbookKernel(Kernel):
     async def do_execute(self, code: str, silent: bool, store_history: bool = True,
                          user_expressions: dict | None = None, allow_stdin: bool = False,
                          *, cell_meta: Any = None, cell_id: Any = None) -> dict:
-        self._error_shown = False
         self._last_error = None
         try:
             params = mg.parse_parameters(code)
@@ -146,10 +143,8 @@ class KeepbookKernel(Kernel):
                 "user_expressions": {}}
 
     def _fail(self, ename: str, evalue: str, tb: list[str] | None = None, show: bool = True) -> dict:
-        if show and not self._error_shown:
+        if show and self._last_error is None:
             self._error(ename, evalue, tb)
-        elif not show and self._last_error is None:
-            self._last_error = (ename, evalue, tb or [f"{ename}: {evalue}"])
         return {"status": "error", "execution_count": self.execution_count, "ename": ename,
                 "evalue": evalue, "traceback": tb or [f"{ename}: {evalue}"]}
 
