@@ -27,8 +27,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.display import display
 
-from keepbook.keep import protocol
-from keepbook.keep.evidence.trust import TrustVector
+from keepbook.keep.shared import protocol
+from keepbook.keep.shared.evidence.trust import TrustVector
 from keepbook.kernel import magics as mg
 from keepbook.kernel import presenting as show
 from keepbook.kernel.presenting import jupyter_mime, new_keep_spec

@@ -32,9 +32,9 @@ def cmd_warm(args: argparse.Namespace) -> int:
     test or first cell pays for it."""
     import time
 
-    steps = [("Python engine (CPython in Wasm)", "keepbook.keep.wasmldr.pysession"),
+    steps = [("Python engine (CPython in Wasm)", "keepbook.keep.inside.pysession"),
              ("C/C++/Zig → wasm32-wasi libraries", "keepbook.kernel.compilers"),
-             ("simulated vendor roots", "keepbook.keep.evidence.simulated")]
+             ("simulated vendor roots", "keepbook.keep.inside.simulated_tee.vendor")]
     for label, module in steps:
         t = time.time()
         try:
@@ -57,200 +57,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(argv: list[str]) -> int:
-    from keepbook.kernel import bench
+    from keepbook import bench
 
     return bench.main(argv)
 
 
 # ---------------------------------------------------------------------- data owner commands
-
-
-def _owner_attest(args: argparse.Namespace) -> tuple[object, object]:
-    """(verified AttestationResult, trust vector text) for the Keep the owner seals to."""
-    import asyncio
-    import os
-
-    from keepbook.keep import protocol
-    from keepbook.kernel.attestation import verify_attestation
-    from keepbook.kernel.trust_policy import TrustPolicy
-
-    trust = TrustPolicy.load(args.trust_policy)
-    if args.keep_evidence:
-        try:
-            resp = protocol.AttestResponse.from_cbor(open(args.keep_evidence, "rb").read())
-        except OSError as exc:
-            raise SystemExit(f"keepbook: cannot read {args.keep_evidence}: {exc.strerror}")
-        except protocol.ProtocolError as exc:
-            raise SystemExit(f"keepbook: {args.keep_evidence} is not a saved attestation "
-                             f"(keepbook keep-evidence -o FILE): {exc.reason}")
-        nonce = resp.nonce
-    else:
-        from keepbook.kernel.agent import _read_token
-        from keepbook.kernel.client import ManagerClient
-
-        async def fetch() -> protocol.AttestResponse:
-            mc = ManagerClient(args.to, _read_token(args.token_file))
-            try:
-                return await mc.attest(args.keep, nonce)
-            finally:
-                await mc.close()
-        nonce = os.urandom(32)
-        resp = asyncio.run(fetch())
-    try:
-        cfg = resp.keep_config()
-    except protocol.ProtocolError as exc:
-        raise SystemExit(f"keepbook: the Keep's config does not decode: {exc.reason}")
-    requested = protocol.CreateKeep(backend=cfg.backend, profile=cfg.profile, limits=cfg.limits,
-                                    policy=cfg.policy)
-    result = verify_attestation(resp, nonce=nonce, requested=requested, policy=trust)
-    text = result.vector.to_text()
-    if args.keep_evidence:
-        text += ("\nnote: recorded evidence — its nonce was chosen by whoever recorded it, so it "
-                 "proves the Keep's key and config, not that the Keep is still running")
-    return result, text
+# They run on the data owner's machine: kernel/owner_cli.py.
 
 
 def cmd_seal(argv: list[str]) -> int:
-    from keepbook.keep import datasets, sealing
-    from keepbook.keep.policy import OutputPolicy, PolicyError
-    from keepbook.kernel.client import KeepError
+    from keepbook.kernel import owner_cli
 
-    ap = argparse.ArgumentParser(
-        prog="keepbook seal", description="Seal a dataset, with your output policy, to an attested "
-        "Keep: HPKE to the Keep's attested dataset key, chunked authenticated stream, signed with "
-        "your owner key.  The result is ciphertext: hand it to the analyst (%%upload FILE).")
-    ap.add_argument("data", help="the file to seal")
-    where = ap.add_mutually_exclusive_group(required=True)
-    where.add_argument("--to", metavar="MANAGER_URL", help="attest the Keep now, with a fresh nonce, "
-                       "through this keep manager (needs --keep)")
-    where.add_argument("--keep-evidence", metavar="FILE",
-                       help="a saved attestation of the Keep (`keepbook keep-evidence -o FILE`)")
-    ap.add_argument("--keep", metavar="ID", help="the Keep's id (with --to)")
-    ap.add_argument("--token-file", help="bearer token for --to (or $KEEPBOOK_MANAGER_TOKEN)")
-    ap.add_argument("--policy", metavar="FILE", help="your output policy (TOML) for this data")
-    ap.add_argument("--owner-key", metavar="PEM", help="your Ed25519 or ECDSA P-256 signing key "
-                    "(default: $KEEPBOOK_OWNER_KEY or ~/.config/keepbook/owner-key.pem, made on first use)")
-    ap.add_argument("--name", help="name under /data in the Keep (default: the file's name)")
-    ap.add_argument("--pq", action="store_true", help="post-quantum hybrid KEM ML-KEM-768+X25519")
-    ap.add_argument("--chunk-size", type=int, default=datasets.DEFAULT_CHUNK)
-    ap.add_argument("--trust-policy", help="your trust policy (TOML) for the Keep's evidence")
-    ap.add_argument("-o", "--output", help="where to write (default: DATA.sealed)")
-    args = ap.parse_args(argv)
-    if args.to and not args.keep:
-        ap.error("--to needs --keep ID")
-    try:
-        policy = open(args.policy, "rb").read() if args.policy else b""
-        result, text = _owner_attest(args)
-        print(text)
-        if not result.ok:
-            print(f"keepbook seal: the Keep did not verify — nothing was sealed. Failing claim: "
-                  f"{result.vector.first_failure()}", file=sys.stderr)
-            return 2
-        cfg = result.config
-        parsed = OutputPolicy.parse(policy, cfg.profile, args.policy or "the profile default")
-        if cfg.profile not in parsed.data_profiles:
-            print(f"keepbook seal: your policy allows this data only in profile(s) "
-                  f"{', '.join(parsed.data_profiles)}; that Keep runs {cfg.profile}", file=sys.stderr)
-            return 2
-        suite = sealing.PQ_SUITE.name if args.pq else sealing.DEFAULT_SUITE
-        recipient = datasets.recipient_from_config(cfg, suite)
-        key, key_path, created = datasets.load_or_create_owner_key(args.owner_key)
-        if created:
-            print(f"made a new owner key at {key_path}")
-        alg, pub = datasets.owner_public(key)
-        name = datasets.check_name(args.name or __import__("os").path.basename(args.data))
-        out = args.output or args.data + ".sealed"
-        with open(args.data, "rb") as src, open(out, "wb") as dst:
-            for piece in datasets.seal_stream(src, name=name, recipient=recipient, suite=suite,
-                                              owner_key=key, policy=policy,
-                                              chunk_size=args.chunk_size):
-                dst.write(piece)
-    except (OSError, datasets.DatasetError, PolicyError, KeepError) as exc:
-        print(f"keepbook seal: {exc}", file=sys.stderr)
-        return 1
-    print(f"sealed {args.data} → {out}\n  name /data/{name}, suite {suite}\n  owner "
-          f"{datasets.fingerprint(alg, pub)}\n  policy {parsed.digest()} ({parsed.source})\n"
-          f"  Keep profile {cfg.profile}, backend {cfg.backend}, {result.vector.label}")
-    return 0
+    return owner_cli.seal_main(argv)
 
 
 def cmd_keep_evidence(argv: list[str]) -> int:
-    from keepbook.kernel.client import KeepError
+    from keepbook.kernel import owner_cli
 
-    ap = argparse.ArgumentParser(prog="keepbook keep-evidence",
-                                 description="Attest a Keep and save its answer for `keepbook seal "
-                                 "--keep-evidence`.")
-    ap.add_argument("--to", required=True, metavar="MANAGER_URL")
-    ap.add_argument("--keep", required=True, metavar="ID")
-    ap.add_argument("--token-file")
-    ap.add_argument("--trust-policy")
-    ap.add_argument("-o", "--output", required=True)
-    args = ap.parse_args(argv)
-    args.keep_evidence = None
-    try:
-        result, text = _owner_attest(args)
-    except KeepError as exc:
-        print(f"keepbook keep-evidence: {exc}", file=sys.stderr)
-        return 1
-    print(text)
-    if not result.ok:
-        print(f"keepbook keep-evidence: not saved, the Keep did not verify: "
-              f"{result.vector.first_failure()}", file=sys.stderr)
-        return 2
-    with open(args.output, "wb") as fh:
-        fh.write(result.response.to_cbor())
-    print(f"saved to {args.output}")
-    return 0
+    return owner_cli.keep_evidence_main(argv)
 
 
 def cmd_audit(argv: list[str]) -> int:
-    import json
+    from keepbook.kernel import owner_cli
 
-    from keepbook.keep import audit, protocol
-    from keepbook.kernel.attestation import verify_attestation
-    from keepbook.kernel.trust_policy import TrustPolicy
-
-    ap = argparse.ArgumentParser(prog="keepbook audit", description="Check a Keep's audit log offline.")
-    sub = ap.add_subparsers(dest="sub", required=True)
-    v = sub.add_parser("verify", help="verify FILE (saved by %%audit): chain, signature, binding "
-                       "to the recorded attestation")
-    v.add_argument("file")
-    v.add_argument("--trust-policy", help="your trust policy (TOML) for the recorded evidence")
-    v.add_argument("--json", action="store_true")
-    args = ap.parse_args(argv)
-    try:
-        raw = audit.read_file(open(args.file, "rb").read())
-        resp = protocol.AttestResponse.from_cbor(raw["attestation"])
-        cfg = resp.keep_config()
-    except OSError as exc:
-        print(f"keepbook audit verify: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return 1
-    except (audit.AuditError, protocol.ProtocolError) as exc:
-        print(f"keepbook audit verify: {getattr(exc, 'reason', exc)}", file=sys.stderr)
-        return 1
-    requested = protocol.CreateKeep(backend=cfg.backend, profile=cfg.profile, limits=cfg.limits,
-                                    policy=cfg.policy)
-    result = verify_attestation(resp, nonce=resp.nonce, requested=requested,
-                                policy=TrustPolicy.load(args.trust_policy))
-    if not result.ok:
-        print(f"FAILED attestation: the recorded evidence does not verify: "
-              f"{result.vector.first_failure()}", file=sys.stderr)
-        return 2
-    try:
-        log = audit.verify_export(raw["entries"], raw["head"], raw["signature"], cfg)
-    except audit.AuditError as exc:
-        print(f"FAILED {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({"ok": True, "checks": log.checks, "entries": log.table(),
-                          "protection": result.vector.label}, indent=1))
-        return 0
-    print(f"✔ attestation: {result.vector.label} (recorded evidence, profile {cfg.profile})")
-    for c in log.checks:
-        print(f"✔ {c}")
-    for r in log.table():
-        print(f"{r['seq']:>4}  {r['time']}  {r['kind']:<14} {r['detail']}")
-    return 0
+    return owner_cli.audit_main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

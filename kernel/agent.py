@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
-from keepbook.keep import audit as audit_mod
-from keepbook.keep import datasets, protocol, sealing
+from keepbook.keep.shared import audit_format
+from keepbook.keep.shared import dataset_format
+from keepbook.kernel import dataset_sealer
+from keepbook.keep.shared import facts, protocol, sealing
 from keepbook.kernel.attestation import AttestationResult
 from keepbook.kernel.client import KeepError, KeepSession, ManagerClient
-from keepbook.kernel.embedded import EmbeddedManager
+from keepbook.kernel.local_manager import EmbeddedManager
 from keepbook.kernel.trust_policy import TrustPolicy
 
 T = TypeVar("T")
@@ -28,14 +30,14 @@ EventSink = Callable[[protocol.Event], None]
 
 @dataclass
 class NewKeep:
-    backend: str = "sim-snp"
-    profile: str = "staging"
+    backend: str = facts.DEFAULT_BACKEND
+    profile: str = facts.DEFAULT_PROFILE
     manager: str | None = None       # None: the embedded manager
     token_file: str | None = None
     manager_ca: str | None = None    # PEM CA to trust for an https:// manager
-    memory_bytes: int = protocol.DEFAULT_LIMITS["memory_bytes"]
-    timeout_s: float = protocol.DEFAULT_LIMITS["timeout_s"]
-    output_bytes: int = protocol.DEFAULT_LIMITS["output_bytes"]
+    memory_bytes: int = facts.DEFAULT_MEMORY_BYTES
+    timeout_s: float = facts.DEFAULT_TIMEOUT_S
+    output_bytes: int = facts.DEFAULT_OUTPUT_BYTES
     policy: bytes = b""
     trust_policy: str | None = None
 
@@ -62,14 +64,14 @@ def _sealed_pieces(path: Path, **kw: Any) -> Iterator[Any]:
     page-faults, and the seal (SHA-256 releases the GIL) overlaps the TLS send.  Each frame
     yielded is a view that stays valid until the next one is asked for.  The header is made
     here, so a bad name, key or chunk size is refused before anything is sent."""
-    return _pipelined(path, datasets.Sealer(**kw))
+    return _pipelined(path, dataset_sealer.Sealer(**kw))
 
 
-def _pipelined(path: Path, sealer: datasets.Sealer) -> Iterator[Any]:
+def _pipelined(path: Path, sealer: dataset_sealer.Sealer) -> Iterator[Any]:
     size = sealer.chunk_size
     free: queue.Queue = queue.Queue()
     for _ in range(3):
-        free.put(bytearray(datasets.Sealer.frame_size(size)))
+        free.put(bytearray(dataset_sealer.Sealer.frame_size(size)))
     ready: queue.Queue = queue.Queue()
     stop = threading.Event()
 
@@ -238,30 +240,30 @@ class ClientAgent:
         if not p.is_file():
             raise KeepError(f"%upload: no such file {p}")
         try:
-            if await asyncio.to_thread(datasets.is_sealed_file, p):
-                pieces = datasets.read_chunks(p, chunk_size or UPLOAD_CHUNK)
+            if await asyncio.to_thread(dataset_sealer.is_sealed_file, p):
+                pieces = dataset_sealer.read_chunks(p, chunk_size or UPLOAD_CHUNK)
             else:
                 if p.suffix == ".toml":
-                    spec = datasets.parse_spec(p)
+                    spec = dataset_sealer.parse_spec(p)
                     p, policy, name = spec.data, spec.policy, name or spec.name
                     suite = suite or spec.suite
                     owner_key = owner_key or spec.owner_key
                 if owner_key is None or isinstance(owner_key, (str, os.PathLike)):
-                    owner_key = datasets.load_or_create_owner_key(owner_key)[0]
+                    owner_key = dataset_sealer.load_or_create_owner_key(owner_key)[0]
                 suite = suite or sealing.DEFAULT_SUITE
-                recipient = datasets.recipient_from_config(att.config, suite)
-                pieces = _sealed_pieces(p, name=datasets.check_name(name or p.name),
+                recipient = dataset_format.recipient_from_config(att.config, suite)
+                pieces = _sealed_pieces(p, name=dataset_format.check_name(name or p.name),
                                         recipient=recipient, suite=suite, owner_key=owner_key,
                                         policy=policy, chunk_size=chunk_size or UPLOAD_CHUNK)
-        except (datasets.DatasetError, OSError) as exc:
+        except (dataset_format.DatasetError, OSError) as exc:
             raise KeepError(f"%upload: {exc}") from None
 
         try:
             return await channel.upload(pieces, name, progress=progress)
-        except (datasets.DatasetError, OSError) as exc:
+        except (dataset_format.DatasetError, OSError) as exc:
             raise KeepError(f"%upload: {exc}") from None
 
-    async def audit(self) -> "audit_mod.VerifiedLog":
+    async def audit(self) -> "audit_format.VerifiedLog":
         """Fetch the current Keep's audit log and verify chain, signature and binding to the
         attestation this client verified.  Raises KeepError naming the failing check."""
         session = self.require_current()
@@ -270,10 +272,10 @@ class ClientAgent:
         assert att is not None and att.ok and att.config is not None
         export = await channel.audit()
         try:
-            log = audit_mod.verify_export(export.entries, export.head, export.signature, att.config)
-        except audit_mod.AuditError as exc:
+            log = audit_format.verify_export(export.entries, export.head, export.signature, att.config)
+        except audit_format.AuditError as exc:
             raise KeepError(f"the Keep's audit log does not verify: {exc}") from None
-        log.raw = audit_mod.export_file(  # type: ignore[attr-defined]
+        log.raw = audit_format.export_file(  # type: ignore[attr-defined]
             {"entries": export.entries, "head": export.head, "signature": export.signature},
             att.response.to_cbor())
         return log

@@ -10,18 +10,11 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from keepbook.keep import measurement, protocol
-from keepbook.keep.evidence.registry import get_verifier
-from keepbook.keep.evidence.trust import (EvidenceError, Status, TrustVector,
-                                          failed, unverified, verified)
+from keepbook.keep.shared import facts, measurement, protocol
+from keepbook.keep.shared.evidence.registry import get_verifier
+from keepbook.keep.shared.evidence.trust import EvidenceError, Status, TrustVector, failed, unverified, verified
 from keepbook.kernel.trust_policy import TrustPolicy
 
-#: backend → evidence kind its Keeps must return
-EXPECTED_EVIDENCE = {"nil": "nil", "sim-snp": "sev-snp", "sim-tdx": "tdx", "sim-sgx": "sgx",
-                     "snp": "sev-snp", "tdx": "tdx", "sgx": "sgx"}
-#: backend → protection it can at best give
-EXPECTED_PROTECTION = {"nil": "none", "sim-snp": "simulated", "sim-tdx": "simulated",
-                       "sim-sgx": "simulated", "snp": "hardware", "tdx": "hardware", "sgx": "hardware"}
 
 
 @dataclass
@@ -37,16 +30,17 @@ class AttestationResult:
 
 
 def _simulated_roots(kind: str) -> list[bytes]:
-    from keepbook.keep.evidence import simulated
+    from keepbook.keep.shared.evidence import simulated_roots
 
-    return simulated.simulated_root_digests(kind)
+    return simulated_roots.simulated_root_digests(kind)
 
 
 def verify_attestation(resp: protocol.AttestResponse, *, nonce: bytes,
                        requested: protocol.CreateKeep, policy: TrustPolicy) -> AttestationResult:
     backend = requested.backend
-    expected_kind = EXPECTED_EVIDENCE.get(backend)
-    expected_protection = EXPECTED_PROTECTION.get(backend, "hardware")
+    spec = facts.BACKENDS.get(backend)
+    expected_kind = spec.evidence if spec else None
+    expected_protection = spec.protection if spec else "hardware"
 
     # 1. The attested config must be the one we asked for.
     config: protocol.KeepConfig | None = None

@@ -9,7 +9,6 @@ the Keep under the user's trust policy (DESIGN.md §8, invariant 1).
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import http.client
 import os
 import socket
@@ -22,11 +21,10 @@ from typing import Any, AsyncIterator, Callable, Iterable
 
 import aiohttp
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from keepbook.keep import protocol, sealing
+from keepbook.keep.shared import certificates, protocol, sealing
 from keepbook.kernel.attestation import AttestationResult, verify_attestation
 from keepbook.kernel.trust_policy import TrustPolicy
 
@@ -47,26 +45,6 @@ class AttestationRefused(KeepError):
         self.result = result
         super().__init__("attestation failed — nothing was sent to this Keep. "
                          f"Failing claim: {result.vector.first_failure()}")
-
-
-def _pem_or_der_spki(cert_der: bytes) -> bytes:
-    return x509.load_der_x509_certificate(cert_der).public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _spki(key: Any) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.DER,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _self_signed(key: ec.EllipticCurvePrivateKey, cn: str) -> bytes:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = _dt.datetime.now(_dt.timezone.utc)
-    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - _dt.timedelta(minutes=5)).not_valid_after(now + _dt.timedelta(days=7))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
 
 
 # ---------------------------------------------------------------------- keep manager client
@@ -410,7 +388,7 @@ class KeepSession:
         assert att is not None and att.ok and att.report_data is not None
         tls_key = ec.generate_private_key(ec.SECP256R1())
         client_key = ec.generate_private_key(ec.SECP256R1())
-        client_cert = _self_signed(client_key, f"keepbook client {uuid.uuid4().hex[:8]}")
+        client_cert = certificates.self_signed(client_key, f"keepbook client {uuid.uuid4().hex[:8]}")
         plaintext = protocol.Sealed(
             tls_key=tls_key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                           serialization.NoEncryption()),
@@ -419,11 +397,11 @@ class KeepSession:
                               protocol.provision_info(att.report_data))
         resp = await self.manager.provision(self.id, sealed)
         try:
-            got = _pem_or_der_spki(resp.server_cert)
+            got = certificates.spki(resp.server_cert)
         except ValueError:
             raise KeepError("the endpoint certificate the host relayed does not parse; "
                             "refusing to connect") from None
-        if got != _spki(tls_key):
+        if got != certificates.key_spki(tls_key):
             raise KeepError("the endpoint certificate does not carry the key sealed to the Keep — "
                             "the host substituted its own; refusing to connect")
         self.channel = Channel(resp.endpoint, resp.server_cert, client_key, client_cert)

@@ -13,8 +13,8 @@ from typing import Any, Awaitable
 from ipykernel.kernelbase import Kernel
 
 from keepbook import __version__
-from keepbook.keep import protocol
-from keepbook.keep.evidence.trust import TrustVector
+from keepbook.keep.shared import protocol
+from keepbook.keep.shared.evidence.trust import TrustVector
 from keepbook.kernel import magics as mg
 from keepbook.kernel.agent import ClientAgent
 from keepbook.kernel.client import AttestationRefused, KeepError

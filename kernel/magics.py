@@ -12,6 +12,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from keepbook.keep.shared import facts
+
 LINE_MAGICS = ("keep", "attest", "upload", "audit")
 CELL_MAGICS = ("wat", "wasm", "c", "cpp", "zig", "rust", "python")
 KEEP_SUBCOMMANDS = ("new", "status", "list", "close")
@@ -65,15 +67,18 @@ def _number(text: str) -> int | float:
 
 def _keep_new_parser() -> _Parser:
     p = _Parser(prog="%keep new", add_help=False)
-    p.add_argument("--backend", default="sim-snp")
-    p.add_argument("--profile", default="staging", choices=("debug", "staging", "production"))
+    p.add_argument("--backend", default=facts.DEFAULT_BACKEND)
+    p.add_argument("--profile", default=facts.DEFAULT_PROFILE, choices=facts.PROFILES)
     p.add_argument("--manager", help="keep manager URL (default: an embedded one on loopback)")
     p.add_argument("--token-file", help="bearer token file for --manager (or $KEEPBOOK_MANAGER_TOKEN)")
     p.add_argument("--manager-ca", help="CA certificate (PEM) to trust for an https:// --manager "
                    "(default: the system's trust store)")
-    p.add_argument("--memory", type=parse_size, default=1024**3, help="per-cell memory limit")
-    p.add_argument("--timeout", type=_positive_float, default=600.0, help="per-cell deadline, seconds")
-    p.add_argument("--output-cap", type=parse_size, default=8 * 1024**2, help="output bytes per cell")
+    p.add_argument("--memory", type=parse_size, default=facts.DEFAULT_MEMORY_BYTES,
+                   help="per-cell memory limit")
+    p.add_argument("--timeout", type=_positive_float, default=float(facts.DEFAULT_TIMEOUT_S),
+                   help="per-cell deadline, seconds")
+    p.add_argument("--output-cap", type=parse_size, default=facts.DEFAULT_OUTPUT_BYTES,
+                   help="output bytes per cell")
     p.add_argument("--policy", help="output policy file (TOML) from the data owner")
     p.add_argument("--trust-policy", help="your trust policy file (TOML)")
     return p
@@ -291,10 +296,7 @@ def complete_magic(code: str, cursor_pos: int) -> tuple[list[str], int, int] | N
 
 #: values offered by Tab after these %keep new options
 def _value_choices() -> dict[str, tuple[str, ...]]:
-    from keepbook.keep import protocol
-    from keepbook.keep.host.backends import DEFAULT_BACKENDS  # names only: a plain table
-
-    return {"--backend": tuple(DEFAULT_BACKENDS), "--profile": tuple(protocol.PROFILES)}
+    return {"--backend": tuple(facts.DEFAULT_BACKENDS), "--profile": facts.PROFILES}
 
 
 VALUE_CHOICES = _value_choices()

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from keepbook.keep.evidence.trust import TrustVector
+from keepbook.keep.shared.evidence.trust import TrustVector
 from keepbook.kernel import widgets as ui
 from keepbook.kernel.agent import NewKeep
 from keepbook.kernel.client import KeepError

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from keepbook.keep.evidence.reference import KEYS as REFERENCE_KEYS, parse_reference
-from keepbook.keep.evidence.trust import ReferenceValues
+from keepbook.keep.shared.facts import PROFILES
+from keepbook.keep.shared.evidence.reference import KEYS as REFERENCE_KEYS, parse_reference
+from keepbook.keep.shared.evidence.trust import ReferenceValues
 
 
 class TrustPolicyError(ValueError):
@@ -41,7 +42,7 @@ class TrustPolicy:
     require_hardware: bool = False
     allow_simulated: bool = True
     allow_nil: bool = True
-    accept_profiles: list[str] = field(default_factory=lambda: ["staging", "production", "debug"])
+    accept_profiles: list[str] = field(default_factory=lambda: list(PROFILES))
     require_measurement: bool = True
     allow_debug: bool = False
     accepted_tcb_status: list[str] = field(default_factory=lambda: ["UpToDate"])
@@ -95,7 +96,7 @@ class TrustPolicy:
             if isinstance(default, list) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
                 raise TrustPolicyError(f"trust policy {source}: {name} must be a list of strings")
             kwargs[name] = value
-        bad = set(kwargs.get("accept_profiles", [])) - {"debug", "staging", "production"}
+        bad = set(kwargs.get("accept_profiles", [])) - set(PROFILES)
         if bad:
             raise TrustPolicyError(f"trust policy {source}: unknown profile(s) {', '.join(sorted(bad))}")
         return cls(source=source, **kwargs)

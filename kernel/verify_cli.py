@@ -17,11 +17,11 @@ import tomllib
 from pathlib import Path
 from typing import Any, Sequence
 
-from keepbook.keep.evidence.detect import detect as detect_evidence
-from keepbook.keep.evidence.certs import load_certs
-from keepbook.keep.evidence import reference
-from keepbook.keep.evidence.registry import get_verifier
-from keepbook.keep.evidence.trust import EvidenceError, ReferenceValues, TrustVector
+from keepbook.keep.shared.evidence.detect import detect as detect_evidence
+from keepbook.keep.shared.evidence.certs import load_certs
+from keepbook.keep.shared.evidence import reference
+from keepbook.keep.shared.evidence.registry import get_verifier
+from keepbook.keep.shared.evidence.trust import EvidenceError, ReferenceValues, TrustVector
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
 
@@ -117,7 +117,7 @@ def verify(argv: Sequence[str]) -> tuple[TrustVector, argparse.Namespace]:
             raise UsageError(f"{f}: {e}") from None
     collateral = None
     if args.collateral:
-        from keepbook.keep.evidence import pcs
+        from keepbook.keep.shared.evidence import pcs
         try:
             collateral = pcs.load_parts([_read(f, "collateral file") for f in args.collateral])
         except EvidenceError as e:
@@ -125,9 +125,9 @@ def verify(argv: Sequence[str]) -> tuple[TrustVector, argparse.Namespace]:
     at = parse_time(args.at) if args.at else None
     sim_roots: list[bytes] = []
     if args.allow_simulated or extras["allow_simulated"]:
-        from keepbook.keep.evidence import simulated
-        sim_roots = simulated.simulated_root_digests(kind, create=False)
-        certs += simulated.simulated_ca_certs(kind)  # trust still comes only from sim_roots
+        from keepbook.keep.shared.evidence import simulated_roots
+        sim_roots = simulated_roots.simulated_root_digests(kind)
+        certs += simulated_roots.simulated_ca_certs(kind)  # trust still comes only from sim_roots
     tv = get_verifier(kind).verify(evidence, certs=certs, collateral=collateral, reference=ref,
                                    simulated_roots=sim_roots, at=at)
     if extras["require"]:

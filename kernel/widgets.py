@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from keepbook.keep.evidence.trust import Status, TrustVector
+from keepbook.keep.shared.evidence.trust import Status, TrustVector
 
 BADGE_COLOURS = {"hardware": "#1b7f3b", "simulated": "#b36b00", "none": "#b00020"}
 STATUS_COLOURS = {Status.VERIFIED: "#1b7f3b", Status.FAILED: "#b00020", Status.UNVERIFIED: "#666"}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from keepbook.keep.host.launch import ManagerProcess
+from keepbook.kernel.local_manager import ManagerProcess
 from tests.support.cells import LOOP_WAT, print_wat  # noqa: F401  (re-exported)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,42 +9,32 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from keepbook.keep import protocol
+from keepbook.keep.shared import facts as facts_mod
+from keepbook.keep.shared import protocol
 
 
 @dataclass(frozen=True)
 class BackendSpec:
-    name: str
-    protection: str      # none | simulated | hardware
-    evidence: str        # evidence kind the Keep returns (a verifier kind)
-    note: str
+    """A backend as this host offers it: the shared facts plus whether this host can run it."""
+
+    facts: facts_mod.Backend
+
+    @property
+    def name(self) -> str:
+        return self.facts.name
 
     def availability(self) -> tuple[bool, str]:
-        if self.protection != "hardware":
-            return True, self.note
+        if not self.facts.hardware:
+            return True, self.facts.note
         return _hardware_available(self.name)
 
     def to_message(self) -> protocol.Backend:
         ok, note = self.availability()
-        return protocol.Backend(name=self.name, protection=self.protection,
-                                evidence=self.evidence, available=ok, note=note)
+        return protocol.Backend(name=self.name, protection=self.facts.protection,
+                                evidence=self.facts.evidence, available=ok, note=note)
 
 
-BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
-    BackendSpec("nil", "none", "nil",
-                "debugging Keep: a plain local process, unsigned evidence — NO PROTECTION"),
-    BackendSpec("sim-snp", "simulated", "sev-snp",
-                "SEV-SNP report signed by a locally generated SIMULATED AMD root — no hardware protection"),
-    BackendSpec("sim-tdx", "simulated", "tdx",
-                "TDX quote signed by a locally generated SIMULATED Intel root — no hardware protection"),
-    BackendSpec("sim-sgx", "simulated", "sgx",
-                "SGX quote signed by a locally generated SIMULATED Intel root — no hardware protection"),
-    BackendSpec("snp", "hardware", "sev-snp", "AMD SEV-SNP confidential VM"),
-    BackendSpec("tdx", "hardware", "tdx", "Intel TDX trust domain"),
-    BackendSpec("sgx", "hardware", "sgx", "Intel SGX enclave under Gramine"),
-)}
-
-DEFAULT_BACKENDS = ("nil", "sim-snp", "sim-tdx", "sim-sgx", "snp", "tdx", "sgx")
+DEFAULT_BACKENDS = facts_mod.DEFAULT_BACKENDS
 
 TSM_REPORT = Path("/sys/kernel/config/tsm/report")
 
@@ -68,10 +58,11 @@ def _hardware_available(name: str) -> tuple[bool, str]:
 
 def offered(names: tuple[str, ...] | list[str] | None = None) -> list[BackendSpec]:
     selected = names or DEFAULT_BACKENDS
-    unknown = [n for n in selected if n not in BACKENDS]
+    unknown = [n for n in selected if n not in facts_mod.BACKENDS]
     if unknown:
-        raise ValueError(f"unknown backend(s): {', '.join(unknown)}; known: {', '.join(BACKENDS)}")
-    return [BACKENDS[n] for n in selected]
+        raise ValueError(f"unknown backend(s): {', '.join(unknown)}; "
+                         f"known: {', '.join(facts_mod.BACKENDS)}")
+    return [BackendSpec(facts_mod.BACKENDS[n]) for n in selected]
 
 
 def env_for_wasmldr() -> dict[str, str]:

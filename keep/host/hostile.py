@@ -18,7 +18,7 @@ from typing import Callable
 import aiohttp
 from aiohttp import web
 
-from keepbook.keep import protocol
+from keepbook.keep.shared import protocol
 
 ResponseHook = Callable[[str, str, bytes, int], "tuple[bytes, int]"]
 RequestHook = Callable[[str, str, bytes], bytes]
@@ -67,10 +67,10 @@ def _substitute_endpoint_cert(method: str, path: str, body: bytes, status: int) 
     if path.endswith("/provision") and status == 200:
         from cryptography.hazmat.primitives.asymmetric import ec
 
-        from keepbook.keep.wasmldr.identity import one_use_certificate
+        from keepbook.keep.shared.certificates import self_signed
 
         resp = protocol.ProvisionResponse.from_cbor(body)
-        resp.server_cert = one_use_certificate(ec.generate_private_key(ec.SECP256R1()), "host's own")
+        resp.server_cert = self_signed(ec.generate_private_key(ec.SECP256R1()), "host's own")
         return resp.to_cbor(), status
     return body, status
 

@@ -26,7 +26,7 @@ def log(keep_id: str, event: str, **detail: object) -> None:
 
 
 def wasmldr_command(backend: str, launcher: str, keep_id: str) -> list[str]:
-    cmd = [sys.executable, "-m", "keepbook.keep.wasmldr", "--backend", backend]
+    cmd = [sys.executable, "-m", "keepbook.keep.inside", "--backend", backend]
     if launcher == "systemd-run":
         # As in Enarx: each Keep in its own transient unit, so the host's service manager
         # accounts for and can stop it.
@@ -64,8 +64,8 @@ async def relay(backend: str, keep_id: str, launcher: str,
                 child: subprocess.Popen | None = None) -> int:
     import asyncio
 
-    from keepbook.keep import protocol
-    from keepbook.keep.framing import read_frame, write_frame
+    from keepbook.keep.shared import protocol
+    from keepbook.keep.shared.framing import read_frame, write_frame
 
     loop = asyncio.get_running_loop()
     up_reader = asyncio.StreamReader(limit=2**16)

@@ -43,10 +43,10 @@ from typing import Any
 
 from aiohttp import web
 
-from keepbook.keep import protocol
-from keepbook.keep.cbor_http import cbor_response, error_middleware, error_response, read_message
+from keepbook.keep.shared import protocol
+from keepbook.keep.shared.cbor_http import cbor_response, error_middleware, error_response, read_message
 from keepbook.keep.host import backends as backends_mod
-from keepbook.keep.framing import read_frame, write_frame
+from keepbook.keep.shared.framing import read_frame, write_frame
 
 START_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 60.0

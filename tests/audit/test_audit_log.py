@@ -1,4 +1,4 @@
-"""The audit log (keep/audit.py): a removed, reordered or edited entry, a cut tail, another
+"""The audit log (keep/audit_format.py): a removed, reordered or edited entry, a cut tail, another
 Keep's key or config — each detected and named.  Then a real Keep's log through %audit's agent
 call and `keepbook audit verify FILE` offline."""
 
@@ -10,16 +10,18 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from keepbook import cli
-from keepbook.keep import audit, protocol
+from keepbook.keep.shared import protocol
 from keepbook.kernel.agent import ClientAgent, NewKeep
+from keepbook.keep.inside import audit_log
+from keepbook.keep.shared import audit_format
 
 
 def make_log(n: int = 5):
     key = ed25519.Ed25519PrivateKey.generate()
     config = protocol.KeepConfig(backend="nil", profile="production",
                                  limits=dict(protocol.DEFAULT_LIMITS), policy=b"", runtime={},
-                                 keys={audit.AUDIT_KEY: key.public_key().public_bytes_raw()})
-    log = audit.AuditLog("k1", config.digest(), key)
+                                 keys={audit_format.AUDIT_KEY: key.public_key().public_bytes_raw()})
+    log = audit_log.AuditLog("k1", config.digest(), key)
     log.append("start", {"profile": "production", "policy_digest": "sha256:" + "0" * 64})
     for i in range(n - 1):
         log.append("release", {"digest": f"sha256:{i:064x}", "type": "number", "bytes": 10, "note": "n"})
@@ -37,7 +39,7 @@ def entries(blob: bytes) -> list[bytes]:
 
 
 def check(exp, config, blob=None, head=None, sig=None):
-    return audit.verify_export(exp["entries"] if blob is None else blob,
+    return audit_format.verify_export(exp["entries"] if blob is None else blob,
                                exp["head"] if head is None else head,
                                exp["signature"] if sig is None else sig, config)
 
@@ -52,7 +54,7 @@ def test_removed_entry():
     log, config = make_log()
     exp = log.export()
     parts = entries(exp["entries"])
-    with pytest.raises(audit.AuditError, match="chain: entry at position 2"):
+    with pytest.raises(audit_format.AuditError, match="chain: entry at position 2"):
         check(exp, config, blob=b"".join(parts[:2] + parts[3:]))
 
 
@@ -60,7 +62,7 @@ def test_reordered_entries():
     log, config = make_log()
     exp = log.export()
     p = entries(exp["entries"])
-    with pytest.raises(audit.AuditError, match="chain"):
+    with pytest.raises(audit_format.AuditError, match="chain"):
         check(exp, config, blob=b"".join([p[0], p[2], p[1], p[3], p[4]]))
 
 
@@ -71,7 +73,7 @@ def test_edited_entry():
     e = protocol.loads(p[2])
     e["data"]["note"] = "something else"
     p[2] = protocol.dumps(e)
-    with pytest.raises(audit.AuditError, match="entry 3 does not follow entry 2"):
+    with pytest.raises(audit_format.AuditError, match="entry 3 does not follow entry 2"):
         check(exp, config, blob=b"".join(p))
 
 
@@ -81,27 +83,27 @@ def test_edited_last_entry_and_cut_tail():
     p = entries(exp["entries"])
     e = protocol.loads(p[-1])
     e["kind"] = "refusal"
-    with pytest.raises(audit.AuditError, match="head"):
+    with pytest.raises(audit_format.AuditError, match="head"):
         check(exp, config, blob=b"".join(p[:-1] + [protocol.dumps(e)]))
-    with pytest.raises(audit.AuditError, match="head: the signed head counts 5 entries"):
+    with pytest.raises(audit_format.AuditError, match="head: the signed head counts 5 entries"):
         check(exp, config, blob=b"".join(p[:-1]))
 
 
 def test_forged_head():
     log, config = make_log()
     exp = log.export()
-    with pytest.raises(audit.AuditError, match="signature"):
+    with pytest.raises(audit_format.AuditError, match="signature"):
         check(exp, config, head={**exp["head"], "count": 4})
 
 
 def test_other_keeps_key_or_config():
     log, config = make_log()
     other_log, other_config = make_log()
-    with pytest.raises(audit.AuditError, match="signature"):
+    with pytest.raises(audit_format.AuditError, match="signature"):
         check(log.export(), other_config)
     no_key = protocol.KeepConfig(backend="nil", profile="production",
                                  limits=dict(protocol.DEFAULT_LIMITS), policy=b"", runtime={})
-    with pytest.raises(audit.AuditError, match="binding"):
+    with pytest.raises(audit_format.AuditError, match="binding"):
         check(log.export(), no_key)
 
 
@@ -147,7 +149,7 @@ def test_offline_verify(keep_log, capsys):
 
 def test_offline_verify_detects_an_edited_file(keep_log, tmp_path, capsys):
     _, path = keep_log
-    raw = audit.read_file(path.read_bytes())
+    raw = audit_format.read_file(path.read_bytes())
     p = entries(raw["entries"])
     e = protocol.loads(p[4])
     e["data"]["rule"] = "nothing"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from keepbook.kernel import bench
-from keepbook.kernel.bench.core import Goal, Row, Sample, not_measured
+from keepbook import bench
+from keepbook.bench.core import Goal, Row, Sample, not_measured
 
 ROW_KEYS = {"name", "value", "unit", "baseline", "ratio", "goal", "met"}
 REQUIRED = {"first_result_cold_s", "first_result_warm_s", "rtt_wat_ratio", "rtt_python_ratio",
@@ -66,7 +66,7 @@ def test_failing_suite_reports_its_rows_as_not_measured(monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("no kernel here")
 
-    from keepbook.kernel.bench import verify
+    from keepbook.bench import verify
     monkeypatch.setattr(verify, "rows", boom)
     result = bench.run(quick=True, only=["verify"], log=lambda *a, **k: None)
     rows = {r["name"]: r for r in result["rows"]}

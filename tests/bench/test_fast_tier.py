@@ -1,4 +1,4 @@
-"""The Wasm runtime's fast tier (keep/wasmldr/fastcells.py): a module whose first run was slow
+"""The Wasm runtime's fast tier (keep/inside/fastcells.py): a module whose first run was slow
 runs later in a worker process without epoch checks.  It must behave exactly like an in-process
 run — output, results, traps, deadlines, interrupts — only faster.  No timing is asserted
 beyond "the deadline stopped it"."""
@@ -11,8 +11,8 @@ import time
 import pytest
 import wasmtime
 
-from keepbook.keep.wasmldr import fastcells
-from keepbook.keep.wasmldr.runtime import WasmRuntime
+from keepbook.keep.inside import fastcells
+from keepbook.keep.inside.runtime import WasmRuntime
 
 SPIN_WAT = """(module
   (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))

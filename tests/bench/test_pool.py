@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from keepbook.keep import protocol
+from keepbook.keep.shared import protocol
 from keepbook.kernel.attestation import verify_attestation
 from keepbook.kernel.client import ManagerClient
 from keepbook.kernel.trust_policy import TrustPolicy

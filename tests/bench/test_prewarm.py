@@ -25,7 +25,7 @@ def test_keepldr_sets_the_prewarm_env_only_when_asked(monkeypatch, tmp_path):
 
 
 def test_prewarm_warms_every_engine_in_a_fresh_process():
-    code = ("from keepbook.keep.wasmldr import prewarm; import json; "
+    code = ("from keepbook.keep.inside import prewarm; import json; "
             "print(json.dumps(prewarm.prewarm('sim-snp')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -33,7 +33,7 @@ def test_prewarm_warms_every_engine_in_a_fresh_process():
 
 
 def test_prewarm_reports_instead_of_failing(monkeypatch):
-    from keepbook.keep.wasmldr import prewarm
+    from keepbook.keep.inside import prewarm
 
     def boom():
         raise RuntimeError("no engine")

@@ -78,7 +78,7 @@ def exercise(tmp_path, profile: str) -> tuple[str, str, bytes, list]:
 
 
 def _owner_key(tmp_path):
-    from keepbook.keep.datasets import new_owner_key_pem
+    from keepbook.kernel.dataset_sealer import new_owner_key_pem
 
     p = tmp_path / "owner.pem"
     p.write_bytes(new_owner_key_pem())

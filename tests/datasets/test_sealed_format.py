@@ -1,4 +1,4 @@
-"""The sealed dataset stream (keep/datasets.py): round trips with both HPKE suites, and every
+"""The sealed dataset stream (keep/shared/dataset_format.py): round trips with both HPKE suites, and every
 kind of tampering refused with its reason."""
 
 from __future__ import annotations
@@ -10,16 +10,18 @@ import struct
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from keepbook.keep import datasets as d
-from keepbook.keep import protocol, sealing
+from keepbook.keep.inside import dataset_opener
+from keepbook.keep.shared import dataset_format
+from keepbook.kernel import dataset_sealer
+from keepbook.keep.shared import protocol, sealing
 
-KEYS = d.keep_dataset_keys()
+KEYS = dataset_opener.keep_dataset_keys()
 OWNER = ed25519.Ed25519PrivateKey.generate()
 DATA = os.urandom(5 * 4096 + 123)
 
 
 def seal(data=DATA, suite=sealing.DEFAULT_SUITE, owner=OWNER, keys=KEYS, policy=b"", chunk=4096):
-    return list(d.seal_stream(io.BytesIO(data), name="patients.csv", recipient=keys[suite][1],
+    return list(dataset_sealer.seal_stream(io.BytesIO(data), name="patients.csv", recipient=keys[suite][1],
                               suite=suite, owner_key=owner, policy=policy, chunk_size=chunk))
 
 
@@ -28,27 +30,27 @@ def frames(parts):
 
 
 def refused(parts, keys=KEYS) -> str:
-    with pytest.raises(d.DatasetError) as exc:
-        d.open_stream(parts, keys)
+    with pytest.raises(dataset_format.DatasetError) as exc:
+        dataset_opener.open_stream(parts, keys)
     return str(exc.value)
 
 
 @pytest.mark.parametrize("suite", list(sealing.SUITES))
 def test_round_trip(suite):
-    info, plain = d.open_stream(seal(suite=suite, policy=b"[release]\nmin_rows = 5\n"), KEYS)
+    info, plain = dataset_opener.open_stream(seal(suite=suite, policy=b"[release]\nmin_rows = 5\n"), KEYS)
     assert plain == DATA and info.chunks == 6 and info.bytes == len(DATA)
     assert info.policy == b"[release]\nmin_rows = 5\n" and info.owner.startswith("sha256:")
 
 
 def test_ecdsa_owner_and_empty_file():
     owner = ec.generate_private_key(ec.SECP256R1())
-    info, plain = d.open_stream(seal(b"", owner=owner), KEYS)
+    info, plain = dataset_opener.open_stream(seal(b"", owner=owner), KEYS)
     assert plain == b"" and info.chunks == 1 and info.owner_alg == "ecdsa-p256"
 
 
 def test_streams_in_small_pieces():
     blob = b"".join(seal())
-    op = d.Opener(KEYS)
+    op = dataset_opener.Opener(KEYS)
     out = b"".join(p for i in range(0, len(blob), 7) for p in op.feed(blob[i:i + 7]))
     op.finish()
     assert out == DATA
@@ -97,32 +99,32 @@ def test_extended_stream():
 
 
 def test_wrong_key():
-    other = d.keep_dataset_keys((sealing.DEFAULT_SUITE,))
+    other = dataset_opener.keep_dataset_keys((sealing.DEFAULT_SUITE,))
     assert "wrong key" in refused(seal(keys=other))
 
 
 def test_header_edited_after_sealing_is_caught():
     parts = seal(policy=b"[release]\nmin_rows = 10\n")
-    kind, length = d.FRAME.unpack_from(parts[0])
-    header = protocol.loads(parts[0][d.FRAME.size:])
+    kind, length = dataset_format.FRAME.unpack_from(parts[0])
+    header = protocol.loads(parts[0][dataset_format.FRAME.size:])
     header["policy"] = b"[release]\nmin_rows = 0\n"  # the analyst wants a looser policy
     body = protocol.dumps(header)
-    parts[0] = d.FRAME.pack(b"H", len(body)) + body
+    parts[0] = dataset_format.FRAME.pack(b"H", len(body)) + body
     assert "wrong key" in refused(parts) or "authentication failed" in refused(parts)
 
 
 def test_wrong_owner_signature():
     parts = seal()
-    trailer = protocol.loads(parts[-1][d.FRAME.size:])
+    trailer = protocol.loads(parts[-1][dataset_format.FRAME.size:])
     trailer["signature"] = ed25519.Ed25519PrivateKey.generate().sign(b"something else")
     body = protocol.dumps(trailer)
-    parts[-1] = d.FRAME.pack(b"S", len(body)) + body
+    parts[-1] = dataset_format.FRAME.pack(b"S", len(body)) + body
     assert "owner signature: does not verify" in refused(parts)
 
 
 def test_not_a_sealed_dataset():
-    assert "does not start with a sealed-dataset header" in refused([d.FRAME.pack(b"C", 3) + b"abc"])
-    assert "header" in refused([d.FRAME.pack(b"H", 3) + b"abc"])
+    assert "does not start with a sealed-dataset header" in refused([dataset_format.FRAME.pack(b"C", 3) + b"abc"])
+    assert "header" in refused([dataset_format.FRAME.pack(b"H", 3) + b"abc"])
 
 
 def test_oversized_frame_is_refused_at_the_header():
@@ -131,8 +133,8 @@ def test_oversized_frame_is_refused_at_the_header():
 
 @pytest.mark.parametrize("name", ["../etc", ".hidden", "a/b", "", "x" * 65])
 def test_bad_names(name):
-    with pytest.raises(d.DatasetError):
-        d.check_name(name)
+    with pytest.raises(dataset_format.DatasetError):
+        dataset_format.check_name(name)
 
 
 def test_seal_spec(tmp_path):
@@ -140,8 +142,8 @@ def test_seal_spec(tmp_path):
     (tmp_path / "pol.toml").write_text("[release]\nmin_rows = 3\n")
     (tmp_path / "spec.toml").write_text('data = "p.csv"\npolicy = "pol.toml"\n'
                                         'suite = "mlkem768x25519-hkdfsha256-aes128gcm"\n')
-    spec = d.parse_spec(tmp_path / "spec.toml")
+    spec = dataset_sealer.parse_spec(tmp_path / "spec.toml")
     assert spec.name == "p.csv" and spec.policy.startswith(b"[release]") and "mlkem" in spec.suite
     (tmp_path / "bad.toml").write_text('data = "p.csv"\nowner = "x"\n')
-    with pytest.raises(d.DatasetError, match="unknown key"):
-        d.parse_spec(tmp_path / "bad.toml")
+    with pytest.raises(dataset_format.DatasetError, match="unknown key"):
+        dataset_sealer.parse_spec(tmp_path / "bad.toml")

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from keepbook import cli
-from keepbook.keep import datasets
+from keepbook.keep.shared import dataset_format
+from keepbook.kernel import dataset_sealer
 from keepbook.kernel.agent import ClientAgent, NewKeep
 from keepbook.kernel.client import KeepError
 
@@ -19,7 +20,7 @@ def env(shared_manager, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ds")
     tf = tmp / "token"
     tf.write_text(shared_manager.token)
-    (tmp / "owner.pem").write_bytes(datasets.new_owner_key_pem())
+    (tmp / "owner.pem").write_bytes(dataset_sealer.new_owner_key_pem())
     (tmp / "patients.csv").write_text(CSV)
     agent = ClientAgent()
     session = agent.call(agent.new_keep(NewKeep(backend="sim-snp", profile="staging",
@@ -84,9 +85,9 @@ def test_reordered_chunks_are_refused(env):
     blob = (tmp / "r.sealed").read_bytes()
     parts, pos = [], 0
     while pos < len(blob):
-        _, n = datasets.FRAME.unpack_from(blob, pos)
-        parts.append(blob[pos:pos + datasets.FRAME.size + n])
-        pos += datasets.FRAME.size + n
+        _, n = dataset_format.FRAME.unpack_from(blob, pos)
+        parts.append(blob[pos:pos + dataset_format.FRAME.size + n])
+        pos += dataset_format.FRAME.size + n
     parts[1], parts[2] = parts[2], parts[1]
     (tmp / "r.sealed").write_bytes(b"".join(parts))
     with pytest.raises(KeepError, match="authentication failed"):

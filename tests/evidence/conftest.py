@@ -39,11 +39,11 @@ def _private_sim_roots(tmp_path_factory):
     """Simulated roots in a temporary folder, so tests never touch the user's real ones."""
     old = os.environ.get("KEEPBOOK_SIM_ROOTS")
     os.environ["KEEPBOOK_SIM_ROOTS"] = str(tmp_path_factory.mktemp("sim-roots"))
-    from keepbook.keep.evidence import simulated
-    simulated.reset_cache()
+    from keepbook.keep.inside.simulated_tee import vendor
+    vendor.reset_cache()
     yield
     if old is None:
         os.environ.pop("KEEPBOOK_SIM_ROOTS", None)
     else:
         os.environ["KEEPBOOK_SIM_ROOTS"] = old
-    simulated.reset_cache()
+    vendor.reset_cache()

@@ -9,10 +9,12 @@ import struct
 
 import pytest
 
-from keepbook.keep.evidence import dcap, pcs, simulated
-from keepbook.keep.evidence.certs import load_certs
-from keepbook.keep.evidence.dcap_verify import SgxVerifier, TdxVerifier
-from keepbook.keep.evidence.trust import EvidenceError, ReferenceValues, Status
+from keepbook.keep.shared.evidence import dcap, pcs
+from keepbook.keep.shared.evidence.certs import load_certs
+from keepbook.keep.shared.evidence.dcap_verify import SgxVerifier, TdxVerifier
+from keepbook.keep.shared.evidence.trust import EvidenceError, ReferenceValues, Status
+from keepbook.keep.inside.simulated_tee import vendor
+from keepbook.keep.shared.evidence import simulated_roots
 
 UTC = dt.timezone.utc
 T, S = "tdx/", "sgx/"
@@ -255,13 +257,13 @@ def test_bad_input(vec):
 @pytest.mark.parametrize("kind,kw", [("tdx", {}), ("tdx", {"version": 5}), ("sgx", {})])
 def test_sim_round_trip(kind, kw):
     rd, m = os.urandom(64), os.urandom(32 if kind == "sgx" else 48)
-    ev, certs = simulated.make_evidence(kind, rd, m, **kw)
+    ev, certs = vendor.make_evidence(kind, rd, m, **kw)
     assert dcap.parse(ev).to_bytes() == ev
     v = TdxVerifier() if kind == "tdx" else SgxVerifier()
-    roots = simulated.simulated_root_digests(kind)
+    roots = simulated_roots.simulated_root_digests(kind)
     tv = v.verify(ev, simulated_roots=roots, reference=ReferenceValues(report_data=rd, measurement=m))
     assert tv.ok and tv.protection == "simulated" and "SIMULATED" in tv.get("chain").reason
     tv = v.verify(ev)
     assert not tv.ok and tv.get("chain").status is Status.FAILED
-    tv = v.verify(simulated.make_evidence(kind, rd, m, debug=True, **kw)[0], simulated_roots=roots)
+    tv = v.verify(vendor.make_evidence(kind, rd, m, debug=True, **kw)[0], simulated_roots=roots)
     assert [c.name for c in tv.failures] == ["debug"]

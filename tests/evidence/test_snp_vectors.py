@@ -7,10 +7,12 @@ import struct
 
 import pytest
 
-from keepbook.keep.evidence import simulated, snp
-from keepbook.keep.evidence.certs import load_certs
-from keepbook.keep.evidence.snp_verify import SnpVerifier
-from keepbook.keep.evidence.trust import EvidenceError, ReferenceValues, Status
+from keepbook.keep.shared.evidence import snp
+from keepbook.keep.shared.evidence.certs import load_certs
+from keepbook.keep.shared.evidence.snp_verify import SnpVerifier
+from keepbook.keep.shared.evidence.trust import EvidenceError, ReferenceValues, Status
+from keepbook.keep.inside.simulated_tee import vendor
+from keepbook.keep.shared.evidence import simulated_roots
 
 S = "snp/"
 #: report → certificate files, and whether the default policy accepts it (PROVENANCE.md)
@@ -208,8 +210,8 @@ def test_bad_input_is_evidence_error():
 
 def test_unknown_signature_algorithm():
     rd, m = os.urandom(64), os.urandom(48)
-    ev, certs = simulated.make_evidence("sev-snp", rd, m, signature_algo=2)
-    tv = SnpVerifier().verify(ev, certs=certs, simulated_roots=simulated.simulated_root_digests("sev-snp"))
+    ev, certs = vendor.make_evidence("sev-snp", rd, m, signature_algo=2)
+    tv = SnpVerifier().verify(ev, certs=certs, simulated_roots=simulated_roots.simulated_root_digests("sev-snp"))
     assert tv.get("signature").status is Status.FAILED and "algorithm" in tv.get("signature").reason
 
 
@@ -218,10 +220,10 @@ def test_unknown_signature_algorithm():
 @pytest.mark.parametrize("version", [3, 5])
 def test_sim_snp_round_trip(version):
     rd, m = os.urandom(64), os.urandom(48)
-    ev, certs = simulated.make_evidence("sev-snp", rd, m, version=version)
+    ev, certs = vendor.make_evidence("sev-snp", rd, m, version=version)
     assert len(ev) == snp.REPORT_SIZE and snp.parse(ev).version == version
     assert snp.parse(ev).to_bytes() == ev
-    roots = simulated.simulated_root_digests("sev-snp")
+    roots = simulated_roots.simulated_root_digests("sev-snp")
     tv = SnpVerifier().verify(ev, certs=certs, simulated_roots=roots,
                               reference=ReferenceValues(report_data=rd, measurement=m))
     assert tv.ok, tv.to_text()
@@ -230,7 +232,7 @@ def test_sim_snp_round_trip(version):
 
 
 def test_sim_root_refused_without_policy():
-    ev, certs = simulated.make_evidence("sev-snp", bytes(64), bytes(48))
+    ev, certs = vendor.make_evidence("sev-snp", bytes(64), bytes(48))
     tv = SnpVerifier().verify(ev, certs=certs)
     assert not tv.ok and tv.get("chain").status is Status.FAILED
     assert tv.protection != "hardware"
@@ -238,16 +240,19 @@ def test_sim_root_refused_without_policy():
 
 
 def test_sim_debug_fails_debug():
-    ev, certs = simulated.make_evidence("sev-snp", bytes(64), bytes(48), debug=True)
-    tv = SnpVerifier().verify(ev, certs=certs, simulated_roots=simulated.simulated_root_digests("sev-snp"))
+    ev, certs = vendor.make_evidence("sev-snp", bytes(64), bytes(48), debug=True)
+    tv = SnpVerifier().verify(ev, certs=certs, simulated_roots=simulated_roots.simulated_root_digests("sev-snp"))
     assert [c.name for c in tv.failures] == ["debug"]
 
 
 def test_sim_roots_files_private_and_stable(tmp_path):
-    d = simulated.sim_roots_dir() / "sev-snp"
+    made = vendor.ensure_roots("sev-snp")
+    assert len(made) == 1
+    d = simulated_roots.sim_roots_dir() / "sev-snp"
     assert d.is_dir()
     for p in d.iterdir():
         assert p.stat().st_mode & 0o077 == 0
-    a = simulated.simulated_root_digests("sev-snp")
-    simulated.reset_cache()
-    assert simulated.simulated_root_digests("sev-snp") == a
+    a = simulated_roots.simulated_root_digests("sev-snp")
+    assert a == made
+    vendor.reset_cache()
+    assert simulated_roots.simulated_root_digests("sev-snp") == a

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from keepbook.keep.evidence import detect_kind, simulated
+from keepbook.keep.shared.evidence import detect_kind
 from keepbook.kernel.verify_cli import main
+from keepbook.keep.inside.simulated_tee import vendor
 
 SNP = "snp/"
 
@@ -102,7 +103,7 @@ def test_unusable_input_exit_2(tmp_path, capsys):
     assert code == 2 and "truncated" in err and json.loads(out)["verified"] is False
     code, out, err = run(capsys, bad, "--bogus")
     assert code == 2
-    ev, _ = simulated.make_evidence("sev-snp", bytes(64), bytes(48))
+    ev, _ = vendor.make_evidence("sev-snp", bytes(64), bytes(48))
     f = tmp_path / "sim.bin"
     f.write_bytes(ev)
     garbage = tmp_path / "g.pem"
@@ -120,7 +121,7 @@ def test_unusable_input_exit_2(tmp_path, capsys):
 def test_simulated_needs_allow_simulated(tmp_path, capsys):
     rd = os.urandom(64)
     for kind, m in (("sev-snp", 48), ("tdx", 48), ("sgx", 32)):
-        ev, certs = simulated.make_evidence(kind, rd, bytes(m))
+        ev, certs = vendor.make_evidence(kind, rd, bytes(m))
         f = tmp_path / f"{kind}.bin"
         f.write_bytes(ev.hex().encode())          # hex text is accepted too
         assert detect_kind(f.read_bytes()) == kind
@@ -140,7 +141,7 @@ def _pem(der: bytes) -> bytes:
 
 
 def test_python_dash_m(tmp_path):
-    ev, certs = simulated.make_evidence("sev-snp", bytes(64), bytes(48))
+    ev, certs = vendor.make_evidence("sev-snp", bytes(64), bytes(48))
     f = tmp_path / "e.bin"
     f.write_bytes(ev)
     c = tmp_path / "c.der"

@@ -41,7 +41,7 @@ def tmp(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def kernel(tmp):
-    from keepbook.keep.wasmldr.pysession import warm
+    from keepbook.keep.inside.pysession import warm
 
     warm()  # the interpreter's compiled artifact is made (or mapped) here, not in a test's clock
     k = IPythonKernel({"KEEPBOOK_OWNER_KEY": str(tmp / "owner.pem")})  # not the user's own key

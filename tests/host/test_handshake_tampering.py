@@ -8,7 +8,7 @@ import os
 import pytest
 import wasmtime
 
-from keepbook.keep import protocol as p
+from keepbook.keep.shared import protocol as p
 from keepbook.kernel.agent import ClientAgent, NewKeep
 from keepbook.kernel.client import AttestationRefused, KeepError
 from tests.conftest import HELLO_WAT
@@ -181,7 +181,7 @@ def test_identical_twin_keep_gains_the_host_nothing(agent, shared_manager, tmp_p
 
 def test_substituted_endpoint_certificate_is_refused(agent, shared_manager, tmp_path):
     from cryptography.hazmat.primitives.asymmetric import ec
-    from keepbook.keep.wasmldr.identity import one_use_certificate
+    from keepbook.keep.shared.certificates import self_signed as one_use_certificate
 
     def substitute(method, path, body, status):
         if path.endswith("/provision") and status == 200:

@@ -8,7 +8,7 @@ import os
 import cbor2
 import pytest
 
-from keepbook.keep import protocol as p
+from keepbook.keep.shared import protocol as p
 from tests.support.http import http
 
 NONCE = os.urandom(32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from keepbook.keep import measurement
+from keepbook.keep.shared import measurement
 from keepbook.kernel.agent import ClientAgent, NewKeep
 from keepbook.kernel.client import AttestationRefused
 

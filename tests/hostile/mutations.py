@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import cbor2
 
-from keepbook.keep import protocol as p
+from keepbook.keep.shared import protocol as p
 
 HELLO_WASM = bytes.fromhex(  # (module (func (export "_start")))
     "0061736d0100000001040160000003020100070a01065f737461727400000a040102000b")

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from keepbook.keep import protocol as p
+from keepbook.keep.shared import protocol as p
 from tests.hostile import mutations as mu
 
 
@@ -23,7 +23,7 @@ class PipeKeep:
         # the Keep's private files go to a directory this harness removes (as keepldr would)
         self.scratch = tempfile.mkdtemp(prefix="keepbook-test-keep-")
         env = {**os.environ, "KEEPBOOK_KEEP_DIR": self.scratch}
-        self.proc = subprocess.Popen([sys.executable, "-m", "keepbook.keep.wasmldr", "--backend", backend],
+        self.proc = subprocess.Popen([sys.executable, "-m", "keepbook.keep.inside", "--backend", backend],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
                                      env=env)
         self._buf = b""

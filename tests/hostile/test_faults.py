@@ -18,7 +18,7 @@ from typing import Callable
 
 import pytest
 
-from keepbook.keep import protocol as p
+from keepbook.keep.shared import protocol as p
 from tests.conftest import Manager
 from tests.hostile.netproxy import CuttingProxy
 from tests.hostile.report import record

@@ -14,7 +14,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from keepbook.keep import protocol as p
+from keepbook.keep.shared import protocol as p
 from tests.hostile import mutations as mu
 from tests.hostile.report import STRESS, record
 

@@ -19,9 +19,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from keepbook.keep import protocol as p
+from keepbook.keep.shared import protocol as p
 from keepbook.kernel.agent import ClientAgent, NewKeep
-from keepbook.kernel.client import AttestationRefused, KeepError, _self_signed
+from keepbook.keep.shared.certificates import self_signed as _self_signed
+from keepbook.kernel.client import AttestationRefused, KeepError
 from tests.conftest import HELLO_WAT
 from tests.hostile.hostile_manager import HostileManager
 from tests.hostile.report import record
@@ -78,7 +79,7 @@ def on(path_end: str, replace):
 
 
 def fake_provision_response() -> bytes:
-    from keepbook.keep.wasmldr.identity import one_use_certificate
+    from keepbook.keep.shared.certificates import self_signed as one_use_certificate
     return p.ProvisionResponse(endpoint="https://127.0.0.1:9",
                                server_cert=one_use_certificate(ec.generate_private_key(ec.SECP256R1()),
                                                                "host")).to_cbor()

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from keepbook.keep import protocol as p
+from keepbook.keep.shared import protocol as p
 
 ATTEST = p.AttestRequest(nonce=os.urandom(32)).to_cbor()
 

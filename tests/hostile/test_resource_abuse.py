@@ -13,7 +13,7 @@ import time
 import pytest
 import wasmtime
 
-from keepbook.keep import protocol as p
+from keepbook.keep.shared import protocol as p
 from keepbook.kernel.agent import ClientAgent, NewKeep
 from tests.conftest import HELLO_WAT, LOOP_WAT
 from tests.hostile.report import record

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from keepbook.keep import protocol as p
+from keepbook.keep.shared import protocol as p
 from keepbook.kernel.client import KeepError, ManagerClient
 from tests.conftest import Manager
 from tests.hostile.report import record

@@ -182,7 +182,7 @@ def test_long_steps_show_progress_that_ends_in_one_line(kernel):
 
 
 def test_attest_and_audit_can_be_saved(kernel, tmp_path):
-    from keepbook.keep import protocol
+    from keepbook.keep.shared import protocol
 
     target = tmp_path / "keep.attestation"
     res = kernel.execute(f"%attest --save {target}")

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def kernel():
-    from keepbook.keep.wasmldr.pysession import warm
+    from keepbook.keep.inside.pysession import warm
 
     warm()  # the interpreter's compiled artifact is made (or mapped) here, not in a test's clock
     k = Kernel()

@@ -1,5 +1,5 @@
 """The output policy: parsing, per-profile defaults, combining, and the gate every event passes
-in the Keep (keep/policy.py).  Each rule is shown to withhold, with the notice the user sees."""
+in the Keep (keep/shared/policy.py).  Each rule is shown to withhold, with the notice the user sees."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import base64
 
 import pytest
 
-from keepbook.keep.policy import Enforcer, OutputPolicy, PolicyError, check_value
+from keepbook.keep.inside.output_gate import Enforcer
+from keepbook.keep.shared.policy import OutputPolicy, PolicyError, check_value
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 20).decode()
 

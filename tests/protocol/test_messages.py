@@ -6,7 +6,7 @@ import cbor2
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from keepbook.keep import protocol as p
+from keepbook.keep.shared import protocol as p
 
 NONCE = bytes(range(32))
 

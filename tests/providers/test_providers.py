@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from keepbook.keep.evidence.certs import load_certs
-from keepbook.keep.evidence.dcap_verify import SgxVerifier, TdxVerifier
-from keepbook.keep.evidence.snp_verify import SnpVerifier
-from keepbook.keep.wasmldr import providers
-from keepbook.keep.wasmldr.providers import sev_guest
-from keepbook.keep.wasmldr.providers.common import ProviderError, build_cert_table, parse_cert_table
-from keepbook.keep.wasmldr.providers.configfs_tsm import ConfigfsTsmProvider
+from keepbook.keep.shared.evidence.certs import load_certs
+from keepbook.keep.shared.evidence.dcap_verify import SgxVerifier, TdxVerifier
+from keepbook.keep.shared.evidence.snp_verify import SnpVerifier
+from keepbook.keep.inside import providers
+from keepbook.keep.inside.providers import sev_guest
+from keepbook.keep.inside.providers.common import ProviderError, build_cert_table, parse_cert_table
+from keepbook.keep.inside.providers.configfs_tsm import ConfigfsTsmProvider
+from keepbook.keep.shared.evidence import simulated_roots
 
 VECTORS = Path(os.environ.get("KEEPBOOK_VECTORS", Path(__file__).resolve().parents[2].parent / "shared" / "vectors"))
 
@@ -36,8 +37,9 @@ def vec():
 @pytest.fixture(autouse=True)
 def _sim_roots(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("KEEPBOOK_SIM_ROOTS", str(tmp_path_factory.getbasetemp() / "sim-roots"))
-    from keepbook.keep.evidence import simulated
-    simulated.reset_cache()
+    from keepbook.keep.inside.simulated_tee import vendor
+    from keepbook.keep.shared.evidence import simulated_roots
+    vendor.reset_cache()
 
 
 def snp_milan(vec):
@@ -226,9 +228,9 @@ def test_dispatch_errors(tmp_path):
 
 @pytest.mark.parametrize("backend", ["sim-snp", "sim-tdx", "sim-sgx"])
 def test_simulated_provider(backend):
-    from keepbook.keep.evidence import registry, simulated
+    from keepbook.keep.shared.evidence import registry
     rd = os.urandom(64)
     kind, ev, certs = providers.get_evidence(backend, rd)
     tv = registry.get_verifier(kind).verify(ev, certs=certs,
-                                            simulated_roots=simulated.simulated_root_digests(kind))
+                                            simulated_roots=simulated_roots.simulated_root_digests(kind))
     assert tv.ok and tv.protection == "simulated"

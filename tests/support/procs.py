@@ -31,7 +31,7 @@ def keep_pids(keep_id: str) -> tuple[int | None, int | None]:
             keepldr = pid
     if keepldr is not None:
         for pid in pids:
-            if _ppid(pid) == keepldr and "keepbook.keep.wasmldr" in _cmdline(pid):
+            if _ppid(pid) == keepldr and "keepbook.keep.inside" in _cmdline(pid):
                 wasmldr = pid
     return keepldr, wasmldr
 

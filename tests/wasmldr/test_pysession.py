@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from keepbook.keep.wasmldr.pysession import PythonSession
+from keepbook.keep.inside.pysession import PythonSession
 
 pytestmark = pytest.mark.slow
 

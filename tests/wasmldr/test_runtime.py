@@ -8,7 +8,7 @@ import time
 import pytest
 import wasmtime
 
-from keepbook.keep.wasmldr.runtime import WasmRuntime
+from keepbook.keep.inside.runtime import WasmRuntime
 
 MiB = 1024 * 1024
 

@@ -10,7 +10,7 @@ import time
 from common import Stats, fuzz, instrument, split_input
 
 with instrument():
-    from keepbook.keep import protocol as p
+    from keepbook.keep.shared import protocol as p
 from tests.hostile import mutations as mu
 
 TARGET = sys.argv.pop(1) if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else "decode_any"

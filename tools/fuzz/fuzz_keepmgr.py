@@ -14,7 +14,7 @@ from pathlib import Path
 from common import Stats, fuzz, instrument, split_input
 
 with instrument():
-    from keepbook.keep import protocol as p
+    from keepbook.keep.shared import protocol as p
     from keepbook.keep.host import backends as backends_mod
     from keepbook.keep.host.keepmgr import KeepManager, Log
 import aiohttp

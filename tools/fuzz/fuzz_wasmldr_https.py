@@ -16,7 +16,7 @@ from pathlib import Path
 from common import Stats, fuzz, instrument, split_input
 
 with instrument():
-    from keepbook.keep import protocol as p
+    from keepbook.keep.shared import protocol as p
 from keepbook.kernel.agent import ClientAgent, NewKeep
 from tests.conftest import Manager
 from tests.hostile import mutations as mu

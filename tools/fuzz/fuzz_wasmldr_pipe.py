@@ -15,7 +15,7 @@ import time
 from common import Stats, fuzz, instrument, split_input
 
 with instrument():
-    from keepbook.keep import protocol as p
+    from keepbook.keep.shared import protocol as p
 from tests.hostile import mutations as mu
 from tests.hostile.pipes import PipeKeep, pipe_message
 

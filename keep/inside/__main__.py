@@ -1,0 +1,3 @@
+from keepbook.keep.inside.server import main
+
+raise SystemExit(main())

@@ -1,0 +1,173 @@
+"""Runs cells inside the Keep: one Wasm runtime and one Python session per Keep, one cell at a
+time, output events handed to the channel as they happen.  Inside the Keep."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from typing import Any, AsyncIterator, Callable
+
+from keepbook.keep.shared import protocol
+from keepbook.keep.inside.output_gate import Enforcer
+from keepbook.keep.shared.policy import OutputPolicy
+
+Emit = Callable[[str, dict], None]
+Audit = Callable[[str, dict], None]
+
+
+class Busy(Exception):
+    pass
+
+
+class Cells:
+    def __init__(self, config: protocol.KeepConfig, debug_log: Callable[[str], None] | None = None,
+                 data_dir: str | None = None, audit: Audit | None = None,
+                 policy: OutputPolicy | None = None):
+        self.config = config
+        self.limits = config.limits
+        self.data_dir = data_dir
+        self.audit: Audit = audit or (lambda kind, data: None)
+        # The output policy is enforced here, in the Keep, on every event (never in the kernel).
+        self.enforcer = Enforcer(policy or OutputPolicy.parse(config.policy, config.profile),
+                                 config.profile, self.audit)
+        self._wasm: Any = None
+        self._python: Any = None
+        self._running: Any = None
+        self._lock = threading.Lock()
+        self._debug_log = debug_log if config.profile == "debug" else None
+        self.cells_run = 0
+        self.bytes_out = 0
+        self.started = time.time()
+
+    # engines are made on first use: a Keep that runs only Wasm never loads the Python engine
+    def wasm(self) -> Any:
+        if self._wasm is None:
+            from keepbook.keep.inside.runtime import WasmRuntime
+
+            self._wasm = WasmRuntime(memory_bytes=self.limits["memory_bytes"],
+                                     data_dir=self.data_dir)
+        return self._wasm
+
+    def python(self) -> Any:
+        if self._python is None:
+            from keepbook.keep.inside.pysession import PythonSession
+
+            self._python = PythonSession(memory_bytes=self.limits["memory_bytes"],
+                                         data_dir=self.data_dir)
+        return self._python
+
+    def interrupt(self) -> bool:
+        engine = self._running
+        if engine is None:
+            return False
+        engine.interrupt()
+        return True
+
+    def status(self) -> dict:
+        return {"cells_run": self.cells_run, "bytes_out": self.bytes_out,
+                "uptime_s": round(time.time() - self.started, 3), "busy": self._running is not None,
+                "profile": self.config.profile, "backend": self.config.backend}
+
+    def _run_blocking(self, req: protocol.RunRequest, emit: Emit) -> dict:
+        timeout = float(req.timeout_s or self.limits["timeout_s"])
+        out_cap = int(self.limits["output_bytes"])
+        fuel = req.fuel if req.fuel is not None else self.limits.get("fuel")
+        body = req.module if req.kind == "wasm" else (req.code or "").encode()
+        digest = "sha256:" + hashlib.sha256(body or b"").hexdigest()
+        self.audit("cell", {"cell_id": req.cell_id, "cell_kind": req.kind, "digest": digest})
+        if self._debug_log:
+            self._debug_log(f"cell {req.cell_id} ({req.kind}) digest {digest[:23]} starting")
+        if req.kind == "wasm":
+            engine = self.wasm()
+            self._running = engine
+            return engine.run(req.module, invoke=req.invoke, args=list(req.args or []),
+                              emit=emit, timeout_s=timeout, fuel=fuel, output_bytes=out_cap)
+        engine = self.python()
+        self._running = engine
+        return engine.run(req.code or "", emit=emit, timeout_s=timeout, output_bytes=out_cap)
+
+    async def run(self, req: protocol.RunRequest) -> AsyncIterator[bytes]:
+        """Run one cell in a worker thread; yield encoded events as they are emitted, ending with
+        a ``status`` event.  Raises :class:`Busy` if a cell is already running."""
+        if not self._lock.acquire(blocking=False):
+            raise Busy("a cell is already running in this Keep")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        gate = self.enforcer.cell()
+
+        def emit(kind: str, content: dict) -> None:
+            if self._debug_log and kind != "status":  # debug profile only: details to the host
+                self._debug_log(f"cell {req.cell_id} {kind}: {_brief(content)}")
+            for out_kind, out in gate.filter(kind, content):
+                data = protocol.Event(kind=out_kind, content=out).to_cbor()
+                self.bytes_out += len(data)
+                loop.call_soon_threadsafe(queue.put_nowait, data)
+
+        def work() -> None:
+            status: dict = {"ok": False, "reason": "the cell did not finish"}
+            try:
+                status = self._run_blocking(req, emit) or {"ok": True}
+            except Exception as exc:  # the engine failed: report, don't die
+                emit("error", {"ename": type(exc).__name__, "evalue": str(exc),
+                               "traceback": [f"{type(exc).__name__}: {exc}"]})
+                status = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
+            finally:
+                self._running = None
+                self.cells_run += 1
+                self._lock.release()
+                clean = {k: v for k, v in status.items() if isinstance(v, (str, int, float, bool))}
+                for _, out in gate.filter("status", clean):
+                    clean = out
+                loop.call_soon_threadsafe(queue.put_nowait,
+                                          protocol.Event(kind="status", content=clean).to_cbor())
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+                if self._debug_log:
+                    self._debug_log(f"cell {req.cell_id} finished ok={clean.get('ok')}")
+
+        threading.Thread(target=work, name=f"cell-{req.cell_id}", daemon=True).start()
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            yield item
+
+    def request(self, op: str, args: dict) -> dict:
+        """Small synchronous operations on the attested channel."""
+        if op == "interrupt":
+            return {"interrupted": self.interrupt()}
+        if op == "status":
+            return self.status()
+        if op in ("complete", "inspect"):
+            code, pos = args.get("code"), args.get("cursor_pos")
+            if not isinstance(code, str) or not isinstance(pos, int):
+                raise protocol.ProtocolError(f"{op}: needs text 'code' and integer 'cursor_pos'")
+            if self._running is not None:
+                return {"status": "busy"}
+            fn = getattr(self.python(), op)
+            return fn(code, pos)
+        if op == "policy":
+            return {"policy": self.enforcer.policy.summary(), "source": self.enforcer.policy.source,
+                    "digest": self.enforcer.policy.digest()}
+        if op == "restart":
+            if self._python is not None:
+                self._python.restart()
+            return {"restarted": True}
+        raise protocol.ProtocolError(f"unknown request op {op!r}")
+
+    def close(self) -> None:
+        for engine in (self._python, self._wasm):
+            try:
+                if engine is not None and hasattr(engine, "close"):
+                    engine.close()
+            except Exception:
+                pass
+
+
+def _brief(content: dict) -> str:
+    """A short text of an event for the debug profile's host log (debug only)."""
+    for key in ("text", "evalue", "note"):
+        if isinstance(content.get(key), str):
+            return content[key][:512]
+    return repr(content)[:512]

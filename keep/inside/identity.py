@@ -1,0 +1,93 @@
+"""The Keep's side of the attestation handshake: its ephemeral HPKE key, its evidence, and the
+opening of the sealed provisioning message.  Inside the Keep; the private keys never leave it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from keepbook.keep.shared import certificates, protocol, sealing
+from keepbook.keep.inside import dataset_opener, evidence_source
+from keepbook.keep.shared import audit_format, dataset_format
+
+
+@dataclass
+class KeepKeys:
+    """The Keep's long-lived keys, made at start: one HPKE dataset key per suite (data owners
+    seal to it) and the audit log's Ed25519 signing key.  Public halves go into the attested
+    config (``KeepConfig.keys``)."""
+
+    dataset: dict[str, tuple[Any, bytes]]
+    audit: ed25519.Ed25519PrivateKey
+
+    @classmethod
+    def generate(cls) -> "KeepKeys":
+        return cls(dataset=dataset_opener.keep_dataset_keys(), audit=ed25519.Ed25519PrivateKey.generate())
+
+    def public(self) -> dict[str, bytes]:
+        out = {dataset_format.dataset_key_name(s): pub for s, (_, pub) in self.dataset.items()}
+        out[audit_format.AUDIT_KEY] = self.audit.public_key().public_bytes_raw()
+        return out
+
+
+@dataclass
+class Attestation:
+    nonce: bytes
+    report_data: bytes
+    hpke_private: Any
+    suite: str
+
+
+class KeepIdentity:
+    """Holds the config the Keep was started with and the one attestation it can be provisioned
+    under.  Each ``attest`` makes a new HPKE key; only the latest one can open a provisioning."""
+
+    def __init__(self, keep_id: str, config: protocol.KeepConfig, suite: str = sealing.DEFAULT_SUITE):
+        self.keep_id = keep_id
+        self.config = config
+        self.config_cbor = config.to_cbor()
+        self.config_digest = config.digest()
+        self.suite = suite
+        self.latest: Attestation | None = None
+        self.provisioned = False
+
+    def attest(self, req: protocol.AttestRequest) -> protocol.AttestResponse:
+        priv, pub = sealing.generate(self.suite)
+        rd = protocol.report_data(req.nonce, pub, self.config_digest)
+        kind, evidence, certs = evidence_source.get_evidence(self.config.backend, rd)
+        self.latest = Attestation(req.nonce, rd, priv, self.suite)
+        return protocol.AttestResponse(evidence_kind=kind, evidence=evidence, certs=certs,
+                                       hpke_suite=self.suite, hpke_public_key=pub,
+                                       config=self.config_cbor, nonce=req.nonce)
+
+    def open_provision(self, req: protocol.ProvisionRequest) -> tuple[protocol.Sealed, Any, bytes]:
+        """Open the sealed {TLS key, client certificate}; return it with the loaded key and the
+        one-use server certificate (DER) built from that key."""
+        if self.provisioned:
+            raise protocol.ProtocolError("this Keep is already provisioned; a Keep's channel key "
+                                         "is one-use — create a new Keep", 409)
+        if self.latest is None:
+            raise protocol.ProtocolError("provision before attest: ask for evidence first", 409)
+        att = self.latest
+        try:
+            plain = sealing.open_sealed(att.suite, att.hpke_private, req.sealed,
+                                        protocol.provision_info(att.report_data))
+        except sealing.SealingError as exc:
+            raise protocol.ProtocolError(str(exc), 400) from None
+        sealed = protocol.Sealed.from_cbor(plain)
+        try:
+            key = serialization.load_der_private_key(sealed.tls_key, password=None)
+            x509.load_der_x509_certificate(sealed.client_cert)
+        except ValueError as exc:
+            raise protocol.ProtocolError(f"sealed provisioning holds an unusable key or "
+                                         f"certificate: {exc}") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise protocol.ProtocolError("the one-use TLS key must be an EC key")
+        cert = certificates.self_signed(key, f"keepbook Keep {self.keep_id}")
+        self.provisioned = True
+        self.latest = None  # the HPKE key has done its one job
+        return sealed, key, cert

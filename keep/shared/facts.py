@@ -1,0 +1,78 @@
+"""The facts every domain needs, stated once: backends, profiles, protection levels, limits.
+
+Shared core: no secrets, no I/O.  The keep manager offers backends from this table (and adds
+whether *this* host can run them), the Keep picks its evidence source from it, and the client
+knows from it which evidence kind and protection a Keep of a backend must show.  Adding a
+backend starts here (docs/CONTRIBUTING.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
+
+PROFILES: tuple[str, ...] = ("debug", "staging", "production")
+DEFAULT_PROFILE = "staging"
+PROTECTION_LEVELS: tuple[str, ...] = ("none", "simulated", "hardware")
+
+MiB = 1024 * 1024
+#: Limits a Keep gets when the user names none (per cell: memory, deadline, output bytes).
+DEFAULT_MEMORY_BYTES = 1024 * MiB
+DEFAULT_TIMEOUT_S = 600
+#: The per-cell output budget: past it a cell's output is cut, with a notice saying so.
+DEFAULT_OUTPUT_BYTES = 8 * MiB
+DEFAULT_LIMITS: Mapping[str, int] = MappingProxyType({
+    "memory_bytes": DEFAULT_MEMORY_BYTES, "timeout_s": DEFAULT_TIMEOUT_S,
+    "output_bytes": DEFAULT_OUTPUT_BYTES})
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One Keep type.  ``evidence`` is the evidence kind its Keeps return (a verifier kind);
+    ``protection`` is the best it can prove: ``none``, ``simulated`` or ``hardware``."""
+
+    name: str
+    protection: str
+    evidence: str
+    note: str
+
+    @property
+    def simulated(self) -> bool:
+        return self.protection == "simulated"
+
+    @property
+    def hardware(self) -> bool:
+        return self.protection == "hardware"
+
+
+BACKENDS: Mapping[str, Backend] = MappingProxyType({b.name: b for b in (
+    Backend("nil", "none", "nil",
+            "debugging Keep: a plain local process, unsigned evidence — NO PROTECTION"),
+    Backend("sim-snp", "simulated", "sev-snp",
+            "SEV-SNP report signed by a locally generated SIMULATED AMD root — no hardware protection"),
+    Backend("sim-tdx", "simulated", "tdx",
+            "TDX quote signed by a locally generated SIMULATED Intel root — no hardware protection"),
+    Backend("sim-sgx", "simulated", "sgx",
+            "SGX quote signed by a locally generated SIMULATED Intel root — no hardware protection"),
+    Backend("snp", "hardware", "sev-snp", "AMD SEV-SNP confidential VM"),
+    Backend("tdx", "hardware", "tdx", "Intel TDX trust domain"),
+    Backend("sgx", "hardware", "sgx", "Intel SGX enclave under Gramine"),
+)})
+
+#: What a keep manager offers when not told otherwise (hardware ones only where present).
+DEFAULT_BACKENDS: tuple[str, ...] = tuple(BACKENDS)
+DEFAULT_BACKEND = "sim-snp"
+
+
+def backend(name: str) -> Backend:
+    """The facts of backend ``name``; ValueError naming the known ones otherwise."""
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}") from None
+
+
+def measurement_length(evidence_kind: str) -> int:
+    """Bytes of the launch measurement field: SGX's MRENCLAVE is 32, the others 48."""
+    return 32 if evidence_kind == "sgx" else 48

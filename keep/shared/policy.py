@@ -1,0 +1,341 @@
+"""The data owner's output policy: one TOML format, per-profile defaults, and the engine that
+enforces it inside the Keep.
+
+Shared, sans-IO: the data owner writes it (``keepbook seal --policy``), the client shows it, and
+the Keep enforces it — every event a cell produces passes the Keep's output gate
+(:mod:`keepbook.keep.inside.output_gate`) before it goes on the attested channel; the kernel
+never filters anything (it could not be trusted to).  The format (``docs/profiles-and-policy.md``)::
+
+    [output]                     # what may leave without keep.release()
+    kinds = ["stream", "display_data", "execute_result"]
+    mime = ["text/plain", "text/html", "image/png"]      # "*" and "image/*" allowed
+    errors = "full"              # "full" traceback, or "type": exception type + opaque id
+    cell_bytes = 8388608         # per cell; 0 = no budget
+    session_bytes = 0            # per Keep session; 0 = no budget
+
+    [release]                    # keep.release(value, note=...) in the guest
+    required = false             # true: nothing but released values leaves
+    types = ["number", "text", "list", "mapping", "table", "figure"]
+    max_bytes = 65536            # per released value (its JSON encoding)
+    min_rows = 0                 # tables must show >= min_rows contributing rows per row ...
+    count_column = "n"           # ... in this column
+
+    [data]                       # rules for sealed datasets carrying this policy
+    profiles = ["debug", "staging", "production"]   # profiles the data may be opened in
+    owners = []                  # accepted owner key fingerprints ("sha256:<hex>"); [] = any
+
+Every key is optional; missing keys come from the Keep profile's default.  A dataset's policy
+can only tighten the Keep's (:meth:`OutputPolicy.meet`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import html
+import json
+import math
+import tomllib
+from dataclasses import dataclass, replace
+from typing import Any
+
+from keepbook.keep.shared.facts import PROFILES
+
+OUTPUT_KINDS = ("stream", "display_data", "execute_result")
+RELEASE_TYPES = ("number", "text", "list", "mapping", "table", "figure")
+ERROR_LEVELS = ("full", "type")
+MAX_POLICY_BYTES = 256 * 1024
+
+
+class PolicyError(ValueError):
+    """The policy text is not a valid output policy; the message names the key."""
+
+
+@dataclass(frozen=True)
+class OutputPolicy:
+    kinds: tuple[str, ...] = OUTPUT_KINDS
+    mime: tuple[str, ...] = ("*",)
+    errors: str = "full"
+    cell_bytes: int = 0
+    session_bytes: int = 0
+    release_required: bool = False
+    release_types: tuple[str, ...] = RELEASE_TYPES
+    release_max_bytes: int = 1024 * 1024
+    min_rows: int = 0
+    count_column: str = "n"
+    data_profiles: tuple[str, ...] = PROFILES
+    data_owners: tuple[str, ...] = ()
+    source: str = "default"
+
+    # ------------------------------------------------------------------ parse
+    @classmethod
+    def for_profile(cls, profile: str) -> "OutputPolicy":
+        """The default when the data owner gave no policy (or left keys out)."""
+        if profile not in PROFILES:
+            raise PolicyError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+        if profile == "production":
+            return cls(kinds=(), mime=("text/plain", "text/html", "image/png"), errors="type",
+                       release_required=True, release_max_bytes=64 * 1024,
+                       source="production default")
+        return cls(source=f"{profile} default")
+
+    @classmethod
+    def parse(cls, text: bytes | str, profile: str, source: str = "policy") -> "OutputPolicy":
+        """Parse TOML over ``profile``'s default.  Empty text → the default itself."""
+        base = cls.for_profile(profile)
+        if isinstance(text, bytes):
+            if len(text) > MAX_POLICY_BYTES:
+                raise PolicyError(f"{source}: {len(text)} bytes exceeds {MAX_POLICY_BYTES}")
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise PolicyError(f"{source}: not UTF-8 text") from None
+        if not text.strip():
+            return base
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise PolicyError(f"{source}: not valid TOML: {exc}") from None
+        sections = {"output", "release", "data"}
+        unknown = set(raw) - sections
+        if unknown:
+            raise PolicyError(f"{source}: unknown section(s) or key(s) {', '.join(sorted(unknown))}; "
+                              f"known sections: [output], [release], [data]")
+        for name in sections & set(raw):
+            if not isinstance(raw[name], dict):
+                raise PolicyError(f"{source}: {name} must be a [{name}] table")
+        out, rel, data = raw.get("output", {}), raw.get("release", {}), raw.get("data", {})
+        _known(source, "output", out, {"kinds", "mime", "errors", "cell_bytes", "session_bytes"})
+        _known(source, "release", rel, {"required", "types", "max_bytes", "min_rows", "count_column"})
+        _known(source, "data", data, {"profiles", "owners"})
+        kw: dict[str, Any] = {"source": f"{source} over the {profile} default"}
+        if "kinds" in out:
+            kw["kinds"] = _choices(source, "output.kinds", out["kinds"], OUTPUT_KINDS)
+        if "mime" in out:
+            kw["mime"] = _strings(source, "output.mime", out["mime"])
+            for m in kw["mime"]:
+                if m != "*" and (m.count("/") != 1 or m.startswith("/") or len(m) > 128):
+                    raise PolicyError(f"{source}: output.mime: {m!r} is not a MIME type or pattern")
+        if "errors" in out:
+            if out["errors"] not in ERROR_LEVELS:
+                raise PolicyError(f"{source}: output.errors must be \"full\" or \"type\"")
+            kw["errors"] = out["errors"]
+        for key, name in (("cell_bytes", "cell_bytes"), ("session_bytes", "session_bytes")):
+            if key in out:
+                kw[name] = _count(source, f"output.{key}", out[key])
+        if "required" in rel:
+            if not isinstance(rel["required"], bool):
+                raise PolicyError(f"{source}: release.required must be true or false")
+            kw["release_required"] = rel["required"]
+        if "types" in rel:
+            kw["release_types"] = _choices(source, "release.types", rel["types"], RELEASE_TYPES)
+        if "max_bytes" in rel:
+            kw["release_max_bytes"] = _count(source, "release.max_bytes", rel["max_bytes"])
+        if "min_rows" in rel:
+            kw["min_rows"] = _count(source, "release.min_rows", rel["min_rows"])
+        if "count_column" in rel:
+            if not isinstance(rel["count_column"], str) or not 0 < len(rel["count_column"]) <= 64:
+                raise PolicyError(f"{source}: release.count_column must be a short column name")
+            kw["count_column"] = rel["count_column"]
+        if "profiles" in data:
+            kw["data_profiles"] = _choices(source, "data.profiles", data["profiles"], PROFILES)
+        if "owners" in data:
+            owners = _strings(source, "data.owners", data["owners"])
+            for o in owners:
+                if not (o.startswith("sha256:") and len(o) == 71 and _is_hex(o[7:])):
+                    raise PolicyError(f"{source}: data.owners: {o!r} is not \"sha256:<64 hex>\" "
+                                      "(the fingerprint `keepbook seal` prints)")
+            kw["data_owners"] = owners
+        return replace(base, **kw)
+
+    # ------------------------------------------------------------------ combine
+    def meet(self, other: "OutputPolicy") -> "OutputPolicy":
+        """The stricter of two policies, rule by rule (a dataset's policy joins the Keep's)."""
+        return OutputPolicy(
+            kinds=tuple(k for k in self.kinds if k in other.kinds),
+            mime=_meet_mime(self.mime, other.mime),
+            errors="type" if "type" in (self.errors, other.errors) else "full",
+            cell_bytes=_min_budget(self.cell_bytes, other.cell_bytes),
+            session_bytes=_min_budget(self.session_bytes, other.session_bytes),
+            release_required=self.release_required or other.release_required,
+            release_types=tuple(t for t in self.release_types if t in other.release_types),
+            release_max_bytes=min(self.release_max_bytes, other.release_max_bytes),
+            min_rows=max(self.min_rows, other.min_rows),
+            count_column=other.count_column if other.min_rows >= self.min_rows else self.count_column,
+            data_profiles=self.data_profiles, data_owners=self.data_owners,
+            source=f"{self.source} ∧ {other.source}")
+
+    def digest(self) -> str:
+        return "sha256:" + hashlib.sha256(json.dumps(self.summary(), sort_keys=True).encode()).hexdigest()
+
+    def summary(self) -> dict[str, Any]:
+        return {"kinds": list(self.kinds), "mime": list(self.mime), "errors": self.errors,
+                "cell_bytes": self.cell_bytes, "session_bytes": self.session_bytes,
+                "release_required": self.release_required,
+                "release_types": list(self.release_types),
+                "release_max_bytes": self.release_max_bytes, "min_rows": self.min_rows,
+                "count_column": self.count_column}
+
+    def allows_mime(self, mime: str) -> bool:
+        for pat in self.mime:
+            if pat == "*" or pat == mime or (pat.endswith("/*") and mime.startswith(pat[:-1])):
+                return True
+        return False
+
+
+def _known(source: str, section: str, table: dict, keys: set[str]) -> None:
+    extra = set(table) - keys
+    if extra:
+        raise PolicyError(f"{source}: unknown key(s) in [{section}]: {', '.join(sorted(extra))}; "
+                          f"known: {', '.join(sorted(keys))}")
+
+
+def _strings(source: str, name: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise PolicyError(f"{source}: {name} must be a list of strings")
+    return tuple(value)
+
+
+def _choices(source: str, name: str, value: Any, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    items = _strings(source, name, value)
+    bad = [v for v in items if v not in allowed]
+    if bad:
+        raise PolicyError(f"{source}: {name}: unknown value(s) {', '.join(bad)}; "
+                          f"allowed: {', '.join(allowed)}")
+    return items
+
+
+def _count(source: str, name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > 2**40:
+        raise PolicyError(f"{source}: {name} must be a non-negative integer")
+    return value
+
+
+def _is_hex(s: str) -> bool:
+    try:
+        bytes.fromhex(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _min_budget(a: int, b: int) -> int:
+    if a and b:
+        return min(a, b)
+    return a or b
+
+
+def _meet_mime(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
+    if "*" in a:
+        return b
+    if "*" in b:
+        return a
+    probe_a = OutputPolicy(mime=a)
+    probe_b = OutputPolicy(mime=b)
+    out = [m for m in a if (not m.endswith("/*") and probe_b.allows_mime(m))]
+    out += [m for m in b if (not m.endswith("/*") and probe_a.allows_mime(m)) and m not in out]
+    out += [m for m in a if m.endswith("/*") and m in b]
+    return tuple(out)
+
+
+# =========================================================================== released values
+#
+# The guest sends a released value as plain JSON (no reprs, no HTML): the Keep checks its shape
+# and renders it itself, so a cell cannot smuggle markup or other types past the type rule.
+#   {"type": "number", "value": 3.5}            {"type": "text", "value": "..."}
+#   {"type": "list", "value": [1, "a", null]}   {"type": "mapping", "value": {"k": 1}}
+#   {"type": "table", "columns": [...], "index": [...], "rows": [[...], ...]}
+#   {"type": "figure", "png": "<base64>"}
+
+_SCALAR = (int, float, str, bool, type(None))
+
+
+def _scalar_ok(v: Any) -> bool:
+    if isinstance(v, float) and not math.isfinite(v):
+        return True  # NaN/inf are fine to show
+    return isinstance(v, _SCALAR)
+
+
+def _scalar_text(v: Any) -> str:
+    if isinstance(v, float):
+        return repr(round(v, 12)) if math.isfinite(v) else str(v)
+    return "None" if v is None else str(v)
+
+
+def check_value(value: Any) -> tuple[str, dict[str, str], int | None]:
+    """(type, rendered MIME bundle, table row count) of a released value, or ValueError."""
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise ValueError("malformed release")
+    t = value["type"]
+    if t == "number":
+        v = value.get("value")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError("a number release must carry a number")
+        return t, {"text/plain": _scalar_text(v)}, None
+    if t == "text":
+        v = value.get("value")
+        if not isinstance(v, str):
+            raise ValueError("a text release must carry text")
+        return t, {"text/plain": v}, None
+    if t == "list":
+        v = value.get("value")
+        if not isinstance(v, list) or not all(_scalar_ok(x) for x in v):
+            raise ValueError("a list release may hold only numbers, text, booleans and None")
+        return t, {"text/plain": "[" + ", ".join(repr(x) if isinstance(x, str) else
+                                                 _scalar_text(x) for x in v) + "]"}, None
+    if t == "mapping":
+        v = value.get("value")
+        if not isinstance(v, dict) or not all(_scalar_ok(x) for x in v.values()):
+            raise ValueError("a mapping release may hold only numbers, text, booleans and None")
+        width = max((len(k) for k in v), default=0)
+        return t, {"text/plain": "\n".join(f"{k:<{width}}  {_scalar_text(x)}"
+                                           for k, x in v.items())}, None
+    if t == "table":
+        cols, index, rows = value.get("columns"), value.get("index"), value.get("rows")
+        if not (isinstance(cols, list) and isinstance(index, list) and isinstance(rows, list)):
+            raise ValueError("a table release needs columns, index and rows")
+        if len(index) != len(rows) or not all(isinstance(r, list) and len(r) == len(cols)
+                                              for r in rows):
+            raise ValueError("a table release has ragged rows")
+        if not all(_scalar_ok(x) for x in cols + index) or \
+                not all(_scalar_ok(x) for r in rows for x in r):
+            raise ValueError("table cells may hold only numbers, text, booleans and None")
+        return t, _render_table(cols, index, rows), len(rows)
+    if t == "figure":
+        png = value.get("png")
+        try:
+            raw = base64.b64decode(png, validate=True) if isinstance(png, str) else b""
+        except (binascii.Error, ValueError):
+            raw = b""
+        if not raw.startswith(b"\x89PNG\r\n\x1a\n"):
+            raise ValueError("a figure release must carry a PNG image")
+        return t, {"image/png": png, "text/plain": "<released figure>"}, None
+    raise ValueError(f"unknown release type {t!r}")
+
+
+def _render_table(cols: list, index: list, rows: list) -> dict[str, str]:
+    head = [""] + [_scalar_text(c) for c in cols]
+    body = [[_scalar_text(i)] + [_scalar_text(x) for x in r] for i, r in zip(index, rows)]
+    widths = [max(len(row[j]) for row in [head] + body) for j in range(len(head))]
+    text = "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [head] + body)
+    esc = html.escape
+    th = "".join(f"<th>{esc(c)}</th>" for c in head)
+    tr = "".join("<tr><th>" + esc(r[0]) + "</th>" + "".join(f"<td>{esc(c)}</td>" for c in r[1:])
+                 + "</tr>" for r in body)
+    return {"text/plain": text,
+            "text/html": f"<table class=\"dataframe\"><thead><tr>{th}</tr></thead><tbody>{tr}</tbody></table>"}
+
+
+def rows_problem(value: dict, min_rows: int, count_column: str) -> str | None:
+    cols = value["columns"]
+    if count_column not in cols:
+        return (f"tables must show how many rows contributed to each row in a column named "
+                f"{count_column!r}, each at least {min_rows}")
+    j = cols.index(count_column)
+    small = [r[j] for r in value["rows"]
+             if isinstance(r[j], bool) or not isinstance(r[j], (int, float)) or r[j] < min_rows]
+    if small:
+        return (f"{len(small)} row(s) aggregate fewer than {min_rows} contributing rows "
+                f"(column {count_column!r}); group more coarsely")
+    return None

@@ -1,0 +1,763 @@
+"""The keep manager protocol, sans-IO.
+
+Every message that crosses a process boundary in keepbook is defined here, once, as a typed
+object with ``to_cbor``/``from_cbor``.  No sockets, no files, no clocks: keepmgr, keepldr,
+wasmldr and the kernel all import this module and feed it bytes, and tests do the same.
+
+Wire rules (see docs/protocol.md):
+
+* Every message is a CBOR map with ``"v"`` (protocol version) and ``"msg"`` (message name),
+  plus the message's own fields.  Unknown versions, unknown or missing fields, wrong types and
+  oversized values are rejected with :class:`ProtocolError`, whose ``reason`` says which.
+* Only plain CBOR types are accepted: unsigned/negative integers, byte and text strings, arrays,
+  maps with text keys, booleans, null and floats.  Semantic tags are refused (they would let a
+  peer make the decoder build arbitrary objects), duplicate keys are refused, nesting is bounded.
+* Between keepmgr, keepldr and wasmldr, messages travel as frames: a 4-byte big-endian length
+  followed by one CBOR message (:func:`encode_frame`, :class:`FrameDecoder`).
+* The attested channel streams events as a CBOR sequence (RFC 8742), one event per item
+  (:class:`SequenceDecoder`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Iterator, Mapping
+
+import cbor2
+
+from keepbook.keep.shared.facts import DEFAULT_LIMITS, PROFILES, PROTECTION_LEVELS
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({1})
+CBOR = "application/cbor"
+CBOR_SEQ = "application/cbor-seq"
+
+#: Largest message we accept anywhere (a Wasm module or a dataset chunk is the big case).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: Largest control message (everything except run requests and uploads).
+MAX_CONTROL_BYTES = 1 * 1024 * 1024
+MAX_DEPTH = 16
+MAX_TEXT = 64 * 1024
+MAX_ITEMS = 4096
+
+
+REPORT_DATA_DOMAIN = b"keepbook/report-data/v1"
+PROVISION_INFO_DOMAIN = b"keepbook/provision/v1"
+
+
+class ProtocolError(Exception):
+    """A message broke the protocol.  ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, reason: str, status: int = 400):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+# --------------------------------------------------------------------------- strict CBOR codec
+
+
+def _refuse_tag(*args: Any) -> Any:
+    number = next((a.tag for a in args if hasattr(a, "tag")), "unknown")
+    raise ProtocolError(f"CBOR semantic tag {number} is not allowed in keepbook messages")
+
+
+# cbor2 decodes these tags itself unless told otherwise; every one of them is refused.
+_KNOWN_TAGS = (0, 1, 2, 3, 4, 5, 24, 25, 28, 29, 30, 35, 36, 37, 100, 256, 258, 260, 261,
+               1004, 55799)
+
+
+def _refuser(number: int) -> Any:
+    def refuse(*_args: Any) -> Any:
+        raise ProtocolError(f"CBOR semantic tag {number} is not allowed in keepbook messages")
+    return refuse
+
+
+_SEMANTIC_REFUSALS = {t: _refuser(t) for t in _KNOWN_TAGS}
+_PLAIN = (int, bytes, str, bool, float, type(None))
+
+
+def _check_plain(value: Any, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise ProtocolError(f"message nests deeper than {MAX_DEPTH} levels")
+    if isinstance(value, _PLAIN):
+        return
+    if isinstance(value, list):
+        if len(value) > MAX_ITEMS:
+            raise ProtocolError(f"array of {len(value)} items exceeds the limit of {MAX_ITEMS}")
+        for item in value:
+            _check_plain(item, depth + 1)
+        return
+    if isinstance(value, dict):
+        if len(value) > MAX_ITEMS:
+            raise ProtocolError(f"map of {len(value)} entries exceeds the limit of {MAX_ITEMS}")
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ProtocolError(f"map key {key!r} is not a text string")
+            _check_plain(item, depth + 1)
+        return
+    raise ProtocolError(f"CBOR value of type {type(value).__name__} is not allowed")
+
+
+def dumps(value: Any) -> bytes:
+    """Deterministic (canonical) CBOR, so digests of configs are stable."""
+    return cbor2.dumps(value, canonical=True)
+
+
+class _Incomplete(Exception):
+    """The stream ended inside an item (only meaningful for CBOR sequences)."""
+
+
+def _decode_one(stream: io.BytesIO, what: str) -> Any:
+    """One strictly decoded, plain CBOR item from ``stream``; every failure becomes a
+    ProtocolError with a reason, except a premature end, which is :class:`_Incomplete`."""
+    try:
+        value = cbor2.CBORDecoder(stream, tag_hook=_refuse_tag, semantic_decoders=_SEMANTIC_REFUSALS,
+                                  max_depth=MAX_DEPTH + 1, allow_duplicate_keys=False,
+                                  str_errors="strict").decode()
+    except ProtocolError:
+        raise
+    except cbor2.CBORDecodeEOF:
+        raise _Incomplete from None
+    except RecursionError:
+        raise ProtocolError(f"message nests deeper than {MAX_DEPTH} levels") from None
+    except Exception as exc:  # cbor2 raises several types; all mean "not valid CBOR for us"
+        cause = exc.__cause__ if isinstance(exc.__cause__, ProtocolError) else None
+        if cause is not None:
+            raise cause from None
+        raise ProtocolError(f"malformed CBOR{what}: {exc}") from None
+    _check_plain(value)
+    return value
+
+
+def loads(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+    """Decode one CBOR item strictly; raise :class:`ProtocolError` with a reason otherwise."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError("message body must be bytes")
+    if len(data) == 0:
+        raise ProtocolError("empty body: expected one CBOR message")
+    if len(data) > max_bytes:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}",
+                            status=413)
+    # A decoder on a stream (not cbor2.loads, which ignores what follows the first item), so
+    # trailing bytes — a second message smuggled after the first — are refused.
+    stream = io.BytesIO(data)
+    try:
+        value = _decode_one(stream, "")
+    except _Incomplete:
+        raise ProtocolError("malformed CBOR: the message ends in the middle of an item") from None
+    if stream.tell() != len(data):
+        raise ProtocolError(f"malformed CBOR: {len(data) - stream.tell()} bytes of trailing data "
+                            "after the message (one CBOR item per body)")
+    return value
+
+
+def decode_sequence(blob: bytes, *, what: str = "item") -> list[tuple[bytes, Any]]:
+    """Every item of a complete CBOR sequence (RFC 8742), strictly decoded, each with its own
+    bytes (so a caller can check canonical encoding or hash it).  A cut last item is refused."""
+    stream = io.BytesIO(blob)
+    out: list[tuple[bytes, Any]] = []
+    while stream.tell() < len(blob):
+        start = stream.tell()
+        try:
+            item = _decode_one(stream, f" in {what} {len(out)}")
+        except _Incomplete:
+            raise ProtocolError(f"malformed CBOR: {what} {len(out)} ends in the middle") from None
+        out.append((blob[start:stream.tell()], item))
+    return out
+
+
+# --------------------------------------------------------------------------- field validation
+
+
+@dataclass(frozen=True)
+class F:
+    """A field's wire contract: allowed python types, whether required, and size bounds."""
+
+    types: tuple[type, ...]
+    required: bool = True
+    max_len: int | None = None
+    min_len: int | None = None
+    choices: tuple[Any, ...] | None = None
+
+
+def _check_field(msg: str, name: str, spec: F, value: Any) -> None:
+    if value is None and not spec.required:
+        return
+    if isinstance(value, bool) and bool not in spec.types:
+        raise ProtocolError(f"{msg}.{name}: expected {_type_names(spec.types)}, got a boolean")
+    if not isinstance(value, spec.types):
+        raise ProtocolError(
+            f"{msg}.{name}: expected {_type_names(spec.types)}, got {type(value).__name__}")
+    if spec.choices is not None and value not in spec.choices:
+        raise ProtocolError(f"{msg}.{name}: {value!r} is not one of {', '.join(map(str, spec.choices))}")
+    if isinstance(value, (bytes, str, list, dict)):
+        if spec.max_len is not None and len(value) > spec.max_len:
+            status = 413 if isinstance(value, bytes) and spec.max_len > 4096 else 400
+            raise ProtocolError(f"{msg}.{name}: length {len(value)} exceeds the limit of {spec.max_len}",
+                                status=status)
+        if spec.min_len is not None and len(value) < spec.min_len:
+            raise ProtocolError(f"{msg}.{name}: length {len(value)} is below the minimum of {spec.min_len}")
+    if isinstance(value, int) and not isinstance(value, bool) and spec.max_len is not None:
+        if value < 0 or value > spec.max_len:
+            raise ProtocolError(f"{msg}.{name}: {value} is outside 0..{spec.max_len}")
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    names = {bytes: "bytes", str: "text", int: "integer", float: "number", bool: "boolean",
+             list: "array", dict: "map", type(None): "null"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+_REGISTRY: dict[str, type["Message"]] = {}
+
+
+class Message:
+    """Base class: subclasses are dataclasses with a ``MSG`` name and a ``SPEC`` of fields."""
+
+    MSG: ClassVar[str] = ""
+    SPEC: ClassVar[Mapping[str, F]] = {}
+    MAX_BYTES: ClassVar[int] = MAX_CONTROL_BYTES
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.MSG:
+            _REGISTRY[cls.MSG] = cls
+
+    # -- encoding
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"v": PROTOCOL_VERSION, "msg": self.MSG}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is None and not self.SPEC[f.name].required:
+                continue
+            out[f.name] = value
+        return out
+
+    def to_cbor(self) -> bytes:
+        self.validate()
+        return dumps(self.to_dict())
+
+    def validate(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            _check_field(self.MSG, f.name, self.SPEC[f.name], getattr(self, f.name))
+        self._check()
+
+    def _check(self) -> None:
+        """Cross-field rules; subclasses override."""
+
+    # -- decoding
+    @classmethod
+    def from_dict(cls, raw: Any) -> "Message":
+        if not isinstance(raw, dict):
+            raise ProtocolError(f"{cls.MSG or 'message'}: expected a CBOR map, got {type(raw).__name__}")
+        version = raw.get("v")
+        if version is None:
+            raise ProtocolError("message has no protocol version field 'v'")
+        if isinstance(version, bool) or not isinstance(version, int) or version not in SUPPORTED_VERSIONS:
+            raise ProtocolError(
+                f"unsupported protocol version {version!r}; this peer speaks version "
+                f"{', '.join(map(str, sorted(SUPPORTED_VERSIONS)))}")
+        name = raw.get("msg")
+        target = cls
+        if cls is Message or not cls.MSG:
+            if not isinstance(name, str) or name not in _REGISTRY:
+                raise ProtocolError(f"unknown message type {name!r}")
+            target = _REGISTRY[name]
+        elif name != cls.MSG:
+            raise ProtocolError(f"expected message {cls.MSG!r}, got {name!r}")
+        known = {f.name for f in fields(target)}  # type: ignore[arg-type]
+        extra = set(raw) - known - {"v", "msg"}
+        if extra:
+            raise ProtocolError(f"{target.MSG}: unknown field(s) {', '.join(sorted(extra))}")
+        kwargs: dict[str, Any] = {}
+        for fname in known:
+            spec = target.SPEC[fname]
+            if fname not in raw:
+                if spec.required:
+                    raise ProtocolError(f"{target.MSG}: required field {fname!r} is missing")
+                continue
+            kwargs[fname] = raw[fname]
+        obj = target(**kwargs)
+        obj.validate()
+        return obj
+
+    @classmethod
+    def from_cbor(cls, data: bytes) -> "Message":
+        limit = cls.MAX_BYTES if cls.MSG else MAX_MESSAGE_BYTES
+        return cls.from_dict(loads(data, max_bytes=limit))
+
+
+def decode_any(data: bytes) -> Message:
+    """Decode a message of any registered type (used on framed pipes)."""
+    return Message.from_cbor(data)
+
+
+# --------------------------------------------------------------------------- keep configuration
+
+LIMITS_SPEC: dict[str, F] = {
+    "memory_bytes": F((int,), max_len=64 * 1024**3),
+    "timeout_s": F((int, float)),
+    "output_bytes": F((int,), max_len=1024**3),
+    "fuel": F((int,), required=False, max_len=2**63 - 1),
+}
+
+
+
+def check_limits(where: str, limits: Any) -> None:
+    if not isinstance(limits, dict):
+        raise ProtocolError(f"{where}: limits must be a map")
+    extra = set(limits) - set(LIMITS_SPEC)
+    if extra:
+        raise ProtocolError(f"{where}: unknown limit(s) {', '.join(sorted(extra))}")
+    for name, spec in LIMITS_SPEC.items():
+        if name not in limits:
+            if spec.required:
+                raise ProtocolError(f"{where}: limit {name!r} is missing")
+            continue
+        _check_field(where, name, spec, limits[name])
+    if not 0 < float(limits["timeout_s"]) <= 7 * 24 * 3600:
+        raise ProtocolError(f"{where}: timeout_s must be between 0 and one week")
+    if limits["memory_bytes"] < 1024 * 1024:
+        raise ProtocolError(f"{where}: memory_bytes must be at least 1 MiB")
+
+
+@dataclass
+class KeepConfig(Message):
+    """What the Keep is configured to do.  Its digest goes into the attested report data, so the
+    host cannot change profile, policy or limits without the client noticing."""
+
+    MSG: ClassVar[str] = "keep_config"
+    SPEC: ClassVar[Mapping[str, F]] = {
+        "backend": F((str,), max_len=64),
+        "profile": F((str,), choices=PROFILES),
+        "limits": F((dict,)),
+        "policy": F((bytes,), max_len=256 * 1024),
+        "runtime": F((dict,)),
+        "keys": F((dict,), required=False, max_len=16),
+    }
+    backend: str
+    profile: str
+    limits: dict
+    policy: bytes
+    runtime: dict
+    #: Long-lived public keys made inside the Keep at start, bound by the config digest:
+    #: ``dataset/<hpke suite>`` (data owners seal datasets to it), ``audit/ed25519`` (signs the
+    #: audit log's head).  Absent in configs that predate them.
+    keys: dict | None = None
+
+    def _check(self) -> None:
+        check_limits("keep_config", self.limits)
+        for k, v in self.runtime.items():
+            if not isinstance(v, str) or len(v) > 256:
+                raise ProtocolError(f"keep_config.runtime.{k}: expected short text")
+        for k, v in (self.keys or {}).items():
+            if len(k) > 64 or not isinstance(v, bytes) or not 32 <= len(v) <= 4096:
+                raise ProtocolError(f"keep_config.keys.{k}: expected a public key (32..4096 bytes)")
+
+    def digest(self) -> bytes:
+        return hashlib.sha384(self.to_cbor()).digest()
+
+
+def report_data(nonce: bytes, hpke_public_key: bytes, config_digest: bytes) -> bytes:
+    """The 64 bytes the TEE signs: SHA-512(domain ‖ nonce ‖ E.pub ‖ config digest).
+
+    Each part is length-prefixed (2 bytes, big-endian) so no two inputs share an encoding."""
+    h = hashlib.sha512()
+    for part in (REPORT_DATA_DOMAIN, nonce, hpke_public_key, config_digest):
+        h.update(struct.pack(">H", len(part)))
+        h.update(part)
+    return h.digest()
+
+
+def provision_info(report_data_value: bytes) -> bytes:
+    """HPKE ``info`` for the sealed provisioning message: binds it to one attestation."""
+    return PROVISION_INFO_DOMAIN + report_data_value
+
+
+# --------------------------------------------------------------------------- client <-> keepmgr
+
+
+@dataclass
+class Backend(Message):
+    MSG: ClassVar[str] = "backend"
+    SPEC: ClassVar[Mapping[str, F]] = {
+        "name": F((str,), max_len=64),
+        "protection": F((str,), choices=PROTECTION_LEVELS),
+        "evidence": F((str,), max_len=64),
+        "available": F((bool,)),
+        "note": F((str,), max_len=MAX_TEXT),
+    }
+    name: str
+    protection: str
+    evidence: str
+    available: bool
+    note: str = ""
+
+
+@dataclass
+class Contracts(Message):
+    MSG: ClassVar[str] = "contracts"
+    SPEC: ClassVar[Mapping[str, F]] = {"backends": F((list,), max_len=64)}
+    backends: list
+
+    def _check(self) -> None:
+        self.backends = [b if isinstance(b, Backend) else Backend.from_dict(b) for b in self.backends]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["backends"] = [b.to_dict() for b in self.backends]
+        return d
+
+
+@dataclass
+class CreateKeep(Message):
+    MSG: ClassVar[str] = "create_keep"
+    SPEC: ClassVar[Mapping[str, F]] = {
+        "backend": F((str,), max_len=64, min_len=1),
+        "profile": F((str,), choices=PROFILES),
+        "limits": F((dict,)),
+        "policy": F((bytes,), max_len=256 * 1024),
+    }
+    backend: str
+    profile: str = "staging"
+    limits: dict = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    policy: bytes = b""
+
+    def _check(self) -> None:
+        check_limits("create_keep", self.limits)
+
+
+KEEP_STATES = ("starting", "ready", "attested", "provisioned", "closed", "failed")
+
+
+@dataclass
+class KeepInfo(Message):
+    MSG: ClassVar[str] = "keep_info"
+    SPEC: ClassVar[Mapping[str, F]] = {
+        "id": F((str,), max_len=64, min_len=1),
+        "backend": F((str,), max_len=64),
+        "profile": F((str,), choices=PROFILES),
+        "state": F((str,), choices=KEEP_STATES),
+        "created": F((float, int)),
+        "reason": F((str,), required=False, max_len=MAX_TEXT),
+    }
+    id: str
+    backend: str
+    profile: str
+    state: str
+    created: float
+    reason: str | None = None
+
+
+@dataclass
+class KeepList(Message):
+    MSG: ClassVar[str] = "keep_list"
+    SPEC: ClassVar[Mapping[str, F]] = {"keeps": F((list,), max_len=MAX_ITEMS)}
+    keeps: list
+
+    def _check(self) -> None:
+        self.keeps = [k if isinstance(k, KeepInfo) else KeepInfo.from_dict(k) for k in self.keeps]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["keeps"] = [k.to_dict() for k in self.keeps]
+        return d
+
+
+@dataclass
+class AttestRequest(Message):
+    MSG: ClassVar[str] = "attest"
+    SPEC: ClassVar[Mapping[str, F]] = {"nonce": F((bytes,), min_len=32, max_len=64)}
+    nonce: bytes
+
+
+@dataclass
+class AttestResponse(Message):
+    """What the Keep says about itself.  Nothing here is trusted until verified."""
+
+    MSG: ClassVar[str] = "attest_response"
+    SPEC: ClassVar[Mapping[str, F]] = {
+        "evidence_kind": F((str,), max_len=64),
+        "evidence": F((bytes,), max_len=64 * 1024),
+        "certs": F((list,), max_len=16),
+        "hpke_suite": F((str,), max_len=64),
+        "hpke_public_key": F((bytes,), min_len=32, max_len=4096),
+        "config": F((bytes,), max_len=512 * 1024),
+        "nonce": F((bytes,), min_len=32, max_len=64),
+    }
+    evidence_kind: str
+    evidence: bytes
+    certs: list
+    hpke_suite: str
+    hpke_public_key: bytes
+    config: bytes
+    nonce: bytes
+
+    def _check(self) -> None:
+        for i, c in enumerate(self.certs):
+            if not isinstance(c, bytes) or len(c) > 16 * 1024:
+                raise ProtocolError(f"attest_response.certs[{i}]: expected DER bytes up to 16 KiB")
+
+    def keep_config(self) -> KeepConfig:
+        return KeepConfig.from_cbor(self.config)  # type: ignore[return-value]
+
+
+@dataclass
+class ProvisionRequest(Message):
+    MSG: ClassVar[str] = "provision"
+    SPEC: ClassVar[Mapping[str, F]] = {"sealed": F((bytes,), min_len=32, max_len=64 * 1024)}
+    sealed: bytes
+
+
+@dataclass
+class ProvisionResponse(Message):
+    MSG: ClassVar[str] = "provision_response"
+    SPEC: ClassVar[Mapping[str, F]] = {
+        "endpoint": F((str,), max_len=512),
+        "server_cert": F((bytes,), max_len=16 * 1024),
+    }
+    endpoint: str
+    server_cert: bytes
+
+
+@dataclass
+class Sealed(Message):
+    """Plaintext of the sealed provisioning message (only the Keep ever sees it)."""
+
+    MSG: ClassVar[str] = "sealed_provision"
+    SPEC: ClassVar[Mapping[str, F]] = {
+        "tls_key": F((bytes,), max_len=8192),
+        "client_cert": F((bytes,), max_len=16 * 1024),
+    }
+    tls_key: bytes
+    client_cert: bytes
+
+
+@dataclass
+class ErrorBody(Message):
+    MSG: ClassVar[str] = "error"
+    SPEC: ClassVar[Mapping[str, F]] = {
+        "status": F((int,), max_len=999),
+        "reason": F((str,), max_len=MAX_TEXT),
+    }
+    status: int
+    reason: str
+
+
+# --------------------------------------------------------------------------- keepmgr <-> keepldr <-> wasmldr
+
+
+@dataclass
+class Start(Message):
+    """keepmgr → keepldr → wasmldr: boot the Keep with this configuration."""
+
+    MSG: ClassVar[str] = "start"
+    SPEC: ClassVar[Mapping[str, F]] = {"config": F((bytes,), max_len=512 * 1024),
+                                       "keep_id": F((str,), max_len=64)}
+    config: bytes
+    keep_id: str
+
+
+@dataclass
+class Lifecycle(Message):
+    """A lifecycle event: the only thing the host may learn about a Keep outside debug."""
+
+    MSG: ClassVar[str] = "lifecycle"
+    SPEC: ClassVar[Mapping[str, F]] = {
+        "event": F((str,), max_len=64),
+        "detail": F((str,), required=False, max_len=MAX_TEXT),
+    }
+    event: str
+    detail: str | None = None
+
+
+@dataclass
+class DebugLog(Message):
+    """Detail the Keep chose to tell the host.  Only ever sent in the ``debug`` profile."""
+
+    MSG: ClassVar[str] = "debug_log"
+    SPEC: ClassVar[Mapping[str, F]] = {"text": F((str,), max_len=MAX_TEXT)}
+    text: str
+
+
+# --------------------------------------------------------------------------- attested channel
+
+
+CELL_KINDS = ("wasm", "python")
+
+
+@dataclass
+class RunRequest(Message):
+    MSG: ClassVar[str] = "run"
+    MAX_BYTES: ClassVar[int] = MAX_MESSAGE_BYTES
+    SPEC: ClassVar[Mapping[str, F]] = {
+        "cell_id": F((str,), max_len=128, min_len=1),
+        "kind": F((str,), choices=CELL_KINDS),
+        "module": F((bytes,), required=False, max_len=MAX_MESSAGE_BYTES - 4096),
+        "code": F((str,), required=False, max_len=16 * 1024 * 1024),
+        "invoke": F((str,), required=False, max_len=256),
+        "args": F((list,), required=False, max_len=64),
+        "timeout_s": F((int, float), required=False),
+        "fuel": F((int,), required=False, max_len=2**63 - 1),
+    }
+    cell_id: str
+    kind: str
+    module: bytes | None = None
+    code: str | None = None
+    invoke: str | None = None
+    args: list | None = None
+    timeout_s: float | None = None
+    fuel: int | None = None
+
+    def _check(self) -> None:
+        if self.kind == "wasm" and self.module is None:
+            raise ProtocolError("run: a wasm cell needs 'module'")
+        if self.kind == "python" and self.code is None:
+            raise ProtocolError("run: a python cell needs 'code'")
+        for i, a in enumerate(self.args or []):
+            if isinstance(a, bool) or not isinstance(a, (int, float)):
+                raise ProtocolError(f"run.args[{i}]: expected a number, got {type(a).__name__}")
+        if self.timeout_s is not None and not 0 < float(self.timeout_s) <= 7 * 24 * 3600:
+            raise ProtocolError("run.timeout_s must be between 0 and one week")
+
+
+@dataclass
+class Request(Message):
+    """A small request on the attested channel (interrupt, status, complete, inspect, ...)."""
+
+    MSG: ClassVar[str] = "request"
+    SPEC: ClassVar[Mapping[str, F]] = {
+        "op": F((str,), max_len=64),
+        "args": F((dict,), required=False),
+    }
+    op: str
+    args: dict | None = None
+
+
+EVENT_KINDS = ("stream", "display_data", "execute_result", "error", "notice", "status", "heartbeat")
+#: While a cell runs, the Keep sends a ``heartbeat`` event whenever it has been silent this long,
+#: so a client can tell a busy Keep from one that stopped answering.
+HEARTBEAT_S = 0.5
+
+
+@dataclass
+class Event(Message):
+    """One output event from a running cell, already filtered by the Keep's policy.
+
+    ``kind`` is a Jupyter IOPub message type, or ``notice`` (a kernel-visible remark such as
+    "output truncated"), ``heartbeat`` (empty; the Keep is alive), or ``status`` (the last event
+    of a cell, with ``ok``)."""
+
+    MSG: ClassVar[str] = "event"
+    MAX_BYTES: ClassVar[int] = MAX_MESSAGE_BYTES
+    SPEC: ClassVar[Mapping[str, F]] = {
+        "kind": F((str,), choices=EVENT_KINDS),
+        "content": F((dict,)),
+    }
+    kind: str
+    content: dict
+
+
+@dataclass
+class AuditExport(Message):
+    """The Keep's audit log (``POST {endpoint}/v1/audit``): entries as a CBOR sequence, the
+    signed head, its signature.  Verified by ``keep/shared/audit_format.py``."""
+
+    MSG: ClassVar[str] = "audit_export"
+    MAX_BYTES: ClassVar[int] = MAX_MESSAGE_BYTES
+    SPEC: ClassVar[Mapping[str, F]] = {
+        "entries": F((bytes,), max_len=MAX_MESSAGE_BYTES - 65536),
+        "head": F((dict,)),
+        "signature": F((bytes,), max_len=256),
+    }
+    entries: bytes
+    head: dict
+    signature: bytes
+
+
+@dataclass
+class Reply(Message):
+    """Answer to a :class:`Request`."""
+
+    MSG: ClassVar[str] = "reply"
+    SPEC: ClassVar[Mapping[str, F]] = {"ok": F((bool,)), "content": F((dict,))}
+    ok: bool
+    content: dict
+
+
+# --------------------------------------------------------------------------- framing
+
+
+FRAME_HEADER = struct.Struct(">I")
+
+
+def encode_frame(message: Message) -> bytes:
+    body = message.to_cbor()
+    return FRAME_HEADER.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Feed bytes from a pipe; take out whole messages.  Refuses oversized frames at the header,
+    before buffering them."""
+
+    def __init__(self, max_frame: int = MAX_MESSAGE_BYTES):
+        self._buf = bytearray()
+        self._max = max_frame
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def messages(self) -> Iterator[Message]:
+        while len(self._buf) >= FRAME_HEADER.size:
+            (length,) = FRAME_HEADER.unpack_from(self._buf)
+            if length > self._max:
+                raise ProtocolError(f"frame of {length} bytes exceeds the limit of {self._max}", 413)
+            if len(self._buf) < FRAME_HEADER.size + length:
+                return
+            body = bytes(self._buf[FRAME_HEADER.size:FRAME_HEADER.size + length])
+            del self._buf[:FRAME_HEADER.size + length]
+            yield decode_any(body)
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+
+class SequenceDecoder:
+    """Incremental decoder for a CBOR sequence of :class:`Event` (the cell output stream)."""
+
+    def __init__(self, max_buffer: int = MAX_MESSAGE_BYTES):
+        self._buf = bytearray()
+        self._max = max_buffer
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) > self._max:
+            raise ProtocolError(f"event larger than {self._max} bytes in the output stream", 413)
+
+    def events(self) -> Iterator[Event]:
+        """Every whole event buffered so far, decoded in one pass; a partial one stays."""
+        stream = io.BytesIO(bytes(self._buf))
+        used = 0
+        try:
+            while used < len(self._buf):
+                try:
+                    item = _decode_one(stream, " in sequence")
+                except _Incomplete:
+                    return
+                used = stream.tell()
+                yield Event.from_dict(item)  # type: ignore[misc]
+        finally:
+            del self._buf[:used]
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+
+def encode_event(kind: str, **content: Any) -> bytes:
+    return Event(kind=kind, content=content).to_cbor()

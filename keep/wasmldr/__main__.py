@@ -1,3 +1,0 @@
-from keepbook.keep.wasmldr.server import main
-
-raise SystemExit(main())
