@@ -65,7 +65,7 @@ async def relay(backend: str, keep_id: str, launcher: str,
     import asyncio
 
     from keepbook.keep.shared import protocol
-    from keepbook.keep.shared.framing import read_frame, write_frame
+    from keepbook.keep.shared.framing import FrameReader, write_frame
 
     loop = asyncio.get_running_loop()
     up_reader = asyncio.StreamReader(limit=2**16)
@@ -82,11 +82,12 @@ async def relay(backend: str, keep_id: str, launcher: str,
     d_transport, d_protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
                                                             proc.stdin)
     down_writer = asyncio.StreamWriter(d_transport, d_protocol, None, loop)
+    up_frames, down_frames = FrameReader(up_reader), FrameReader(down_reader)
 
     async def downstream() -> None:  # keepmgr → wasmldr
         while True:
             try:
-                msg = await read_frame(up_reader)
+                msg = await up_frames.read()
             except protocol.ProtocolError as exc:
                 # Tell the manager at once instead of leaving it waiting for a reply.  A bad
                 # body leaves the framing intact; a bad header (413) does not, so stop there.
@@ -105,7 +106,7 @@ async def relay(backend: str, keep_id: str, launcher: str,
 
     async def upstream() -> None:  # wasmldr → keepmgr
         while True:
-            msg = await read_frame(down_reader)
+            msg = await down_frames.read()
             if msg is None:
                 break
             if isinstance(msg, protocol.Lifecycle):

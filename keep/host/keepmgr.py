@@ -46,7 +46,8 @@ from aiohttp import web
 from keepbook.keep.shared import protocol
 from keepbook.keep.shared.cbor_http import cbor_response, error_middleware, error_response, read_message
 from keepbook.keep.host import backends as backends_mod
-from keepbook.keep.shared.framing import read_frame, write_frame
+from keepbook.keep.shared.framing import FrameReader, write_frame
+from keepbook.keep.shared.handshake import Handshake, Role, State
 
 START_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 60.0
@@ -89,6 +90,17 @@ class KeepRecord:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     reader: asyncio.Task | None = None
     booted: asyncio.Event = field(default_factory=asyncio.Event)  # wasmldr said "booted"
+    #: the Keep's handshake as the manager relays it; ``info.state`` is its public name
+    handshake: Handshake = field(default_factory=lambda: Handshake(Role.MANAGER))
+
+    def sync(self) -> None:
+        self.info.state = self.handshake.public_state
+        if self.handshake.reason:
+            self.info.reason = self.handshake.reason
+
+    @property
+    def live(self) -> bool:
+        return not self.handshake.state.terminal
 
 
 class KeepManager:
@@ -192,7 +204,7 @@ class KeepManager:
         ok, note = spec.availability()
         if not ok:
             raise protocol.ProtocolError(f"backend {req.backend!r} is not available on this host: {note}", 409)
-        live = [r for r in self.keeps.values() if r.info.state not in ("closed", "failed")]
+        live = [r for r in self.keeps.values() if r.live]
         if len(live) >= MAX_KEEPS:
             raise protocol.ProtocolError(f"this keep manager already runs {MAX_KEEPS} Keeps", 429)
         rec = self._take_pooled(req.backend)
@@ -214,12 +226,12 @@ class KeepManager:
                 "backend": req.backend, "profile": req.profile, "limits": req.limits,
                 "policy": req.policy}))
             await self._call(rec, start, protocol.Reply, START_TIMEOUT_S)
-            rec.info.state = "ready"
             self.log("keep-ready", keep=keep_id)
         except BaseException:
             # A create that fails leaves nothing behind: no record, no processes.
             self.keeps.pop(keep_id, None)
-            rec.info.state = "failed"
+            rec.handshake.fail("the Keep did not start")
+            rec.sync()
             await asyncio.shield(self._kill(rec))
             raise
         return cbor_response(rec.info, status=201)
@@ -240,8 +252,6 @@ class KeepManager:
         rec = self._record(request)
         req = await self._body(request, protocol.AttestRequest)
         resp = await self._call(rec, req, protocol.AttestResponse, REQUEST_TIMEOUT_S)
-        if rec.info.state == "ready":
-            rec.info.state = "attested"
         self.log("keep-attested", keep=rec.info.id, evidence=resp.evidence_kind)
         return cbor_response(resp)
 
@@ -249,7 +259,6 @@ class KeepManager:
         rec = self._record(request)
         req = await self._body(request, protocol.ProvisionRequest)
         resp = await self._call(rec, req, protocol.ProvisionResponse, REQUEST_TIMEOUT_S)
-        rec.info.state = "provisioned"
         self.log("keep-provisioned", keep=rec.info.id)
         return cbor_response(resp)
 
@@ -272,7 +281,7 @@ class KeepManager:
 
     @staticmethod
     def _usable(rec: KeepRecord) -> bool:
-        return rec.proc.returncode is None and rec.info.state == "starting"
+        return rec.proc.returncode is None and rec.handshake.state is State.NEW
 
     def _take_pooled(self, backend: str) -> KeepRecord | None:
         """A pooled Keep for ``backend`` (booted ones first), removed from the pool; or None."""
@@ -326,9 +335,10 @@ class KeepManager:
     # ------------------------------------------------------------------ keepldr relay
     async def _read_replies(self, rec: KeepRecord) -> None:
         reason = "the Keep's loader exited"
+        frames = FrameReader(rec.proc.stdout)  # type: ignore[arg-type]
         try:
             while True:
-                msg = await read_frame(rec.proc.stdout)  # type: ignore[arg-type]
+                msg = await frames.read()
                 if msg is None:
                     break
                 if isinstance(msg, protocol.Lifecycle):
@@ -345,9 +355,9 @@ class KeepManager:
             reason = f"the Keep's loader broke the protocol: {exc.reason}"
         except Exception as exc:  # pragma: no cover - defensive
             reason = f"lost the Keep's loader ({type(exc).__name__})"
-        if rec.info.state not in ("closed",):
-            rec.info.state = "failed"
-            rec.info.reason = reason
+        if rec.handshake.state is not State.CLOSED:
+            rec.handshake.fail(reason)
+            rec.sync()
             self.log_quietly("keep-failed", keep=rec.info.id, reason=reason)
         # The loader is gone (it removes the Keep's directory itself when it can; if it was
         # killed, nobody else will).
@@ -355,33 +365,53 @@ class KeepManager:
         await rec.replies.put(protocol.ErrorBody(status=502, reason=reason))
 
     async def _call(self, rec: KeepRecord, msg: protocol.Message, expect: type, timeout: float) -> Any:
-        if rec.info.state in ("closed", "failed"):
-            raise protocol.ProtocolError(
-                f"Keep {rec.info.id} is {rec.info.state}" + (f": {rec.info.reason}" if rec.info.reason else ""), 409)
+        """Relay one request to the Keep and wait for its answer.  The handshake decides first
+        whether the request is allowed now, and learns the answer (or that none came)."""
         async with rec.lock:
-            while not rec.replies.empty():  # drop stale answers of timed-out calls
-                rec.replies.get_nowait()
             try:
-                assert rec.proc.stdin is not None
-                write_frame(rec.proc.stdin, msg)  # type: ignore[arg-type]
-                await rec.proc.stdin.drain()
-            except (ConnectionError, RuntimeError):
-                raise protocol.ProtocolError(f"Keep {rec.info.id} is gone: its loader exited", 502)
+                rec.handshake.receive(msg)
+            except protocol.ProtocolError as exc:
+                raise protocol.ProtocolError(f"Keep {rec.info.id}: {exc.reason}", exc.status) from None
             try:
-                reply = await asyncio.wait_for(rec.replies.get(), timeout)
-            except asyncio.TimeoutError:
+                reply = await self._exchange(rec, msg, timeout)
+            except BaseException:
+                rec.handshake.abandon()
+                rec.sync()
+                raise
+            if rec.handshake.state.terminal:  # the Keep's loader died meanwhile
                 raise protocol.ProtocolError(
-                    f"Keep {rec.info.id} did not answer {msg.MSG!r} within {timeout:.0f} s", 504) from None
+                    f"Keep {rec.info.id} is {rec.handshake.state.value}: {rec.handshake.reason}", 502)
+            if not isinstance(reply, (expect, protocol.ErrorBody)):
+                rec.handshake.abandon()
+                rec.sync()
+                raise protocol.ProtocolError(f"Keep answered {reply.MSG!r} to {msg.MSG!r}", 502)
+            rec.handshake.receive(reply)
+            rec.sync()
         if isinstance(reply, protocol.ErrorBody):
             raise protocol.ProtocolError(reply.reason, reply.status if 400 <= reply.status < 600 else 502)
-        if not isinstance(reply, expect):
-            raise protocol.ProtocolError(f"Keep answered {reply.MSG!r} to {msg.MSG!r}", 502)
         return reply
 
+    async def _exchange(self, rec: KeepRecord, msg: protocol.Message, timeout: float) -> Any:
+        """Write one frame to the Keep's loader; the next frame it answers (stale answers of
+        requests that timed out are dropped first)."""
+        while not rec.replies.empty():
+            rec.replies.get_nowait()
+        try:
+            assert rec.proc.stdin is not None
+            write_frame(rec.proc.stdin, msg)  # type: ignore[arg-type]
+            await rec.proc.stdin.drain()
+        except (ConnectionError, RuntimeError):
+            raise protocol.ProtocolError(f"Keep {rec.info.id} is gone: its loader exited", 502)
+        try:
+            return await asyncio.wait_for(rec.replies.get(), timeout)
+        except asyncio.TimeoutError:
+            raise protocol.ProtocolError(
+                f"Keep {rec.info.id} did not answer {msg.MSG!r} within {timeout:.0f} s", 504) from None
+
     async def _stop(self, rec: KeepRecord, reason: str) -> None:
-        if rec.info.state != "failed":
-            rec.info.state = "closed"
-        rec.info.reason = reason
+        rec.handshake.close(reason)
+        rec.sync()
+        rec.info.reason = rec.handshake.reason
         await self._kill(rec)
         try:
             self.log("keep-closed", keep=rec.info.id)

@@ -28,14 +28,14 @@ from __future__ import annotations
 import os
 import select
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
 from typing import Any, Callable
 
-import cbor2
+from keepbook.keep.shared import protocol
+
 
 Emit = Callable[[str, dict], None]
 
@@ -47,30 +47,25 @@ POLL_S = 0.02  # how often a waiting Keep looks at its interrupt flag
 
 
 def _write_frame(fd: int, obj: Any) -> None:
-    data = cbor2.dumps(obj)
-    buf = memoryview(struct.pack(">I", len(data)) + data)
+    buf = memoryview(protocol.encode_item_frame(obj))
     while buf:
         n = os.write(fd, buf)
         buf = buf[n:]
 
 
 class _Reader:
-    """Frames from a pipe, with a timeout per wait (for the Keep's side)."""
+    """Frames from a pipe (the one frame decoder), with a timeout per wait (the Keep's side)."""
 
     def __init__(self, fd: int):
         self.fd = fd
-        self.buf = bytearray()
+        self.decoder = protocol.FrameDecoder()
+        self.ready: list[Any] = []
 
     def frame(self, timeout: float | None) -> Any:
-        """The next frame; ``TimeoutError`` if none within ``timeout``; ``EOFError`` at the end."""
+        """The next frame's item; ``TimeoutError`` if none within ``timeout``; ``EOFError`` at
+        the end; :class:`~keepbook.keep.shared.protocol.RemoteProtocolError` for a bad frame."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if len(self.buf) >= 4:
-                (n,) = struct.unpack(">I", self.buf[:4])
-                if len(self.buf) >= 4 + n:
-                    data = bytes(self.buf[4:4 + n])
-                    del self.buf[:4 + n]
-                    return cbor2.loads(data)
+        while not self.ready:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready, _, _ = select.select([self.fd], [], [], wait)
             if not ready:
@@ -78,7 +73,9 @@ class _Reader:
             chunk = os.read(self.fd, 1 << 20)
             if not chunk:
                 raise EOFError
-            self.buf += chunk
+            self.decoder.feed(chunk)
+            self.ready.extend(self.decoder.items())
+        return self.ready.pop(0)
 
 
 class FastWorker:
@@ -165,7 +162,7 @@ class FastWorker:
                 msg = reader.frame(min(POLL_S, max(0.0, deadline - time.monotonic())))
             except TimeoutError:
                 continue
-            except (EOFError, OSError, ValueError, cbor2.CBORDecodeError):
+            except (EOFError, OSError, protocol.ProtocolError):
                 code = proc.poll()
                 self.kill()
                 return self._lost(emit, started, sent, f"its process ended (code {code})")
@@ -262,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     while True:
         try:
             req = reader.frame(None)
-        except (EOFError, OSError):
+        except (EOFError, OSError, protocol.ProtocolError):
             break
         status = rt.run(req["module"], invoke=req.get("invoke"), args=req.get("args") or [],
                         emit=emit, timeout_s=req["timeout_s"], output_bytes=req["output_bytes"],

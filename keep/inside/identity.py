@@ -44,7 +44,9 @@ class Attestation:
 
 class KeepIdentity:
     """Holds the config the Keep was started with and the one attestation it can be provisioned
-    under.  Each ``attest`` makes a new HPKE key; only the latest one can open a provisioning."""
+    under.  Each ``attest`` makes a new HPKE key; only the latest one can open a provisioning.
+    When each may happen (provision once, after an attestation) is the handshake state
+    machine's decision (:mod:`keepbook.keep.shared.handshake`), made before these are called."""
 
     def __init__(self, keep_id: str, config: protocol.KeepConfig, suite: str = sealing.DEFAULT_SUITE):
         self.keep_id = keep_id
@@ -53,7 +55,6 @@ class KeepIdentity:
         self.config_digest = config.digest()
         self.suite = suite
         self.latest: Attestation | None = None
-        self.provisioned = False
 
     def attest(self, req: protocol.AttestRequest) -> protocol.AttestResponse:
         priv, pub = sealing.generate(self.suite)
@@ -67,12 +68,8 @@ class KeepIdentity:
     def open_provision(self, req: protocol.ProvisionRequest) -> tuple[protocol.Sealed, Any, bytes]:
         """Open the sealed {TLS key, client certificate}; return it with the loaded key and the
         one-use server certificate (DER) built from that key."""
-        if self.provisioned:
-            raise protocol.ProtocolError("this Keep is already provisioned; a Keep's channel key "
-                                         "is one-use — create a new Keep", 409)
-        if self.latest is None:
-            raise protocol.ProtocolError("provision before attest: ask for evidence first", 409)
         att = self.latest
+        assert att is not None, "the handshake allows provision only after an attestation"
         try:
             plain = sealing.open_sealed(att.suite, att.hpke_private, req.sealed,
                                         protocol.provision_info(att.report_data))
@@ -88,6 +85,5 @@ class KeepIdentity:
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise protocol.ProtocolError("the one-use TLS key must be an EC key")
         cert = certificates.self_signed(key, f"keepbook Keep {self.keep_id}")
-        self.provisioned = True
         self.latest = None  # the HPKE key has done its one job
         return sealed, key, cert

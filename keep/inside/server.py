@@ -31,7 +31,8 @@ from keepbook.keep.inside import audit_log
 from keepbook.keep.inside import dataset_opener
 from keepbook.keep.shared import dataset_format
 from keepbook.keep.shared import measurement, protocol
-from keepbook.keep.shared.framing import read_frame, write_frame
+from keepbook.keep.shared.framing import FrameReader, write_frame
+from keepbook.keep.shared.handshake import Handshake, Role
 from keepbook.keep.shared.policy import OutputPolicy, PolicyError
 from keepbook.keep.inside.cells import Busy, Cells
 from keepbook.keep.inside.identity import KeepIdentity, KeepKeys
@@ -57,6 +58,7 @@ class Wasmldr:
     def __init__(self, backend: str, writer: asyncio.StreamWriter):
         self.backend = backend
         self.writer = writer
+        self.handshake = Handshake(Role.KEEP)
         self.identity: KeepIdentity | None = None
         self.cells: Cells | None = None
         self.runner: web.AppRunner | None = None
@@ -79,22 +81,30 @@ class Wasmldr:
         self.send(protocol.DebugLog(text=text[:4096]))
 
     async def handle(self, msg: protocol.Message) -> protocol.Message:
-        if isinstance(msg, protocol.Start):
-            return self.start(msg)
-        if isinstance(msg, protocol.AttestRequest):
-            if self.identity is None:
-                raise protocol.ProtocolError("attest before start", 409)
-            # evidence generation may take a while (first use of simulated roots)
-            return await asyncio.to_thread(self.identity.attest, msg)
-        if isinstance(msg, protocol.ProvisionRequest):
-            if self.identity is None:
-                raise protocol.ProtocolError("provision before start", 409)
-            return await self.provision(msg)
-        raise protocol.ProtocolError(f"wasmldr does not accept {msg.MSG!r} on its control pipe")
+        """One request from the control pipe → its answer.  The handshake state machine decides
+        whether the request is allowed now (start once, attest after start, provision once,
+        after an attestation) and learns the answer, an error included."""
+        if not isinstance(msg, (protocol.Start, protocol.AttestRequest, protocol.ProvisionRequest)):
+            raise protocol.RemoteProtocolError(f"wasmldr does not accept {msg.MSG!r} on its "
+                                               "control pipe")
+        self.handshake.receive(msg)
+        try:
+            if isinstance(msg, protocol.Start):
+                reply: protocol.Message = self.start(msg)
+            elif isinstance(msg, protocol.AttestRequest):
+                assert self.identity is not None
+                # evidence generation may take a while (first use of simulated roots)
+                reply = await asyncio.to_thread(self.identity.attest, msg)
+            else:
+                reply = await self.provision(msg)
+        except protocol.ProtocolError as exc:
+            reply = protocol.ErrorBody(status=exc.status, reason=exc.reason)
+        except Exception as exc:
+            reply = protocol.ErrorBody(status=500, reason=f"Keep internal error ({type(exc).__name__})")
+        self.handshake.send(reply)
+        return reply
 
     def start(self, msg: protocol.Start) -> protocol.Message:
-        if self.identity is not None:
-            raise protocol.ProtocolError("this Keep is already started", 409)
         requested = protocol.loads(msg.config, max_bytes=protocol.MAX_CONTROL_BYTES)
         if not isinstance(requested, dict):
             raise protocol.ProtocolError("start.config must be a map")
@@ -370,10 +380,12 @@ async def serve(backend: str, ctrl_in: int, ctrl_out: int) -> None:
         await asyncio.to_thread(prewarm.prewarm, backend)
     keep.lifecycle("booted")
 
+    frames = FrameReader(reader)
+
     async def control() -> None:
         while True:
             try:
-                msg = await read_frame(reader)
+                msg = await frames.read()
             except protocol.ProtocolError as exc:
                 keep.send(protocol.ErrorBody(status=exc.status, reason=exc.reason))
                 return
@@ -381,10 +393,8 @@ async def serve(backend: str, ctrl_in: int, ctrl_out: int) -> None:
                 return  # keepldr went away: the Keep ends with it
             try:
                 reply = await keep.handle(msg)
-            except protocol.ProtocolError as exc:
+            except protocol.ProtocolError as exc:  # refused before it was handled
                 reply = protocol.ErrorBody(status=exc.status, reason=exc.reason)
-            except Exception as exc:
-                reply = protocol.ErrorBody(status=500, reason=f"Keep internal error ({type(exc).__name__})")
             keep.send(reply)
             await writer.drain()
 

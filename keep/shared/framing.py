@@ -1,4 +1,7 @@
-"""Async helpers to read and write protocol frames on pipes (host side and Keep side share it)."""
+"""Protocol frames over asyncio pipes: the host's side (keepmgr, keepldr) and the Keep's side
+(wasmldr) read and write them the same way.  An adapter only: the bytes come from the caller's
+streams and go through the one frame decoder, :class:`~keepbook.keep.shared.protocol.FrameDecoder`;
+it opens nothing and holds no key."""
 
 from __future__ import annotations
 
@@ -6,24 +9,29 @@ import asyncio
 
 from keepbook.keep.shared import protocol
 
+READ_SIZE = 1 << 16
 
-async def read_frame(reader: asyncio.StreamReader, max_frame: int = protocol.MAX_MESSAGE_BYTES
-                     ) -> protocol.Message | None:
-    """Read one framed message; None at a clean end of stream."""
-    try:
-        header = await reader.readexactly(protocol.FRAME_HEADER.size)
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise protocol.ProtocolError("pipe closed in the middle of a frame header") from None
-        return None
-    (length,) = protocol.FRAME_HEADER.unpack(header)
-    if length > max_frame:
-        raise protocol.ProtocolError(f"frame of {length} bytes exceeds the limit of {max_frame}", 413)
-    try:
-        body = await reader.readexactly(length)
-    except asyncio.IncompleteReadError:
-        raise protocol.ProtocolError("pipe closed in the middle of a frame") from None
-    return protocol.decode_any(body)
+
+class FrameReader:
+    """Whole messages from one pipe, one at a time."""
+
+    def __init__(self, stream: asyncio.StreamReader, max_frame: int = protocol.MAX_MESSAGE_BYTES):
+        self._stream = stream
+        self._decoder = protocol.FrameDecoder(max_frame)
+        self._ready: list[bytes] = []
+
+    async def read(self) -> protocol.Message | None:
+        """The next message; None at a clean end of stream; RemoteProtocolError for a bad frame
+        (the frames after it stay readable) or a cut one (an oversized frame is refused at its
+        header, and the stream cannot be trusted after it)."""
+        while not self._ready:
+            chunk = await self._stream.read(READ_SIZE)
+            if not chunk:
+                self._decoder.end()
+                return None
+            self._decoder.feed(chunk)
+            self._ready.extend(self._decoder.bodies())
+        return protocol.decode_any(self._ready.pop(0))
 
 
 def write_frame(writer: asyncio.StreamWriter, message: protocol.Message) -> None:

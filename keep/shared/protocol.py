@@ -49,12 +49,30 @@ PROVISION_INFO_DOMAIN = b"keepbook/provision/v1"
 
 
 class ProtocolError(Exception):
-    """A message broke the protocol.  ``status`` is the HTTP status to answer with."""
+    """The root of every protocol failure.  ``reason`` says what broke, ``status`` is the HTTP
+    status to answer with.  As in h11, two kinds: :class:`LocalProtocolError` (this side was
+    about to break the protocol — a wrong call, never sent) and :class:`RemoteProtocolError` (the
+    peer's bytes or move are refused)."""
 
     def __init__(self, reason: str, status: int = 400):
         super().__init__(reason)
         self.reason = reason
         self.status = status
+
+
+class LocalProtocolError(ProtocolError):
+    """This side tried to send something the protocol does not allow; nothing was sent."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes or made a move the protocol does not allow."""
+
+
+def _as(kind: type[ProtocolError], exc: ProtocolError) -> ProtocolError:
+    """``exc`` as a ``kind`` error (already one: itself), keeping reason and status."""
+    if isinstance(exc, (LocalProtocolError, RemoteProtocolError)):
+        return exc
+    return kind(exc.reason, exc.status)
 
 
 # --------------------------------------------------------------------------- strict CBOR codec
@@ -134,7 +152,14 @@ def _decode_one(stream: io.BytesIO, what: str) -> Any:
 
 
 def loads(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
-    """Decode one CBOR item strictly; raise :class:`ProtocolError` with a reason otherwise."""
+    """Decode one CBOR item strictly; raise :class:`RemoteProtocolError` with a reason otherwise."""
+    try:
+        return _loads(data, max_bytes)
+    except ProtocolError as exc:
+        raise _as(RemoteProtocolError, exc) from None
+
+
+def _loads(data: bytes, max_bytes: int) -> Any:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError("message body must be bytes")
     if len(data) == 0:
@@ -165,7 +190,9 @@ def decode_sequence(blob: bytes, *, what: str = "item") -> list[tuple[bytes, Any
         try:
             item = _decode_one(stream, f" in {what} {len(out)}")
         except _Incomplete:
-            raise ProtocolError(f"malformed CBOR: {what} {len(out)} ends in the middle") from None
+            raise RemoteProtocolError(f"malformed CBOR: {what} {len(out)} ends in the middle") from None
+        except ProtocolError as exc:
+            raise _as(RemoteProtocolError, exc) from None
         out.append((blob[start:stream.tell()], item))
     return out
 
@@ -238,7 +265,11 @@ class Message:
         return out
 
     def to_cbor(self) -> bytes:
-        self.validate()
+        """The message's bytes; :class:`LocalProtocolError` if it breaks its own contract."""
+        try:
+            self.validate()
+        except ProtocolError as exc:
+            raise _as(LocalProtocolError, exc) from None
         return dumps(self.to_dict())
 
     def validate(self) -> None:
@@ -252,6 +283,14 @@ class Message:
     # -- decoding
     @classmethod
     def from_dict(cls, raw: Any) -> "Message":
+        """The message in a decoded CBOR map; :class:`RemoteProtocolError` naming the field."""
+        try:
+            return cls._from_dict(raw)
+        except ProtocolError as exc:
+            raise _as(RemoteProtocolError, exc) from None
+
+    @classmethod
+    def _from_dict(cls, raw: Any) -> "Message":
         if not isinstance(raw, dict):
             raise ProtocolError(f"{cls.MSG or 'message'}: expected a CBOR map, got {type(raw).__name__}")
         version = raw.get("v")
@@ -695,14 +734,26 @@ class Reply(Message):
 FRAME_HEADER = struct.Struct(">I")
 
 
-def encode_frame(message: Message) -> bytes:
-    body = message.to_cbor()
+def frame(body: bytes) -> bytes:
+    """A frame: the body's length (4 bytes, big-endian), then the body."""
     return FRAME_HEADER.pack(len(body)) + body
 
 
+def encode_frame(message: Message) -> bytes:
+    return frame(message.to_cbor())
+
+
+def encode_item_frame(item: Any) -> bytes:
+    """A frame of any plain CBOR item (the Keep's private pipe to its fast-tier worker)."""
+    _check_plain(item)
+    return frame(dumps(item))
+
+
 class FrameDecoder:
-    """Feed bytes from a pipe; take out whole messages.  Refuses oversized frames at the header,
-    before buffering them."""
+    """The one decoder of framed pipes (keepmgr ↔ keepldr ↔ wasmldr, the Keep ↔ its worker):
+    feed bytes as they come, take out whole frames.  An oversized frame is refused at its
+    header, before its body is buffered.  :meth:`messages` decodes protocol messages,
+    :meth:`items` plain CBOR items; both strictly (:class:`RemoteProtocolError`)."""
 
     def __init__(self, max_frame: int = MAX_MESSAGE_BYTES):
         self._buf = bytearray()
@@ -711,16 +762,31 @@ class FrameDecoder:
     def feed(self, data: bytes) -> None:
         self._buf += data
 
-    def messages(self) -> Iterator[Message]:
+    def bodies(self) -> Iterator[bytes]:
         while len(self._buf) >= FRAME_HEADER.size:
             (length,) = FRAME_HEADER.unpack_from(self._buf)
             if length > self._max:
-                raise ProtocolError(f"frame of {length} bytes exceeds the limit of {self._max}", 413)
+                raise RemoteProtocolError(f"frame of {length} bytes exceeds the limit of "
+                                          f"{self._max}", 413)
             if len(self._buf) < FRAME_HEADER.size + length:
                 return
             body = bytes(self._buf[FRAME_HEADER.size:FRAME_HEADER.size + length])
             del self._buf[:FRAME_HEADER.size + length]
+            yield body
+
+    def messages(self) -> Iterator[Message]:
+        for body in self.bodies():
             yield decode_any(body)
+
+    def items(self) -> Iterator[Any]:
+        for body in self.bodies():
+            yield loads(body)
+
+    def end(self) -> None:
+        """The stream ended: fine between frames, a :class:`RemoteProtocolError` inside one."""
+        if self._buf:
+            where = "frame header" if len(self._buf) < FRAME_HEADER.size else "frame"
+            raise RemoteProtocolError(f"the pipe closed in the middle of a {where}")
 
     @property
     def pending(self) -> int:
@@ -737,7 +803,7 @@ class SequenceDecoder:
     def feed(self, data: bytes) -> None:
         self._buf += data
         if len(self._buf) > self._max:
-            raise ProtocolError(f"event larger than {self._max} bytes in the output stream", 413)
+            raise RemoteProtocolError(f"event larger than {self._max} bytes in the output stream", 413)
 
     def events(self) -> Iterator[Event]:
         """Every whole event buffered so far, decoded in one pass; a partial one stays."""
@@ -749,6 +815,8 @@ class SequenceDecoder:
                     item = _decode_one(stream, " in sequence")
                 except _Incomplete:
                     return
+                except ProtocolError as exc:
+                    raise _as(RemoteProtocolError, exc) from None
                 used = stream.tell()
                 yield Event.from_dict(item)  # type: ignore[misc]
         finally:

@@ -103,7 +103,7 @@ def test_bad_attest_and_unknown_keep(shared_manager) -> None:
     assert status == 400 and "minimum" in reason(body)
     status, body = http("POST", f"{m.url}/v1/keeps/{info.id}/provision",
                         p.ProvisionRequest(sealed=bytes(64)).to_cbor(), token=m.token)
-    assert status == 409 and "provision before attest" in reason(body)
+    assert status == 409 and "ask for evidence (attest) first" in reason(body)
     http("POST", f"{m.url}/v1/keeps/{info.id}/attest", p.AttestRequest(nonce=NONCE).to_cbor(), token=m.token)
     status, body = http("POST", f"{m.url}/v1/keeps/{info.id}/provision",
                         p.ProvisionRequest(sealed=bytes(64)).to_cbor(), token=m.token)

@@ -307,7 +307,7 @@ def test_host_replays_the_sealed_provisioning(agent, hostile, mgr):
     kid = agent.current.id
     sealed = next(body for _, path, body in proxy.requests if path.endswith("/provision"))
     status, body = http("POST", f"{mgr.url}/v1/keeps/{kid}/provision", sealed, token=mgr.token)
-    assert status == 409 and "already provisioned" in p.ErrorBody.from_cbor(body).reason
+    assert status == 409 and "one-use" in p.ErrorBody.from_cbor(body).reason
     events: list = []
     agent.call(agent.run("wasm", events.append, module=MODULE))
     assert "hello from the Keep" in "".join(e.content.get("text", "") for e in events)
