@@ -1,6 +1,11 @@
-"""The client agent the kernel (and the IPython extension) call: one object, one call per user
-action.  It owns the Keeps of one notebook and runs its network I/O on its own event loop in a
-background thread, so guest work never blocks the kernel's loop and interrupts get through."""
+"""The client agent: the Keeps of one notebook, one coroutine per user action.
+
+It is loop-agnostic: the keepbook kernel awaits its coroutines on its own event loop (a cell's
+path from ``do_execute`` to the channel and back stays on that one loop), while synchronous
+callers — the IPython extension's magics, scripts, tests — use :meth:`ClientAgent.call`, which
+runs them on a private loop thread started on first use.  One agent is used one way or the
+other, never both (aiohttp sessions belong to the loop that made them).  Blocking work (starting
+the embedded keep manager, sealing, compiling, the upload's socket) runs on worker threads."""
 
 from __future__ import annotations
 
@@ -13,19 +18,21 @@ import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
-from keepbook.keep.shared import audit_format
-from keepbook.keep.shared import dataset_format
+from keepbook.keep.shared import audit_format, dataset_format, facts, protocol, sealing
 from keepbook.kernel import dataset_sealer
-from keepbook.keep.shared import facts, protocol, sealing
 from keepbook.kernel.attestation import AttestationResult
-from keepbook.kernel.client import KeepError, KeepSession, ManagerClient
+from keepbook.kernel.client import KeepError, KeepSession
+from keepbook.kernel.manager_client import ManagerClient
 from keepbook.kernel.local_manager import EmbeddedManager
 from keepbook.kernel.trust_policy import TrustPolicy
 
 T = TypeVar("T")
 EventSink = Callable[[protocol.Event], None]
+#: what `%keep new` without options makes, said wherever a Keep is made for the user
+NEW_KEEP_DEFAULTS = (f"embedded manager, backend {facts.DEFAULT_BACKEND}, profile "
+                     f"{facts.DEFAULT_PROFILE}")
 
 
 @dataclass
@@ -117,9 +124,9 @@ def _pipelined(path: Path, sealer: dataset_sealer.Sealer) -> Iterator[Any]:
 
 class ClientAgent:
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="keepbook-agent", daemon=True)
-        self._thread.start()
+        self._loop: asyncio.AbstractEventLoop | None = None  # only for call()/submit()
+        self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
         self.embedded = EmbeddedManager()
         self.sessions: dict[str, KeepSession] = {}
         self.current: KeepSession | None = None
@@ -127,16 +134,26 @@ class ClientAgent:
         self.running_cell: str | None = None
 
     def prestart_embedded(self) -> None:
-        """Start the embedded keep manager on the agent's thread pool without waiting; a
-        failure here is reported by the first `%keep new` that needs it."""
+        """Start the embedded keep manager on a thread without waiting; a failure here is
+        reported by the first `%keep new` that needs it."""
         def start() -> None:
             try:
                 self.embedded.start()
             except Exception:
                 pass
-        self.loop.call_soon_threadsafe(lambda: self.loop.run_in_executor(None, start))
+        threading.Thread(target=start, name="keepbook-keepmgr-start", daemon=True).start()
 
-    # -- thread plumbing
+    # -- for synchronous callers: a private loop thread
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._thread_lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._loop.run_forever,
+                                                name="keepbook-agent", daemon=True)
+                self._thread.start()
+            return self._loop
+
     def submit(self, coro: Awaitable[T]) -> "Future[T]":
         return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
 
@@ -183,42 +200,50 @@ class ClientAgent:
                                   limits={"memory_bytes": spec.memory_bytes, "timeout_s": spec.timeout_s,
                                           "output_bytes": spec.output_bytes}, policy=spec.policy)
         req.validate()
-        info = await manager.create(req)
-        session = KeepSession(manager=manager, requested=req, info=info, policy=policy)
-        self.sessions[info.id] = session
+        session = await KeepSession.create(manager, req, policy)
+        self.sessions[session.id] = session
         self.current = session
         return session
 
     def require_current(self) -> KeepSession:
         if self.current is None:
-            raise KeepError("no Keep yet: run `%keep new` first (defaults: embedded manager, "
-                            "backend sim-snp, profile staging)")
+            raise KeepError(f"no Keep yet: run `%keep new` first ({NEW_KEEP_DEFAULTS})")
         return self.current
 
     async def attest(self) -> AttestationResult:
         session = self.require_current()
         return await session.attest()
 
-    async def run(self, kind: str, sink: EventSink, *, module: bytes | None = None,
-                  code: str | None = None, invoke: str | None = None, args: list | None = None,
-                  timeout_s: float | None = None, fuel: int | None = None) -> dict:
-        """Run one cell in the current Keep (attesting first if needed).  Events go to ``sink``
-        as they arrive; returns the final status content."""
+    async def events(self, kind: str, *, module: bytes | None = None, code: str | None = None,
+                     invoke: str | None = None, args: list | None = None,
+                     timeout_s: float | None = None, fuel: int | None = None
+                     ) -> AsyncIterator[protocol.Event]:
+        """Run one cell in the current Keep (attesting and provisioning first if needed) and
+        yield its events as they arrive; the last one is its ``status``."""
         session = self.require_current()
         req = protocol.RunRequest(cell_id=uuid.uuid4().hex[:12], kind=kind,
                                   module=bytes(module) if module is not None else None, code=code,
                                   invoke=invoke, args=args, timeout_s=timeout_s, fuel=fuel)
-        req.validate()
-        status: dict = {}
+        try:
+            req.validate()
+        except protocol.ProtocolError as exc:
+            raise KeepError(f"the cell cannot be sent: {exc.reason}") from None
         self.running_cell = req.cell_id
         try:
             async for event in session.run(req):
-                if event.kind == "status":
-                    status = event.content
-                else:
-                    sink(event)
+                yield event
         finally:
             self.running_cell = None
+
+    async def run(self, kind: str, sink: EventSink, **cell: Any) -> dict:
+        """:meth:`events` with a callback: every event but the status goes to ``sink``; returns
+        the status content."""
+        status: dict = {}
+        async for event in self.events(kind, **cell):
+            if event.kind == "status":
+                status = event.content
+            else:
+                sink(event)
         return status
 
     async def upload(self, path: str | os.PathLike, name: str | None = None, *,
@@ -282,10 +307,10 @@ class ClientAgent:
 
     async def interrupt(self) -> bool:
         session = self.current
-        if session is None or session.channel is None or self.running_cell is None:
+        if session is None or self.running_cell is None:
             return False
         try:
-            reply = await session.channel.request("interrupt", timeout=5.0)
+            reply = await session.open_channel("interrupt the cell").request("interrupt", timeout=5.0)
         except KeepError:
             return False
         return bool(reply.get("interrupted"))
@@ -294,6 +319,17 @@ class ClientAgent:
         session = self.require_current()
         channel = await session.ensure_channel()
         return await channel.request(op, args)
+
+    async def ask_if_open(self, op: str, args: dict) -> dict | None:
+        """A request (completion, inspection) answered only by an attested, provisioned Keep
+        that is not running a cell — never by the host, and never opening a Keep for it."""
+        session = self.current
+        if session is None or not session.handshake.channel_open or self.running_cell:
+            return None
+        try:
+            return await session.open_channel(f"ask for {op}").request(op, args, timeout=5.0)
+        except KeepError:
+            return None
 
     async def status(self) -> dict[str, Any]:
         """The Keep status panel: what the host says (state), what the attestation proved
@@ -309,14 +345,24 @@ class ClientAgent:
         else:
             out["protection"] = session.attestation.vector.label
             out["attested"] = "verified" if session.attestation.ok else "REFUSED"
-        out["endpoint"] = session.channel.endpoint if session.channel else "(not provisioned yet)"
+            if session.attestation.fingerprint:
+                out["fingerprint"] = session.attestation.fingerprint
+        out["handshake"] = session.handshake.state.value
+        out["endpoint"] = session.channel.url if session.channel else "(not provisioned yet)"
         out["uptime_s"] = round(time.time() - info.created, 1)
         out["cells_run"] = session.cells_run
-        if session.channel is not None and info.state not in ("closed", "failed"):
+        if session.handshake.channel_open and info.state not in ("closed", "failed"):
             try:
-                keep = await session.channel.request("status", timeout=5)
+                keep = await session.open_channel("ask for status").request("status", timeout=5)
             except KeepError as exc:
                 out["channel"] = str(exc)
+                # the Keep does not answer: give the host a moment to notice that it ended
+                for _ in range(10):
+                    info = await session.manager.get(session.id)
+                    if info.state in ("closed", "failed"):
+                        out["state"], out["reason"] = info.state, info.reason or ""
+                        break
+                    await asyncio.sleep(0.1)
             else:  # the Keep's own counts are authoritative
                 out["cells_run"] = keep.get("cells_run", out["cells_run"])
                 out["bytes_released"] = keep.get("bytes_out", 0)
@@ -354,8 +400,10 @@ class ClientAgent:
         await asyncio.to_thread(self.embedded.stop)
 
     def stop(self) -> None:
+        """Close the Keeps and the embedded manager, from a synchronous caller."""
         try:
             self.call(self.shutdown(), timeout=15)
         except Exception:
             self.embedded.stop()
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)

@@ -1,72 +1,149 @@
 """Client side of the attestation handshake: decide whether a Keep's answer proves what we need.
 
-Runs on the user's machine.  Combines the evidence verifier for the Keep's evidence kind with
-the handshake's own checks (freshness, key binding, attested config) and the user's trust
-policy, into one trust vector.  Nothing is sent to a Keep unless :attr:`TrustVector.ok`.
+Runs on the user's machine.  What the user expects is stated first, as an immutable
+:class:`Expectation` built with :class:`ExpectationBuilder` (the way ``cryptography``'s
+``PolicyBuilder`` builds a verifier): the backend, profile, limits and output policy asked for,
+the Keep's id, the trust policy, the fresh nonce — never taken from the Keep's own answer.
+:func:`verify_attestation` then combines the evidence verifier for the Keep's evidence kind
+with the handshake's own checks (freshness, key binding, attested config) into one trust
+vector.  Nothing is sent to a Keep unless :attr:`TrustVector.ok`.
 """
 
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from keepbook.keep.shared import facts, measurement, protocol
 from keepbook.keep.shared.evidence.registry import get_verifier
-from keepbook.keep.shared.evidence.trust import EvidenceError, Status, TrustVector, failed, unverified, verified
+from keepbook.keep.shared.evidence.trust import (Claim, EvidenceError, Status, TrustVector,
+                                                 failed, unverified, verified)
 from keepbook.kernel.trust_policy import TrustPolicy
 
 
+@dataclass(frozen=True)
+class Expectation:
+    """What the user expects of one attestation.  ``None`` means "not stated": the claim is
+    shown as unverified (or, for the backend, any backend the trust policy accepts)."""
 
-@dataclass
+    nonce: bytes
+    trust: TrustPolicy
+    backend: str | None = None
+    profile: str | None = None
+    limits: Mapping[str, Any] | None = None
+    output_policy: bytes | None = None
+    keep_id: str | None = None
+    fingerprint: str | None = None
+
+
+class ExpectationBuilder:
+    """Builds an :class:`Expectation`; each method returns a new builder (the builder is
+    immutable, so a partly built one can be shared)."""
+
+    def __init__(self, _fields: Mapping[str, Any] | None = None):
+        self._fields: Mapping[str, Any] = MappingProxyType(dict(_fields or {}))
+
+    def _with(self, **kw: Any) -> "ExpectationBuilder":
+        return ExpectationBuilder({**self._fields, **kw})
+
+    def nonce(self, nonce: bytes) -> "ExpectationBuilder":
+        if not isinstance(nonce, (bytes, bytearray)) or not 32 <= len(nonce) <= 64:
+            raise ValueError("the nonce must be 32 to 64 bytes")
+        return self._with(nonce=bytes(nonce))
+
+    def trust_policy(self, policy: TrustPolicy) -> "ExpectationBuilder":
+        return self._with(trust=policy)
+
+    def backend(self, name: str) -> "ExpectationBuilder":
+        facts.backend(name)  # ValueError naming the known backends
+        return self._with(backend=name)
+
+    def profile(self, name: str) -> "ExpectationBuilder":
+        if name not in facts.PROFILES:
+            raise ValueError(f"unknown profile {name!r}; known: {', '.join(facts.PROFILES)}")
+        return self._with(profile=name)
+
+    def limits(self, limits: Mapping[str, Any]) -> "ExpectationBuilder":
+        return self._with(limits=MappingProxyType(dict(limits)))
+
+    def output_policy(self, policy: bytes) -> "ExpectationBuilder":
+        return self._with(output_policy=bytes(policy))
+
+    def keep_id(self, keep_id: str) -> "ExpectationBuilder":
+        return self._with(keep_id=keep_id)
+
+    def fingerprint(self, fp: str) -> "ExpectationBuilder":
+        return self._with(fingerprint=protocol.normalize_fingerprint(fp))
+
+    def requested(self, req: protocol.CreateKeep) -> "ExpectationBuilder":
+        """Everything a create request asked for."""
+        return (self.backend(req.backend).profile(req.profile).limits(req.limits)
+                .output_policy(req.policy))
+
+    def build(self) -> Expectation:
+        if "nonce" not in self._fields:
+            raise ValueError("an expectation needs the fresh nonce the client chose")
+        fields = dict(self._fields)
+        fields.setdefault("trust", TrustPolicy())
+        return Expectation(**fields)
+
+
+@dataclass(frozen=True)
 class AttestationResult:
     vector: TrustVector
     response: protocol.AttestResponse
     config: protocol.KeepConfig | None
     report_data: bytes | None
+    expectation: Expectation | None = field(default=None, compare=False)
 
     @property
     def ok(self) -> bool:
         return self.vector.ok
 
+    @property
+    def fingerprint(self) -> str | None:
+        """The Keep's short fingerprint (of its attested config), to compare out of band."""
+        return self.config.fingerprint() if self.config is not None else None
 
-def _simulated_roots(kind: str) -> list[bytes]:
-    from keepbook.keep.shared.evidence import simulated_roots
 
-    return simulated_roots.simulated_root_digests(kind)
-
-
-def verify_attestation(resp: protocol.AttestResponse, *, nonce: bytes,
-                       requested: protocol.CreateKeep, policy: TrustPolicy) -> AttestationResult:
-    backend = requested.backend
-    spec = facts.BACKENDS.get(backend)
-    expected_kind = spec.evidence if spec else None
-    expected_protection = spec.protection if spec else "hardware"
-
-    # 1. The attested config must be the one we asked for.
+def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> AttestationResult:
+    """The trust vector of ``resp`` under ``expect``: every claim verified, failed or
+    unverified, with a reason; :attr:`AttestationResult.ok` only if every required claim is
+    verified."""
+    trust = expect.trust
+    # 1. The attested config must be the one we expected.
     config: protocol.KeepConfig | None = None
-    config_claims = []
+    config_claims: list[Claim] = []
     try:
         config = resp.keep_config()
     except protocol.ProtocolError as exc:
         config_claims.append(failed("config", f"the Keep's config does not decode: {exc.reason}"))
     if config is not None:
-        config_claims.extend(_config_claims(config, requested, policy))
+        config_claims.extend(_config_claims(config, expect))
+    backend = expect.backend or (config.backend if config is not None else None)
+    spec = facts.BACKENDS.get(backend or "")
+    expected_kind = spec.evidence if spec else None
+    expected_protection = spec.protection if spec else "hardware"
 
     # 2. The report data must bind our nonce, the Keep's HPKE key and that config.
-    rd = protocol.report_data(nonce, resp.hpke_public_key, config.digest()) if config else None
+    rd = protocol.report_data(expect.nonce, resp.hpke_public_key, config.digest()) if config else None
 
     # 3. The evidence itself, by the verifier for its kind.
     simulated_roots: list[bytes] = []
-    if policy.allow_simulated and expected_protection == "simulated" and resp.evidence_kind != "nil":
-        try:
-            simulated_roots = _simulated_roots(resp.evidence_kind)
-        except Exception as exc:  # no simulated roots here: the chain claim will say so
-            config_claims.append(unverified("simulated_root", f"no local simulated root: {exc}"))
-    reference = policy.reference_values()
+    if trust.allow_simulated and expected_protection == "simulated" and resp.evidence_kind != "nil":
+        from keepbook.keep.shared.evidence import simulated_roots as sim
+
+        simulated_roots = sim.simulated_root_digests(resp.evidence_kind)
+        if not simulated_roots:
+            config_claims.append(unverified("simulated_root", "this installation has no simulated "
+                                            f"{resp.evidence_kind} root to check the chain against"))
+    reference = trust.reference_values()
     reference.report_data = rd
     if expected_protection != "hardware" and reference.measurement is None:
         # a process-based Keep runs this installation's keepbook code: that is its reference
-        reference.measurement = measurement.measurement(32 if resp.evidence_kind == "sgx" else 48)
+        reference.measurement = measurement.measurement(facts.measurement_length(resp.evidence_kind))
     try:
         vector = get_verifier(resp.evidence_kind).verify(
             resp.evidence, certs=list(resp.certs), reference=reference,
@@ -85,7 +162,7 @@ def verify_attestation(resp: protocol.AttestResponse, *, nonce: bytes,
 
     # 4. Handshake claims derived from the report data check.
     rd_claim = vector.get("report_data")
-    nonce_echo = hmac.compare_digest(resp.nonce, nonce)
+    nonce_echo = hmac.compare_digest(resp.nonce, expect.nonce)
     if rd_claim is not None and rd_claim.status is Status.VERIFIED and nonce_echo:
         vector.add(verified("freshness", "the evidence binds the fresh nonce this client just chose"),
                    required=True)
@@ -99,58 +176,60 @@ def verify_attestation(resp: protocol.AttestResponse, *, nonce: bytes,
         vector.add(failed("key_binding", why), required=True)
     vector.require("report_data")
     vector.extend(config_claims)
-    vector.require(*[c.name for c in config_claims])
+    vector.require(*[c.name for c in config_claims if c.status is not Status.UNVERIFIED])
 
     # 5. The protection level against the trust policy.
-    prot = vector.protection
-    if policy.require_hardware and prot != "hardware":
-        vector.add(failed("protection", f"your trust policy requires hardware protection; this Keep "
-                                        f"is {vector.label}"), required=True)
-    elif prot == "none" and resp.evidence_kind == "nil":
-        if policy.allow_nil:
-            vector.add(verified("protection", "NO PROTECTION: a nil Keep, accepted because your "
-                                              "trust policy allows nil Keeps (allow_nil)"), required=True)
-        else:
-            vector.add(failed("protection", "nil Keep refused: your trust policy sets allow_nil = false"),
-                       required=True)
-    elif prot == "simulated":
-        vector.add(verified("protection", "SIMULATED: signed by this installation's simulated vendor "
-                                          "root — no hardware protection (allow_simulated)"), required=True)
-    elif prot == "hardware":
-        vector.add(verified("protection", "hardware TEE evidence chained to a pinned vendor root"),
-                   required=True)
-    else:
-        vector.add(failed("protection", f"protection level {prot!r} is not acceptable"), required=True)
+    vector.add(_protection_claim(vector, resp.evidence_kind, trust), required=True)
 
     # 6. Which claims this policy requires.
     if resp.evidence_kind != "nil":
         vector.require("chain", "signature")
-        vector.require(*policy.required_reference_claims())  # each reference value given
-        m = vector.get("measurement")
-        if policy.require_measurement and expected_protection != "hardware":
+        vector.require(*trust.required_reference_claims())  # each reference value given
+        if trust.require_measurement and expected_protection != "hardware":
             vector.require("measurement")
-        elif m is not None and m.status is Status.UNVERIFIED:
-            pass  # reported, not required (hardware: no reference value configured yet)
-    return AttestationResult(vector=vector, response=resp, config=config, report_data=rd)
+    return AttestationResult(vector=vector, response=resp, config=config, report_data=rd,
+                             expectation=expect)
 
 
-def _config_claims(config: protocol.KeepConfig, requested: protocol.CreateKeep,
-                   policy: TrustPolicy) -> list:
+def _protection_claim(vector: TrustVector, evidence_kind: str, trust: TrustPolicy) -> Claim:
+    prot = vector.protection
+    if trust.require_hardware and prot != "hardware":
+        return failed("protection", f"your trust policy requires hardware protection; this Keep "
+                                    f"is {vector.label}")
+    if prot == "none" and evidence_kind == "nil":
+        if trust.allow_nil:
+            return verified("protection", "NO PROTECTION: a nil Keep, accepted because your "
+                                          "trust policy allows nil Keeps (allow_nil)")
+        return failed("protection", "nil Keep refused: your trust policy does not allow nil Keeps "
+                                    "(allow_nil = false)")
+    if prot == "simulated":
+        return verified("protection", "SIMULATED: signed by this installation's simulated vendor "
+                                      "root — no hardware protection (allow_simulated)")
+    if prot == "hardware":
+        return verified("protection", "hardware TEE evidence chained to a pinned vendor root")
+    return failed("protection", f"protection level {prot!r} is not acceptable")
+
+
+def _config_claims(config: protocol.KeepConfig, expect: Expectation) -> list[Claim]:
+    trust = expect.trust
     out = []
-    if config.backend != requested.backend:
+    if expect.backend is not None and config.backend != expect.backend:
         out.append(failed("config", f"the Keep says it is {config.backend!r}, you asked for "
-                                    f"{requested.backend!r}"))
-    elif config.limits != requested.limits:
+                                    f"{expect.backend!r}"))
+    elif expect.limits is not None and config.limits != dict(expect.limits):
         out.append(failed("config", "the Keep's attested limits differ from the ones you asked for"))
     else:
-        out.append(verified("config", "backend and limits are the ones you asked for",
+        out.append(verified("config", "backend and limits are the ones you asked for"
+                            if expect.backend is not None else
+                            f"backend {config.backend} (you named none); limits as attested",
                             runtime=dict(config.runtime)))
-    if config.profile != requested.profile:
-        out.append(failed("profile", f"the Keep runs profile {config.profile!r}, you asked for "
-                                     f"{requested.profile!r} — the host changed it"))
-    elif config.profile not in policy.accept_profiles:
+    if expect.profile is not None and config.profile != expect.profile:
+        out.append(failed("profile", f"the Keep runs profile {config.profile!r}, not the "
+                                     f"{expect.profile!r} you expect — the host changed it, or "
+                                     "this is not the Keep you meant"))
+    elif config.profile not in trust.accept_profiles:
         out.append(failed("profile", f"profile {config.profile!r} is not accepted by your trust "
-                                     f"policy ({policy.source})"))
+                                     f"policy ({trust.source})"))
     elif config.profile == "debug":
         out.append(verified("profile", "debug — WARNING: this Keep may log cell details to the "
                                        "host; use staging or production for real data"))
@@ -159,14 +238,32 @@ def _config_claims(config: protocol.KeepConfig, requested: protocol.CreateKeep,
                                        "only what the output policy releases (keep.release)"))
     else:
         out.append(verified("profile", f"{config.profile}: the host sees lifecycle events only"))
+    if expect.keep_id is not None:
+        if config.keep_id != expect.keep_id:
+            out.append(failed("keep_id", f"the evidence is for Keep {config.keep_id!r}, not the Keep "
+                                         f"{expect.keep_id!r} you are talking to — the host "
+                                         "answered with another Keep"))
+        else:
+            out.append(verified("keep_id", f"the attested config names this Keep ({config.keep_id})"))
+    fp = config.fingerprint()
+    if expect.fingerprint is not None:
+        if not hmac.compare_digest(fp, expect.fingerprint):
+            out.append(failed("keep_fingerprint", f"this Keep's fingerprint is {fp}, not the "
+                                                  f"{expect.fingerprint} you were given — it is "
+                                                  "another Keep (a twin the host started?)"))
+        else:
+            out.append(verified("keep_fingerprint", f"the Keep's fingerprint is {fp}, as expected"))
     keys = config.keys or {}
     if keys:
         out.append(verified("keep_keys", "the Keep's dataset and audit keys are bound into the "
                                          "evidence (attested config)",
-                            keys=", ".join(sorted(keys))))
-    if config.policy != requested.policy:
+                            keys=", ".join(sorted(keys)), fingerprint=fp))
+    if expect.output_policy is None:
+        out.append(unverified("output_policy", "the Keep's output policy is not checked against one "
+                                               "of yours (sealed datasets add their owner's rules)"))
+    elif config.policy != expect.output_policy:
         out.append(failed("output_policy", "the Keep's attested output policy is not the one you sent — "
-                                    "the host changed it"))
+                                           "the host changed it"))
     else:
         out.append(verified("output_policy", "the output policy in force is the one you sent"
                             if config.policy else "the profile's default output policy"))
@@ -182,3 +279,7 @@ def save_attestation(result: AttestationResult, path: str) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(result.response.to_cbor())
     return str(target)
+
+
+__all__ = ["Expectation", "ExpectationBuilder", "AttestationResult", "verify_attestation",
+           "save_attestation"]

@@ -8,20 +8,50 @@ from __future__ import annotations
 import argparse
 import sys
 
-from keepbook.keep.shared import audit_format, dataset_format
+from dataclasses import replace
+
+from keepbook.keep.shared import audit_format, dataset_format, facts, protocol
 from keepbook.kernel import dataset_sealer
+from keepbook.kernel.attestation import AttestationResult, ExpectationBuilder, verify_attestation
+from keepbook.kernel.trust_policy import TrustPolicy
 
 
-def _owner_attest(args: argparse.Namespace) -> tuple[object, object]:
+def add_expectation_options(ap: argparse.ArgumentParser) -> None:
+    """What the data owner expects of the Keep they seal to — stated by them, never read from
+    the Keep's own answer."""
+    ap.add_argument("--profile", default="production", choices=facts.PROFILES,
+                    help="the profile the Keep must run (default: production)")
+    ap.add_argument("--keep-fingerprint", metavar="FP",
+                    help="the Keep fingerprint the analyst showed you (`%%keep status`): any other "
+                         "Keep — a twin the host started — is refused")
+    ap.add_argument("--allow-simulated", action="store_true",
+                    help="accept a SIMULATED Keep (demos and teaching only; it protects nothing)")
+    ap.add_argument("--trust-policy", help="your trust policy (TOML) for the Keep's evidence; "
+                    "default: hardware Keeps only")
+
+
+def owner_trust(args: argparse.Namespace) -> TrustPolicy:
+    """The owner's trust policy: from their file, else hardware only (nil never, simulated only
+    with --allow-simulated)."""
+    if args.trust_policy:
+        trust = TrustPolicy.load(args.trust_policy)
+    else:
+        trust = TrustPolicy(require_hardware=True, allow_simulated=False, allow_nil=False,
+                            source="the data owner's default: hardware Keeps only")
+    if getattr(args, "allow_simulated", False):
+        trust = replace(trust, require_hardware=False, allow_simulated=True,
+                        source=f"{trust.source}, SIMULATED Keeps allowed (--allow-simulated)")
+    return trust
+
+
+def _owner_attest(args: argparse.Namespace) -> tuple[AttestationResult, str]:
     """(verified AttestationResult, trust vector text) for the Keep the owner seals to."""
     import asyncio
     import os
 
-    from keepbook.keep.shared import protocol
-    from keepbook.kernel.attestation import verify_attestation
-    from keepbook.kernel.trust_policy import TrustPolicy
+    from keepbook.kernel.agent import _read_token
+    from keepbook.kernel.manager_client import ManagerClient
 
-    trust = TrustPolicy.load(args.trust_policy)
     if args.keep_evidence:
         try:
             resp = protocol.AttestResponse.from_cbor(open(args.keep_evidence, "rb").read())
@@ -32,9 +62,6 @@ def _owner_attest(args: argparse.Namespace) -> tuple[object, object]:
                              f"(keepbook keep-evidence -o FILE): {exc.reason}")
         nonce = resp.nonce
     else:
-        from keepbook.kernel.agent import _read_token
-        from keepbook.kernel.client import ManagerClient
-
         async def fetch() -> protocol.AttestResponse:
             mc = ManagerClient(args.to, _read_token(args.token_file))
             try:
@@ -43,14 +70,21 @@ def _owner_attest(args: argparse.Namespace) -> tuple[object, object]:
                 await mc.close()
         nonce = os.urandom(32)
         resp = asyncio.run(fetch())
-    try:
-        cfg = resp.keep_config()
-    except protocol.ProtocolError as exc:
-        raise SystemExit(f"keepbook: the Keep's config does not decode: {exc.reason}")
-    requested = protocol.CreateKeep(backend=cfg.backend, profile=cfg.profile, limits=cfg.limits,
-                                    policy=cfg.policy)
-    result = verify_attestation(resp, nonce=nonce, requested=requested, policy=trust)
+    expect = ExpectationBuilder().nonce(nonce).trust_policy(owner_trust(args)).profile(args.profile)
+    if args.keep:
+        expect = expect.keep_id(args.keep)
+    if args.keep_fingerprint:
+        try:
+            expect = expect.fingerprint(args.keep_fingerprint)
+        except ValueError as exc:
+            raise SystemExit(f"keepbook: --keep-fingerprint: {exc}")
+    result = verify_attestation(resp, expect.build())
     text = result.vector.to_text()
+    if result.fingerprint:
+        text += f"\nKeep fingerprint: {result.fingerprint}"
+    if not args.keep_fingerprint:
+        text += ("\nnote: no --keep-fingerprint given — compare the fingerprint above with the one "
+                 "the analyst's `%keep status` shows before you trust this Keep with data")
     if args.keep_evidence:
         text += ("\nnote: recorded evidence — its nonce was chosen by whoever recorded it, so it "
                  "proves the Keep's key and config, not that the Keep is still running")
@@ -80,7 +114,7 @@ def seal_main(argv: list[str]) -> int:
     ap.add_argument("--name", help="name under /data in the Keep (default: the file's name)")
     ap.add_argument("--pq", action="store_true", help="post-quantum hybrid KEM ML-KEM-768+X25519")
     ap.add_argument("--chunk-size", type=int, default=dataset_format.DEFAULT_CHUNK)
-    ap.add_argument("--trust-policy", help="your trust policy (TOML) for the Keep's evidence")
+    add_expectation_options(ap)
     ap.add_argument("-o", "--output", help="where to write (default: DATA.sealed)")
     args = ap.parse_args(argv)
     if args.to and not args.keep:
@@ -130,7 +164,7 @@ def keep_evidence_main(argv: list[str]) -> int:
     ap.add_argument("--to", required=True, metavar="MANAGER_URL")
     ap.add_argument("--keep", required=True, metavar="ID")
     ap.add_argument("--token-file")
-    ap.add_argument("--trust-policy")
+    add_expectation_options(ap)
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args(argv)
     args.keep_evidence = None
@@ -153,10 +187,6 @@ def keep_evidence_main(argv: list[str]) -> int:
 def audit_main(argv: list[str]) -> int:
     import json
 
-    from keepbook.keep.shared import protocol
-    from keepbook.kernel.attestation import verify_attestation
-    from keepbook.kernel.trust_policy import TrustPolicy
-
     ap = argparse.ArgumentParser(prog="keepbook audit", description="Check a Keep's audit log offline.")
     sub = ap.add_subparsers(dest="sub", required=True)
     v = sub.add_parser("verify", help="verify FILE (saved by %%audit): chain, signature, binding "
@@ -175,10 +205,10 @@ def audit_main(argv: list[str]) -> int:
     except (audit_format.AuditError, protocol.ProtocolError) as exc:
         print(f"keepbook audit verify: {getattr(exc, 'reason', exc)}", file=sys.stderr)
         return 1
-    requested = protocol.CreateKeep(backend=cfg.backend, profile=cfg.profile, limits=cfg.limits,
-                                    policy=cfg.policy)
-    result = verify_attestation(resp, nonce=resp.nonce, requested=requested,
-                                policy=TrustPolicy.load(args.trust_policy))
+    # the recorded evidence, checked under the reader's trust policy (what it asked for is not
+    # known here: the claims about it are shown as given)
+    expect = ExpectationBuilder().nonce(resp.nonce).trust_policy(TrustPolicy.load(args.trust_policy))
+    result = verify_attestation(resp, expect.build())
     if not result.ok:
         print(f"FAILED attestation: the recorded evidence does not verify: "
               f"{result.vector.first_failure()}", file=sys.stderr)

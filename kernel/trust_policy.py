@@ -26,7 +26,8 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from keepbook.keep.shared.facts import PROFILES
 from keepbook.keep.shared.evidence.reference import KEYS as REFERENCE_KEYS, parse_reference
@@ -37,16 +38,19 @@ class TrustPolicyError(ValueError):
     pass
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrustPolicy:
+    """Immutable: a verification is given one and cannot change it."""
+
     require_hardware: bool = False
     allow_simulated: bool = True
     allow_nil: bool = True
-    accept_profiles: list[str] = field(default_factory=lambda: list(PROFILES))
+    accept_profiles: tuple[str, ...] = PROFILES
     require_measurement: bool = True
     allow_debug: bool = False
-    accepted_tcb_status: list[str] = field(default_factory=lambda: ["UpToDate"])
-    reference: dict = field(default_factory=dict)   # the [reference] table, checked at load
+    accepted_tcb_status: tuple[str, ...] = ("UpToDate",)
+    #: the [reference] table, checked at load (read-only)
+    reference: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     source: str = "built-in default"
 
     def reference_values(self) -> ReferenceValues:
@@ -88,13 +92,15 @@ class TrustPolicy:
                 raise TrustPolicyError(f"trust policy {source}: [reference] {exc}") from None
         for name, value in raw.items():
             if name == "reference":
-                kwargs[name] = dict(value)
+                kwargs[name] = MappingProxyType(dict(value))
                 continue
             default = getattr(cls(), name)
             if isinstance(default, bool) and not isinstance(value, bool):
                 raise TrustPolicyError(f"trust policy {source}: {name} must be true or false")
-            if isinstance(default, list) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-                raise TrustPolicyError(f"trust policy {source}: {name} must be a list of strings")
+            if isinstance(default, tuple):
+                if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                    raise TrustPolicyError(f"trust policy {source}: {name} must be a list of strings")
+                value = tuple(value)
             kwargs[name] = value
         bad = set(kwargs.get("accept_profiles", [])) - set(PROFILES)
         if bad:

@@ -42,9 +42,16 @@ class Attestation:
     suite: str
 
 
+#: how many recent attestations can still be used to provision (several parties attest one
+#: Keep: the analyst, then the data owner before sealing — the owner's must not void the
+#: analyst's pending provisioning)
+RECENT_ATTESTATIONS = 8
+
+
 class KeepIdentity:
-    """Holds the config the Keep was started with and the one attestation it can be provisioned
-    under.  Each ``attest`` makes a new HPKE key; only the latest one can open a provisioning.
+    """Holds the config the Keep was started with and the recent attestations it can be
+    provisioned under.  Each ``attest`` makes a new HPKE key; a sealed provisioning opens with
+    the key of the attestation it was sealed to (and only once: provisioning drops them all).
     When each may happen (provision once, after an attestation) is the handshake state
     machine's decision (:mod:`keepbook.keep.shared.handshake`), made before these are called."""
 
@@ -54,13 +61,13 @@ class KeepIdentity:
         self.config_cbor = config.to_cbor()
         self.config_digest = config.digest()
         self.suite = suite
-        self.latest: Attestation | None = None
+        self.recent: list[Attestation] = []  # newest last
 
     def attest(self, req: protocol.AttestRequest) -> protocol.AttestResponse:
         priv, pub = sealing.generate(self.suite)
         rd = protocol.report_data(req.nonce, pub, self.config_digest)
         kind, evidence, certs = evidence_source.get_evidence(self.config.backend, rd)
-        self.latest = Attestation(req.nonce, rd, priv, self.suite)
+        self.recent = [*self.recent[-(RECENT_ATTESTATIONS - 1):], Attestation(req.nonce, rd, priv, self.suite)]
         return protocol.AttestResponse(evidence_kind=kind, evidence=evidence, certs=certs,
                                        hpke_suite=self.suite, hpke_public_key=pub,
                                        config=self.config_cbor, nonce=req.nonce)
@@ -68,13 +75,17 @@ class KeepIdentity:
     def open_provision(self, req: protocol.ProvisionRequest) -> tuple[protocol.Sealed, Any, bytes]:
         """Open the sealed {TLS key, client certificate}; return it with the loaded key and the
         one-use server certificate (DER) built from that key."""
-        att = self.latest
-        assert att is not None, "the handshake allows provision only after an attestation"
-        try:
-            plain = sealing.open_sealed(att.suite, att.hpke_private, req.sealed,
-                                        protocol.provision_info(att.report_data))
-        except sealing.SealingError as exc:
-            raise protocol.ProtocolError(str(exc), 400) from None
+        assert self.recent, "the handshake allows provision only after an attestation"
+        plain = None
+        for att in reversed(self.recent):
+            try:
+                plain = sealing.open_sealed(att.suite, att.hpke_private, req.sealed,
+                                            protocol.provision_info(att.report_data))
+                break
+            except sealing.SealingError as exc:
+                failure = exc
+        if plain is None:
+            raise protocol.ProtocolError(str(failure), 400) from None
         sealed = protocol.Sealed.from_cbor(plain)
         try:
             key = serialization.load_der_private_key(sealed.tls_key, password=None)
@@ -85,5 +96,5 @@ class KeepIdentity:
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise protocol.ProtocolError("the one-use TLS key must be an EC key")
         cert = certificates.self_signed(key, f"keepbook Keep {self.keep_id}")
-        self.latest = None  # the HPKE key has done its one job
+        self.recent = []  # the HPKE keys have done their one job
         return sealed, key, cert

@@ -118,7 +118,7 @@ class Wasmldr:
         config = protocol.KeepConfig(
             backend=self.backend, profile=requested.get("profile"), limits=requested.get("limits"),
             policy=requested.get("policy", b""), runtime=measurement.runtime_versions(),
-            keys=self.keys.public())
+            keys=self.keys.public(), keep_id=msg.keep_id)
         config.validate()
         try:
             policy = OutputPolicy.parse(config.policy, config.profile, "the Keep's output policy")

@@ -20,6 +20,7 @@ Wire rules (see docs/protocol.md):
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import struct
@@ -45,6 +46,7 @@ MAX_ITEMS = 4096
 
 
 REPORT_DATA_DOMAIN = b"keepbook/report-data/v1"
+FINGERPRINT_DOMAIN = b"keepbook/keep-fingerprint/v1"
 PROVISION_INFO_DOMAIN = b"keepbook/provision/v1"
 
 
@@ -377,12 +379,16 @@ class KeepConfig(Message):
         "policy": F((bytes,), max_len=256 * 1024),
         "runtime": F((dict,)),
         "keys": F((dict,), required=False, max_len=16),
+        "keep_id": F((str,), max_len=64, min_len=1),
     }
     backend: str
     profile: str
     limits: dict
     policy: bytes
     runtime: dict
+    #: the id the keep manager gave this Keep, bound into the evidence: evidence from another
+    #: Keep (a twin the host started with the same config) names another id
+    keep_id: str
     #: Long-lived public keys made inside the Keep at start, bound by the config digest:
     #: ``dataset/<hpke suite>`` (data owners seal datasets to it), ``audit/ed25519`` (signs the
     #: audit log's head).  Absent in configs that predate them.
@@ -399,6 +405,23 @@ class KeepConfig(Message):
 
     def digest(self) -> bytes:
         return hashlib.sha384(self.to_cbor()).digest()
+
+    def fingerprint(self) -> str:
+        """A short name of this Keep instance (its attested config, which holds keys made in
+        it), for people to compare out of band: ``kf:xxxx-xxxx-xxxx-xxxx`` (80 bits)."""
+        d = hashlib.sha256(FINGERPRINT_DOMAIN + self.digest()).digest()
+        b32 = base64.b32encode(d[:10]).decode().lower()
+        return "kf:" + "-".join(b32[i:i + 4] for i in range(0, 16, 4))
+
+
+def normalize_fingerprint(text: str) -> str:
+    """A Keep fingerprint as typed (any case, with or without ``kf:`` and dashes) in its one
+    written form; ValueError if it is not one."""
+    raw = str(text).strip().lower().removeprefix("kf:").replace("-", "").replace(" ", "")
+    if len(raw) != 16 or any(c not in "abcdefghijklmnopqrstuvwxyz234567" for c in raw):
+        raise ValueError(f"{text!r} is not a Keep fingerprint (kf:xxxx-xxxx-xxxx-xxxx, as "
+                         "`%keep status` shows it)")
+    return "kf:" + "-".join(raw[i:i + 4] for i in range(0, 16, 4))
 
 
 def report_data(nonce: bytes, hpke_public_key: bytes, config_digest: bytes) -> bytes:

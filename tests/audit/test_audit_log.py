@@ -18,7 +18,7 @@ from keepbook.keep.shared import audit_format
 
 def make_log(n: int = 5):
     key = ed25519.Ed25519PrivateKey.generate()
-    config = protocol.KeepConfig(backend="nil", profile="production",
+    config = protocol.KeepConfig(keep_id="test-keep", backend="nil", profile="production",
                                  limits=dict(protocol.DEFAULT_LIMITS), policy=b"", runtime={},
                                  keys={audit_format.AUDIT_KEY: key.public_key().public_bytes_raw()})
     log = audit_log.AuditLog("k1", config.digest(), key)
@@ -101,7 +101,7 @@ def test_other_keeps_key_or_config():
     other_log, other_config = make_log()
     with pytest.raises(audit_format.AuditError, match="signature"):
         check(log.export(), other_config)
-    no_key = protocol.KeepConfig(backend="nil", profile="production",
+    no_key = protocol.KeepConfig(keep_id="test-keep", backend="nil", profile="production",
                                  limits=dict(protocol.DEFAULT_LIMITS), policy=b"", runtime={})
     with pytest.raises(audit_format.AuditError, match="binding"):
         check(log.export(), no_key)

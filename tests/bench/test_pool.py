@@ -13,7 +13,7 @@ import time
 import pytest
 
 from keepbook.keep.shared import protocol
-from keepbook.kernel.attestation import verify_attestation
+from keepbook.kernel.attestation import ExpectationBuilder, verify_attestation
 from keepbook.kernel.client import ManagerClient
 from keepbook.kernel.trust_policy import TrustPolicy
 from tests.conftest import Manager
@@ -85,7 +85,8 @@ def test_pooled_keep_gets_config_at_create_and_fresh_attestation(pooled):
             info = await client.create(req)
             nonce = os.urandom(32)
             resp = await client.attest(info.id, nonce)
-            result = verify_attestation(resp, nonce=nonce, requested=req, policy=TrustPolicy.load(None))
+            result = verify_attestation(resp, ExpectationBuilder().nonce(nonce).requested(req)
+                                        .keep_id(info.id).trust_policy(TrustPolicy.load(None)).build())
             other = os.urandom(32)
             again = await client.attest(info.id, other)
             await client.delete(info.id)

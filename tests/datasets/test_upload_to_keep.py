@@ -41,8 +41,12 @@ def listing(agent):
 
 def owner_seal(env, out, *extra):
     agent, session, tmp, tf, mgr = env
+    # the owner states what they expect: a staging Keep, simulated accepted (a demo), this one
     return cli.main(["seal", str(tmp / "patients.csv"), "--to", mgr.url, "--keep", session.id,
                      "--token-file", str(tf), "--owner-key", str(tmp / "owner.pem"),
+                     "--profile", "staging", "--allow-simulated",
+                     "--keep-fingerprint", session.attestation.fingerprint if session.attestation
+                     else agent.call(agent.attest()).fingerprint,
                      "-o", str(out), *extra])
 
 
@@ -101,8 +105,11 @@ def test_sealed_to_another_keep_is_refused(env, shared_manager, tmp_path):
     try:
         s2 = other.call(other.new_keep(NewKeep(backend="nil", profile="staging",
                                                manager=shared_manager.url, token_file=str(tf))))
+        trust = tmp_path / "owner-trust.toml"  # this owner accepts a nil Keep, on purpose
+        trust.write_text("require_hardware = false\nallow_nil = true\n")
         assert cli.main(["seal", str(tmp / "patients.csv"), "--to", shared_manager.url, "--keep",
                          s2.id, "--token-file", str(tf), "--owner-key", str(tmp / "owner.pem"),
+                         "--profile", "staging", "--trust-policy", str(trust),
                          "--name", "other.csv", "-o", str(tmp_path / "o.sealed")]) == 0
     finally:
         other.stop()

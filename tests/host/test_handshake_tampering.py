@@ -165,13 +165,17 @@ def test_another_keeps_evidence_is_refused(agent, shared_manager, tmp_path):
 
 
 def test_identical_twin_keep_gains_the_host_nothing(agent, shared_manager, tmp_path):
-    """Another Keep with the very same config is as good as ours; the sealed key opens only in
-    it, so provisioning the Keep the host routes to fails, and no cell is sent."""
+    """The host answers for our Keep with fresh evidence from its twin (the very same config):
+    the attested config names the twin's Keep id, so the attestation fails on ``keep_id`` and
+    nothing — not even the sealed channel key — is sent."""
     swap, cleanup = _other_keep_swap(shared_manager, "staging")
     proxy = _attack(agent, shared_manager, tmp_path, swap)
     try:
-        with pytest.raises(KeepError, match="does not open"):
+        with pytest.raises(AttestationRefused) as exc:
             agent.call(agent.run("wasm", lambda e: None, module=MODULE))
+        assert [c.name for c in exc.value.result.vector.failures] == ["keep_id"]
+        assert "answered with another Keep" in str(exc.value)
+        assert not any(path.endswith("/provision") for _, path, _ in proxy.requests)
         assert MODULE not in b"".join(proxy.relayed)
     finally:
         agent.call(agent.close())
@@ -210,7 +214,7 @@ def test_redirect_to_a_keep_the_host_controls_is_refused(agent, shared_manager, 
         def redirect(method, path, body, status):
             if path.endswith("/provision") and status == 200:
                 resp = p.ProvisionResponse.from_cbor(body)
-                resp.endpoint = decoy_channel.endpoint
+                resp.endpoint = decoy_channel.url
                 return resp.to_cbor(), status
             return body, status
         proxy = _attack(agent, shared_manager, tmp_path, redirect)

@@ -186,9 +186,9 @@ HTTPS_PATHS = [("POST", "/v1/run", ["run"]), ("POST", "/v1/request", ["request"]
 
 def test_wasmldr_https_endpoints(channel):
     agent, ch = channel
-    host, port = ch.endpoint.removeprefix("https://").rsplit(":", 1)
+    host, port = ch.endpoint.host, str(ch.endpoint.port)
     _, wasmldr = keep_pids(agent.current.id)
-    conn = [httpc.HTTPSConnection(host, int(port), context=ch._ctx, timeout=PER_REQUEST_S * 2)]
+    conn = [httpc.HTTPSConnection(host, int(port), context=ch.context, timeout=PER_REQUEST_S * 2)]
 
     def post(method: str, path: str, ctype: str, body: bytes) -> tuple[int, bytes]:
         for attempt in range(2):
@@ -199,7 +199,7 @@ def test_wasmldr_https_endpoints(channel):
                 return resp.status, resp.read()
             except (httpc.HTTPException, ConnectionError):
                 conn[0].close()   # the server may close a connection after an error: reconnect
-                conn[0] = httpc.HTTPSConnection(host, int(port), context=ch._ctx,
+                conn[0] = httpc.HTTPSConnection(host, int(port), context=ch.context,
                                                       timeout=PER_REQUEST_S * 2)
         raise AssertionError("the Keep's endpoint stopped answering")
 

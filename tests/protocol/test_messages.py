@@ -12,7 +12,7 @@ NONCE = bytes(range(32))
 
 
 def samples() -> list[p.Message]:
-    cfg = p.KeepConfig(backend="sim-snp", profile="staging", limits=dict(p.DEFAULT_LIMITS),
+    cfg = p.KeepConfig(keep_id="test-keep", backend="sim-snp", profile="staging", limits=dict(p.DEFAULT_LIMITS),
                        policy=b"", runtime={"keepbook": "0.1.0"})
     return [
         p.Contracts(backends=[p.Backend(name="nil", protection="none", evidence="nil", available=True)]),
@@ -47,9 +47,9 @@ def test_round_trip(msg: p.Message) -> None:
 
 
 def test_config_digest_is_deterministic_and_sensitive() -> None:
-    a = p.KeepConfig(backend="nil", profile="staging", limits=dict(p.DEFAULT_LIMITS), policy=b"",
+    a = p.KeepConfig(keep_id="test-keep", backend="nil", profile="staging", limits=dict(p.DEFAULT_LIMITS), policy=b"",
                      runtime={"k": "1"})
-    b = p.KeepConfig(backend="nil", profile="production", limits=dict(p.DEFAULT_LIMITS), policy=b"",
+    b = p.KeepConfig(keep_id="test-keep", backend="nil", profile="production", limits=dict(p.DEFAULT_LIMITS), policy=b"",
                      runtime={"k": "1"})
     assert a.digest() == p.KeepConfig.from_cbor(a.to_cbor()).digest()
     assert a.digest() != b.digest()

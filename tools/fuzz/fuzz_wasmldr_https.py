@@ -33,9 +33,9 @@ manager = Manager(_tmp, backends="nil", extra=["--parent-pid", str(os.getpid())]
 agent = ClientAgent()
 agent.call(agent.new_keep(NewKeep(backend="nil", manager=manager.url, token_file=str(_tmp / "tok"))))
 channel = agent.call(agent.current.ensure_channel())
-HOST, PORT = channel.endpoint.removeprefix("https://").rsplit(":", 1)
+HOST, PORT = channel.endpoint.host, str(channel.endpoint.port)
 WASMLDR = keep_pids(agent.current.id)[1]
-conn = http.client.HTTPSConnection(HOST, int(PORT), context=channel._ctx, timeout=10)
+conn = http.client.HTTPSConnection(HOST, int(PORT), context=channel.context, timeout=10)
 
 
 def post(method: str, path: str, ctype: str, body: bytes) -> tuple[int, bytes]:
@@ -47,7 +47,7 @@ def post(method: str, path: str, ctype: str, body: bytes) -> tuple[int, bytes]:
             return resp.status, resp.read()
         except (http.client.HTTPException, ConnectionError):
             conn.close()
-            conn = http.client.HTTPSConnection(HOST, int(PORT), context=channel._ctx, timeout=10)
+            conn = http.client.HTTPSConnection(HOST, int(PORT), context=channel.context, timeout=10)
     raise AssertionError("the Keep's endpoint stopped answering")
 
 

@@ -1,0 +1,366 @@
+"""One front end for both adapters: the keepbook kernel and ``%load_ext keepbook``.
+
+Everything between "the user ran this" and "this is what to show" lives here, once: parsing
+the magics, making a Keep when there is none, attesting before anything is sent, compiling,
+running the cell, and turning the Keep's events into output.  An adapter gives a
+:class:`Screen` — how a Jupyter IOPub message is shown where it runs — and calls one coroutine
+per user action; it only renders.
+
+A cell's path reads top to bottom: :meth:`Frontend.execute` → :meth:`Frontend._run_in_keep`
+→ :meth:`~keepbook.kernel.agent.ClientAgent.events` → the attested channel, and each event
+back through :meth:`Frontend._show` to the screen, on the caller's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from keepbook.keep.shared import protocol
+from keepbook.keep.shared.evidence.trust import TrustVector
+from keepbook.kernel import magics as mg
+from keepbook.kernel import presenting as show
+from keepbook.kernel.agent import NEW_KEEP_DEFAULTS, ClientAgent
+from keepbook.kernel.client import AttestationRefused, KeepError
+from keepbook.kernel.trust_policy import TrustPolicyError
+
+COMPILED = ("c", "cpp", "zig", "rust")
+
+
+class Screen(Protocol):
+    """Where output goes: one Jupyter IOPub message at a time (``stream``, ``display_data``,
+    ``update_display_data``, ``execute_result``, ``error``)."""
+
+    def publish(self, kind: str, content: dict) -> None: ...
+
+
+@dataclass
+class Outcome:
+    """How a user action ended, for the adapter's reply (``execute_reply``, a raised error)."""
+
+    ok: bool = True
+    ename: str = ""
+    evalue: str = ""
+    traceback: list[str] = field(default_factory=list)
+    #: the cell's value as the Keep rendered it (``execute_result`` content), if any
+    result: dict | None = None
+
+    def reply(self, execution_count: int) -> dict:
+        if self.ok:
+            return {"status": "ok", "execution_count": execution_count, "payload": [],
+                    "user_expressions": {}}
+        return {"status": "error", "execution_count": execution_count, "ename": self.ename,
+                "evalue": self.evalue, "traceback": self.traceback}
+
+
+class CellFailed(Exception):
+    """The cell ended in an error the Keep already reported (shown as it arrived)."""
+
+
+class CompileFailed(Exception):
+    """The cell did not compile on the client; nothing was sent."""
+
+
+class Frontend:
+    def __init__(self, agent: ClientAgent, screen: Screen):
+        self.agent = agent
+        self.screen = screen
+        self.params: dict[str, Any] = {}  # the notebook's parameters (papermill), for magic lines
+        self._python_started: set[str] = set()
+        self._shown_error: dict | None = None  # the error this action already showed
+
+    # ------------------------------------------------------------------ user actions
+    async def execute(self, code: str) -> Outcome:
+        """A whole keepbook-kernel cell: leading ``%line`` magics, then a ``%%cell`` magic or
+        Python for the Keep."""
+        async def act() -> Outcome:
+            params = mg.parse_parameters(code)
+            if params is not None:  # kept by the kernel, for `{name}` in magic lines
+                self.params.update(params)
+                self._remark("notebook parameters: " + ", ".join(f"{k}={v!r}" for k, v in params.items()))
+                return Outcome()
+            cell = mg.parse_cell(code, self.params)
+            for magic in cell.magics:
+                await self._line_magic(magic)
+            if cell.cell_magic is not None:
+                return await self._cell_magic(cell.cell_magic)
+            if cell.python.strip():
+                return await self._run_in_keep("python", code=cell.python)
+            return Outcome()
+        return await self._guard(act)
+
+    async def magic(self, line: str) -> Outcome:
+        """One line magic (``%keep …``, ``%attest …``, ``%upload …``, ``%audit …``)."""
+        return await self._guard(lambda: self._line_magic(mg.parse_line_magic(line)))
+
+    async def python(self, code: str, timeout_s: float | None = None) -> Outcome:
+        """Python for the Keep's session (``%%keep`` in the IPython extension)."""
+        async def act() -> Outcome:
+            await self._ensure_keep()
+            await self._ensure_attested()
+            if not code.strip():
+                return Outcome()
+            return await self._run_in_keep("python", code=code, timeout_s=timeout_s)
+        return await self._guard(act)
+
+    async def interrupt(self) -> bool:
+        """Stop the running cell in the Keep (never a signal to a host process)."""
+        return await self.agent.interrupt()
+
+    async def complete(self, code: str, cursor_pos: int) -> dict:
+        hit = mg.complete_magic(code, cursor_pos)
+        if hit is not None:
+            matches, start, end = hit
+        else:
+            reply = await self.agent.ask_if_open("complete", {"code": code, "cursor_pos": cursor_pos})
+            ok = bool(reply) and isinstance(reply.get("matches"), list)
+            matches = reply["matches"] if ok else []
+            start = reply.get("cursor_start", cursor_pos) if ok else cursor_pos
+            end = reply.get("cursor_end", cursor_pos) if ok else cursor_pos
+        return {"status": "ok", "matches": matches, "cursor_start": start, "cursor_end": end,
+                "metadata": {}}
+
+    async def inspect(self, code: str, cursor_pos: int) -> dict:
+        reply = await self.agent.ask_if_open("inspect", {"code": code, "cursor_pos": cursor_pos})
+        if reply and reply.get("found"):
+            return {"status": "ok", "found": True, "data": show.jupyter_mime(reply.get("data")),
+                    "metadata": {}}
+        return {"status": "ok", "found": False, "data": {}, "metadata": {}}
+
+    # ------------------------------------------------------------------ errors, once
+    async def _guard(self, act: Any) -> Outcome:
+        """Run one action; every failure becomes one shown error and an :class:`Outcome`."""
+        self._shown_error = None
+        try:
+            out = await act()
+            return out if isinstance(out, Outcome) else Outcome()
+        except mg.MagicError as exc:
+            return self._fail("UsageError", str(exc))
+        except AttestationRefused as exc:
+            self._display(show.trust_vector_bundle(exc.result.vector))
+            return self._fail("AttestationFailed", str(exc))
+        except (KeepError, TrustPolicyError) as exc:
+            return self._fail("KeepError", str(exc))
+        except CompileFailed as exc:
+            return self._fail("CompileError", str(exc))
+        except CellFailed as exc:
+            if self._shown_error is not None:  # the reply names the Keep's own error
+                e = self._shown_error
+                return Outcome(False, e["ename"], e["evalue"], e["traceback"])
+            return self._fail("CellError", str(exc))
+        except Exception as exc:  # a keepbook bug: say so, stay alive
+            return self._fail(type(exc).__name__, f"keepbook internal error: {exc}",
+                              traceback.format_exception(exc))
+
+    def _fail(self, ename: str, evalue: str, tb: list[str] | None = None) -> Outcome:
+        tb = tb or [f"{ename}: {evalue}"]
+        if self._shown_error is None:
+            self._error(ename, evalue, tb)
+        return Outcome(False, ename, evalue, tb)
+
+    # ------------------------------------------------------------------ output
+    def _stream(self, text: str, name: str = "stdout") -> None:
+        self.screen.publish("stream", {"name": name, "text": text})
+
+    def _remark(self, text: str) -> None:
+        self._stream(f"[keepbook] {text}\n", "stderr")
+
+    def _display(self, data: dict, metadata: dict | None = None) -> None:
+        self.screen.publish("display_data", {"data": data, "metadata": metadata or {}, "transient": {}})
+
+    def _error(self, ename: str, evalue: str, tb: list[str]) -> None:
+        content = {"ename": ename, "evalue": evalue, "traceback": tb}
+        self.screen.publish("error", content)
+        self._shown_error = content
+
+    def _progress(self, label: str, total: int | None = None) -> show.Progress:
+        return show.Progress(self.screen.publish, label, total)
+
+    def _show(self, event: protocol.Event, outcome: Outcome) -> None:
+        """One Keep event as output (the Keep's policy already decided it may leave)."""
+        c = event.content
+        if event.kind == "stream":
+            name = c.get("name") if c.get("name") in ("stdout", "stderr") else "stdout"
+            self._stream(str(c.get("text", "")), name)
+        elif event.kind == "display_data":
+            self._display(show.jupyter_mime(c.get("data")), c.get("metadata") or {})
+        elif event.kind == "execute_result":
+            outcome.result = {"data": show.jupyter_mime(c.get("data")), "metadata": c.get("metadata") or {}}
+            self.screen.publish("execute_result", dict(outcome.result))
+        elif event.kind == "error":
+            tb = c.get("traceback")
+            self._error(str(c.get("ename", "Error")), str(c.get("evalue", "")),
+                        [str(x) for x in tb] if isinstance(tb, list) and tb else
+                        [f"{c.get('ename', 'Error')}: {c.get('evalue', '')}"])
+        elif event.kind == "notice":
+            self._remark(str(c.get("text", "")))
+
+    # ------------------------------------------------------------------ line magics
+    async def _line_magic(self, m: mg.LineMagic) -> None:
+        if m.name == "keep":
+            await self._keep_magic(m)
+        elif m.name == "attest":
+            await self._ensure_keep()
+            result = await self.agent.attest()
+            if m.args.save:
+                self._stream(f"Attestation saved to {self._save_attestation(result, m.args.save)} "
+                             "(for `keepbook seal --keep-evidence`)\n")
+            if m.args.json:
+                self._display({"application/json": result.vector.to_json(),
+                               "text/plain": json.dumps(result.vector.to_json(), indent=1)})
+            else:
+                self._show_vector(result.vector, m.args.explain)
+        elif m.name == "upload":
+            await self._upload(m.args.path, m.args.name)
+        elif m.name == "audit":
+            await self._ensure_keep()
+            log = await self.agent.audit()
+            current = self.agent.current.id if self.agent.current else "keep"
+            saved = show.save_audit(current, log.raw, m.args.save)
+            self._display(show.audit_bundle(log, saved))
+        else:
+            raise mg.MagicError(f"%{m.name} is not available in this version of keepbook")
+
+    def _show_vector(self, tv: TrustVector, explain: bool = False) -> None:
+        self._display(show.trust_vector_bundle(tv, explain))
+
+    @staticmethod
+    def _save_attestation(result: Any, path: str) -> str:
+        from keepbook.kernel.attestation import save_attestation
+
+        try:
+            return save_attestation(result, path)
+        except OSError as exc:
+            raise KeepError(f"cannot save the attestation to {path}: {exc.strerror}") from None
+
+    async def _keep_magic(self, m: mg.LineMagic, implicit: bool = False) -> None:
+        if m.sub == "new":
+            spec = show.new_keep_spec(m.args)
+            bar = self._progress(f"creating a {spec.backend} Keep ({spec.profile})")
+            try:
+                session = await self.agent.new_keep(spec)
+            except BaseException:
+                bar.done(f"could not create a {spec.backend} Keep", ok=False)
+                raise
+            bar.done(f"Keep {session.id} created")
+            if implicit:  # the user's cell output stays on stdout; our remarks go to stderr
+                self._remark(f"Keep {session.id} created (backend {session.info.backend}, "
+                             f"profile {session.info.profile}).")
+            else:
+                self._stream(f"Keep {session.id}: backend {session.info.backend}, profile "
+                             f"{session.info.profile}, manager {session.manager.url}\n"
+                             "Not attested yet: `%attest` (or the first cell) verifies it before "
+                             "anything is sent.\n")
+        elif m.sub == "status":
+            self._display(show.status_bundle(await self.agent.status()))
+        elif m.sub == "list":
+            keeps = await self.agent.list()
+            current = self.agent.current.id if self.agent.current else None
+            lines = [f"{'*' if k.id == current else ' '} {k.id}  {k.backend:<8} {k.profile:<10} {k.state}"
+                     for k in keeps] or ["(no Keeps)"]
+            self._stream("\n".join(lines) + "\n")
+        elif m.sub == "close":
+            self._stream(f"Keep {await self.agent.close(m.args.id)} closed.\n")
+
+    async def _upload(self, path: str, name: str | None) -> None:
+        """%upload PATH [--as NAME]: sealed to the attested Keep, streamed; read-only at /data."""
+        await self._ensure_keep()
+        await self._ensure_attested()
+        try:
+            size: int | None = os.path.getsize(os.path.expanduser(path))
+        except OSError:
+            size = None
+        bar = self._progress(f"uploading {path}", total=size)
+        try:
+            receipt = await self.agent.upload(path, name, progress=bar.update)
+        except BaseException:
+            bar.done(f"upload of {path} failed", ok=False)
+            raise
+        bar.done(f"uploaded {path}")
+        self._stream(show.upload_receipt(path, receipt))
+
+    # ------------------------------------------------------------------ Keeps made and attested
+    async def _ensure_keep(self) -> None:
+        if self.agent.current is None:
+            self._remark(f"No Keep yet: creating one with the defaults ({NEW_KEEP_DEFAULTS}).")
+            await self._keep_magic(mg.parse_line_magic("%keep new"), implicit=True)
+
+    async def _ensure_attested(self) -> None:
+        session = self.agent.current
+        if session is not None and session.attestation is None:
+            bar = self._progress("attesting the Keep (fresh nonce, evidence, verification)")
+            try:
+                result = await self.agent.attest()
+            except BaseException:
+                bar.done("attestation failed — nothing was sent", ok=False)
+                raise
+            bar.done(f"attested: {result.vector.kind} evidence VERIFIED — {result.vector.label} "
+                     "(`%attest` shows the trust vector)")
+
+    # ------------------------------------------------------------------ cells
+    async def _cell_magic(self, m: mg.CellMagic) -> Outcome:
+        if m.name not in ("wat", "wasm", *COMPILED):
+            raise mg.MagicError(f"%%{m.name} is not a cell magic keepbook runs")
+        bar = self._progress(f"compiling the {m.name} cell to wasm32-wasi on this machine") \
+            if m.name in COMPILED else None
+        try:
+            module = await asyncio.to_thread(self._compile, m)
+        except BaseException:
+            if bar:
+                bar.done(f"{m.name} compilation failed", ok=False)
+            raise
+        if bar:
+            bar.done(f"compiled {len(module):,} bytes of Wasm")
+        return await self._run_in_keep("wasm", module=module, invoke=m.invoke, args=m.invoke_args,
+                                       timeout_s=m.args.timeout, fuel=m.args.fuel)
+
+    def _compile(self, m: mg.CellMagic) -> bytes:
+        """Client-side: turn the cell into a Wasm module.  Compile errors stop here — nothing sent."""
+        from keepbook.kernel import compilers
+
+        try:
+            if m.name == "wasm":
+                return compilers.decode_wasm_cell(m.body, m.args.file)
+            flags = list(getattr(m.args, "flags", []) or [])
+            opt = f"-O{m.args.opt}" if hasattr(m.args, "opt") else "-O2"
+            result = compilers.compile_cell(m.name, m.body, flags=flags, opt=opt,
+                                            verbose=getattr(m.args, "verbose", False),
+                                            reactor=m.invoke is not None)
+        except compilers.CompileError as exc:
+            raise CompileFailed(f"{exc}\n(nothing was sent to the Keep)") from None
+        if result.log.strip():  # with --verbose the log starts with the compiler command
+            self.screen.publish("stream", {"name": "stderr", "text": result.log if
+                                           result.log.endswith("\n") else result.log + "\n"})
+        return result.module
+
+    async def _run_in_keep(self, kind: str, **cell: Any) -> Outcome:
+        """Make and attest a Keep if needed, send the cell, show its events as they come."""
+        await self._ensure_keep()
+        await self._ensure_attested()
+        session = self.agent.current
+        warmup = None
+        if kind == "python" and session is not None and session.id not in self._python_started:
+            self._python_started.add(session.id)
+            warmup = self._progress("starting Python in the Keep")
+        outcome = Outcome()
+        status: dict = {}
+        try:
+            async for event in self.agent.events(kind, **cell):
+                if warmup is not None:
+                    warmup.done("Python is running in the Keep")
+                    warmup = None
+                if event.kind == "status":
+                    status = event.content
+                else:
+                    self._show(event, outcome)
+        except BaseException:
+            if warmup is not None:
+                warmup.done("Python did not start in the Keep", ok=False)
+            raise
+        if not status.get("ok", False):
+            raise CellFailed(str(status.get("reason") or "the cell failed"))
+        return outcome
