@@ -61,6 +61,18 @@ def compare_value(name: str, got: bytes, want: bytes | None, what: str, why: str
                   f"(got {got.hex()[:16]}…, expected {bytes(want).hex()[:16]}…)")
 
 
+def relaxable(name: str, ok: bool, ok_reason: str, problem: str, fix: str, allowed: bool,
+              policy_key: str) -> Claim:
+    """A rule only the user's trust policy may relax: verified when it holds, verified with the
+    problem spelled out when ``policy_key`` allows it, failed (naming the fix and the key) else."""
+    if ok:
+        return verified(name, ok_reason)
+    if allowed:
+        return verified(name, f"{problem} — accepted because your trust policy sets {policy_key} = true")
+    return failed(name, f"{problem}; {fix} (or set {policy_key} = true in your trust policy to "
+                  "accept it)")
+
+
 PROTECTION_LABEL = {
     "hardware": "PROTECTED",
     "simulated": "SIMULATED — no hardware protection",
@@ -183,6 +195,9 @@ class ReferenceValues:
     allow_smt: bool = True
     allow_migration_agent: bool = False
     accept_tcb_status: Sequence[str] = ("UpToDate",)
+    allow_sept_ve: bool = False               # TDX: accept SEPT_VE_DISABLE clear
+    allow_reserved_td_attributes: bool = False  # TDX: accept reserved TD attribute bits set
+    allow_service_td: bool = False            # TDX 1.5: accept a non-zero MRSERVICETD
 
 
 class Verifier(Protocol):
