@@ -9,10 +9,10 @@ import cbor2
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from keepbook.keep.evidence import cca, detect_kind
-from keepbook.keep.evidence.cca_verify import CcaVerifier
-from keepbook.keep.evidence.public_keys import load_public_keys
-from keepbook.keep.evidence.trust import EvidenceError, ReferenceValues, Status
+from keepbook.keep.shared.evidence import cca, detect_kind
+from keepbook.keep.shared.evidence.cca_verify import CcaVerifier
+from keepbook.keep.shared.evidence.public_keys import load_public_keys
+from keepbook.keep.shared.evidence.trust import EvidenceError, ReferenceValues, Status
 from keepbook.kernel.verify_cli import main
 
 C = "cca/ccatoken__test_common.go__"

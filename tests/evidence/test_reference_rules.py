@@ -10,12 +10,12 @@ from dataclasses import replace
 
 import pytest
 
-from keepbook.keep.evidence import azure_hcl, dcap, dcap_collateral, pcs, snp
-from keepbook.keep.evidence.certs import load_certs, load_pool
-from keepbook.keep.evidence.dcap_verify import PINNED_INTEL_ROOTS, SgxVerifier, TdxVerifier
-from keepbook.keep.evidence.pck import parse_pck
-from keepbook.keep.evidence.snp_verify import SnpVerifier
-from keepbook.keep.evidence.trust import EvidenceError, ReferenceValues, Status
+from keepbook.keep.shared.evidence import azure_hcl, dcap, dcap_collateral, pcs, snp
+from keepbook.keep.shared.evidence.certs import load_certs, load_pool
+from keepbook.keep.shared.evidence.dcap_verify import PINNED_INTEL_ROOTS, SgxVerifier, TdxVerifier
+from keepbook.keep.shared.evidence.pck import parse_pck
+from keepbook.keep.shared.evidence.snp_verify import SnpVerifier
+from keepbook.keep.shared.evidence.trust import EvidenceError, ReferenceValues, Status
 
 UTC = dt.timezone.utc
 S, T, X = "snp/", "tdx/", "sgx/"
@@ -167,13 +167,14 @@ def test_amd_crl_revokes_the_ask():
     """Simulated chain (no AMD-signed CRL exists in the vectors): the ARK's CRL revoking the ASK."""
     import os
     from cryptography import x509
-    from keepbook.keep.evidence import simulated
+    from keepbook.keep.inside.simulated_tee import vendor
+    from keepbook.keep.shared.evidence import simulated_roots
     rd = os.urandom(64)
-    ev, certs = simulated.make_evidence("sev-snp", rd, os.urandom(48))
-    st_ = simulated.state("sev-snp")
+    ev, certs = vendor.make_evidence("sev-snp", rd, os.urandom(48))
+    st_ = vendor.state("sev-snp")
     ark = x509.load_der_x509_certificate(st_["files"]["ark.der"])
     ask = x509.load_der_x509_certificate(st_["files"]["ask.der"])
-    roots = simulated.simulated_root_digests("sev-snp")
+    roots = simulated_roots.simulated_root_digests("sev-snp")
     v = SnpVerifier()
     clean = _amd_crl(st_["ark_key"], ark.subject)
     tv = v.verify(ev, certs=certs, simulated_roots=roots, collateral=pcs.Collateral(crls=[clean]))
@@ -207,7 +208,7 @@ def test_serial_zero_certificates_survive_a_strict_cryptography(vec, monkeypatch
     """cryptography warns it will refuse serial-0 certificates (all of AMD's); force that strict
     behaviour and verify a real report: the tolerant loader must carry it."""
     import warnings
-    from keepbook.keep.evidence import certs as certs_mod
+    from keepbook.keep.shared.evidence import certs as certs_mod
     real_loader = certs_mod.x509.load_der_x509_certificate
     refused = []
 
