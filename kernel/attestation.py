@@ -11,7 +11,7 @@ import hmac
 from dataclasses import dataclass
 
 from keepbook.keep.shared import facts, measurement, protocol
-from keepbook.keep.shared.evidence.registry import get_verifier
+from keepbook.keep.shared.evidence import carried
 from keepbook.keep.shared.evidence.trust import EvidenceError, Status, TrustVector, failed, unverified, verified
 from keepbook.kernel.trust_policy import TrustPolicy
 
@@ -68,9 +68,9 @@ def verify_attestation(resp: protocol.AttestResponse, *, nonce: bytes,
         # a process-based Keep runs this installation's keepbook code: that is its reference
         reference.measurement = measurement.measurement(32 if resp.evidence_kind == "sgx" else 48)
     try:
-        vector = get_verifier(resp.evidence_kind).verify(
-            resp.evidence, certs=list(resp.certs), reference=reference,
-            simulated_roots=simulated_roots)
+        vector = carried.verify(resp.evidence_kind, resp.evidence, certs=list(resp.certs),
+                                collateral=resp.collateral, reference=reference,
+                                simulated_roots=simulated_roots)
     except EvidenceError as exc:
         vector = TrustVector(kind=resp.evidence_kind, protection="none")
         vector.add(failed("evidence", f"the Keep's evidence cannot be parsed: {exc}"), required=True)
@@ -125,6 +125,8 @@ def verify_attestation(resp: protocol.AttestResponse, *, nonce: bytes,
     # 6. Which claims this policy requires.
     if resp.evidence_kind != "nil":
         vector.require("chain", "signature")
+        if expected_protection == "hardware":   # TCB judged with carried collateral (issue 14)
+            vector.require(*carried.required_on_hardware(resp.evidence_kind))
         vector.require(*policy.required_reference_claims())  # each reference value given
         m = vector.get("measurement")
         if policy.require_measurement and expected_protection != "hardware":
