@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from keepbook.keep.shared import facts, measurement, protocol
-from keepbook.keep.shared.evidence.registry import get_verifier
+from keepbook.keep.shared.evidence import carried
 from keepbook.keep.shared.evidence.trust import (Claim, EvidenceError, Status, TrustVector,
                                                  failed, unverified, verified)
 from keepbook.kernel.trust_policy import TrustPolicy
@@ -145,9 +145,9 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
         # a process-based Keep runs this installation's keepbook code: that is its reference
         reference.measurement = measurement.measurement(facts.measurement_length(resp.evidence_kind))
     try:
-        vector = get_verifier(resp.evidence_kind).verify(
-            resp.evidence, certs=list(resp.certs), reference=reference,
-            simulated_roots=simulated_roots)
+        vector = carried.verify(resp.evidence_kind, resp.evidence, certs=list(resp.certs),
+                                collateral=resp.collateral, reference=reference,
+                                simulated_roots=simulated_roots)
     except EvidenceError as exc:
         vector = TrustVector(kind=resp.evidence_kind, protection="none")
         vector.add(failed("evidence", f"the Keep's evidence cannot be parsed: {exc}"), required=True)
@@ -184,6 +184,8 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
     # 6. Which claims this policy requires.
     if resp.evidence_kind != "nil":
         vector.require("chain", "signature")
+        if expected_protection == "hardware":  # the TCB judged with the collateral carried along
+            vector.require(*carried.required_on_hardware(resp.evidence_kind))
         vector.require(*trust.required_reference_claims())  # each reference value given
         if trust.require_measurement and expected_protection != "hardware":
             vector.require("measurement")

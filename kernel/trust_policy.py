@@ -63,7 +63,8 @@ class TrustPolicy:
     def required_reference_claims(self) -> list[str]:
         """Claims the [reference] table asks to be verified."""
         names = {"measurement": "measurement", "host_data": "host_data", "mrsigner": "mrsigner",
-                 "rtmrs": "rtmrs", "min_tcb": "tcb", "vmpl": "vmpl"}
+                 "rtmrs": "rtmrs", "min_tcb": "tcb", "vmpl": "vmpl",
+                 "personalization": "personalization", "rems": "rems"}
         return [claim for key, claim in names.items() if key in self.reference]
 
     @classmethod

@@ -1,4 +1,4 @@
-"""``keepbook verify``: verify SEV-SNP / TDX / SGX evidence offline and print the trust vector.
+"""``keepbook verify``: verify SEV-SNP / TDX / SGX / Arm CCA evidence offline and print the trust vector.
 
     keepbook verify EVIDENCE [--certs FILE]... [--collateral FILE]... [--report-data HEX]
                     [--at ISO8601] [--policy FILE] [--json] [--allow-simulated]
@@ -38,14 +38,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="keepbook verify", description="Verify TEE evidence (SEV-SNP report, TDX or "
-                "SGX quote; binary or hex) against pinned vendor roots and print the trust vector.")
+    p = _Parser(prog="keepbook verify", description="Verify TEE evidence (SEV-SNP report or Azure "
+                "HCL report, TDX or SGX quote, Arm CCA token; binary or hex) against pinned vendor "
+                "roots (CCA: the platform key you pass) and print the trust vector.")
     p.add_argument("evidence", help="evidence file (binary or hex text); '-' reads stdin")
     p.add_argument("--certs", action="append", default=[], metavar="FILE",
-                   help="certificates (PEM with one or many, or DER); repeatable")
+                   help="certificates (PEM with one or many, or DER), or a CRL; for Arm CCA the "
+                        "platform key (PEM public key or JWK); repeatable")
     p.add_argument("--collateral", action="append", default=[], metavar="FILE",
                    help="Intel collateral: dcap-qvl JSON, or PCS TCB info / QE identity bodies, "
-                        "issuer chain PEM, CRLs; repeatable")
+                        "issuer chain PEM, CRLs; AMD's CRL; repeatable")
     p.add_argument("--report-data", metavar="HEX", help="expected report data (≤ 64 bytes, zero-padded)")
     p.add_argument("--at", metavar="ISO8601", help="check validity at this time (archived evidence)")
     p.add_argument("--policy", metavar="FILE", help="reference values / trust policy (TOML)")
@@ -109,17 +111,12 @@ def verify(argv: Sequence[str]) -> tuple[TrustVector, argparse.Namespace]:
         raise UsageError(f"the policy is for {extras['kind']} evidence, this is {kind}")
     if args.report_data is not None:
         ref.report_data = _hex(args.report_data, "--report-data", 64, pad=True)
-    certs: list[bytes] = []
-    for f in args.certs:
-        try:
-            certs += load_certs(_read(f, "certificate file"))
-        except EvidenceError as e:
-            raise UsageError(f"{f}: {e}") from None
+    certs, crls = _load_certs_args(args.certs, kind)
     collateral = None
-    if args.collateral:
+    if args.collateral or crls:
         from keepbook.keep.shared.evidence import pcs
         try:
-            collateral = pcs.load_parts([_read(f, "collateral file") for f in args.collateral])
+            collateral = pcs.load_parts([_read(f, "collateral file") for f in args.collateral] + crls)
         except EvidenceError as e:
             raise UsageError(f"collateral: {e}") from None
     at = parse_time(args.at) if args.at else None
@@ -135,6 +132,43 @@ def verify(argv: Sequence[str]) -> tuple[TrustVector, argparse.Namespace]:
     return tv, args
 
 
+def _load_certs_args(files: Sequence[str], kind: str) -> tuple[list[bytes], list[bytes]]:
+    """``--certs`` files → (DER certificates, or for CCA DER public keys; CRL files)."""
+    from keepbook.keep.shared.evidence import pcs
+    from keepbook.keep.shared.evidence.public_keys import load_public_keys
+
+    certs: list[bytes] = []
+    crls: list[bytes] = []
+    for f in files:
+        data = _read(f, "certificate file")
+        try:
+            certs += load_public_keys(data) if kind == "cca" else load_certs(data)
+            continue
+        except EvidenceError as e:
+            problem = e
+        try:                          # AMD's and Intel's CRLs may come with the certificates
+            part = pcs.load_part(data)
+        except EvidenceError:
+            part = None
+        if part is None or not part.crls or kind == "cca":
+            raise UsageError(f"{f}: {problem}") from None
+        crls += part.crls
+    return certs, crls
+
+
+def unchecked_notes(tv: TrustVector) -> list[str]:
+    """Plain sentences for what this verification did NOT check (shown with the result)."""
+    notes = []
+    tcb, crl = tv.get("tcb_status"), tv.get("crl")
+    if tcb is not None and tcb.status.value == "unverified":
+        notes.append("TCB status was NOT checked (no collateral): the platform may run outdated "
+                     "firmware — pass --collateral")
+    if crl is not None and crl.status.value == "unverified":
+        notes.append("Revocation was NOT checked (no CRL for this chain): a revoked key would "
+                     "pass — pass the vendor's CRLs with --collateral")
+    return notes
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in argv
@@ -147,10 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         return _unusable(str(e), as_json)
     except Exception as e:  # noqa: BLE001 — never a traceback for bad input
         return _unusable(f"unexpected problem with the input ({type(e).__name__}: {e})", as_json)
+    notes = unchecked_notes(tv)
     if as_json:
-        print(json.dumps(tv.to_json(), indent=2, ensure_ascii=False))
+        print(json.dumps({**tv.to_json(), "not_checked": notes}, indent=2, ensure_ascii=False))
     else:
         print(tv.to_text())
+        for n in notes:
+            print(f"NOTE: {n}")
     return EXIT_OK if tv.ok else EXIT_FAILED
 
 

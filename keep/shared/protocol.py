@@ -537,6 +537,11 @@ class AttestRequest(Message):
     nonce: bytes
 
 
+MAX_COLLATERAL_PARTS = 16
+MAX_COLLATERAL_PART = 64 * 1024
+MAX_COLLATERAL_BYTES = 256 * 1024
+
+
 @dataclass
 class AttestResponse(Message):
     """What the Keep says about itself.  Nothing here is trusted until verified."""
@@ -550,6 +555,9 @@ class AttestResponse(Message):
         "hpke_public_key": F((bytes,), min_len=32, max_len=4096),
         "config": F((bytes,), max_len=512 * 1024),
         "nonce": F((bytes,), min_len=32, max_len=64),
+        # signed vendor collateral carried with the evidence (PCS TCB info / QE identity bodies,
+        # issuer chains, CRLs): an untrusted host may carry it, the signatures decide
+        "collateral": F((list,), required=False, max_len=MAX_COLLATERAL_PARTS),
     }
     evidence_kind: str
     evidence: bytes
@@ -558,11 +566,21 @@ class AttestResponse(Message):
     hpke_public_key: bytes
     config: bytes
     nonce: bytes
+    collateral: list | None = None
 
     def _check(self) -> None:
         for i, c in enumerate(self.certs):
             if not isinstance(c, bytes) or len(c) > 16 * 1024:
                 raise ProtocolError(f"attest_response.certs[{i}]: expected DER bytes up to 16 KiB")
+        total = 0
+        for i, part in enumerate(self.collateral or []):
+            if not isinstance(part, bytes) or not 0 < len(part) <= MAX_COLLATERAL_PART:
+                raise ProtocolError(f"attest_response.collateral[{i}]: expected bytes, 1 to "
+                                    f"{MAX_COLLATERAL_PART} long")
+            total += len(part)
+        if total > MAX_COLLATERAL_BYTES:
+            raise ProtocolError(f"attest_response.collateral: {total} bytes exceed the limit of "
+                                f"{MAX_COLLATERAL_BYTES}", status=413)
 
     def keep_config(self) -> KeepConfig:
         return KeepConfig.from_cbor(self.config)  # type: ignore[return-value]

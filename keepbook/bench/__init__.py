@@ -27,7 +27,9 @@ SUITES: dict[str, list[tuple[str, str, Goal | None]]] = {
                 ("numpy_pandas_vs_native_ratio", "s", None)],
     "upload": [("upload_vs_tls_ratio", "MiB/s", Goal(0.5, True, at_least=True))],
     "verify": [("verify_snp_ms", "ms", Goal(5.0, False, unit="ms")), ("verify_tdx_ms", "ms", None),
-               ("verify_sgx_ms", "ms", None)],
+               ("verify_sgx_ms", "ms", None),
+               ("verify_tdx_vs_dcap_qvl_ratio", "ms", Goal(1.0, True)),
+               ("verify_sgx_vs_dcap_qvl_ratio", "ms", Goal(1.0, True))],
     "memory": [("idle_python_keep_mb", "MB", Goal(150, False, unit="MB")),
                ("python_keeps_capacity", "Keeps", Goal(20, False, at_least=True, unit="Keeps"))],
 }
@@ -45,7 +47,7 @@ def _plan(quick: bool) -> dict[str, Callable[[], list[Row]]]:
         return rows
 
     return {
-        "verify": lambda: verify.rows(30 if quick else 200),
+        "verify": lambda: verify.rows(30 if quick else 200) + verify.dcap_qvl_rows(30 if quick else 200),
         "upload": lambda: upload.rows(reps, (64 if quick else 256) * 1024 * 1024),
         "startup": lambda: startup.rows(reps),
         "roundtrip": lambda: roundtrip.rows(20 if quick else 60),

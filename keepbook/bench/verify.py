@@ -5,11 +5,12 @@ baseline is the irreducible floor: the one ECDSA signature check over the report
 from __future__ import annotations
 
 import datetime as dt
+from importlib import metadata
 import os
 import time
 from pathlib import Path
 
-from .core import Goal, Row, Sample
+from .core import Goal, Row, Sample, not_measured
 
 UTC = dt.timezone.utc
 
@@ -85,4 +86,58 @@ def rows(reps: int) -> list[Row]:
         out.append(Row(name, "ms", sample, _ecdsa_floor(curve, reps), goal,
                        note=f"{what}; verdict {'ok' if tv.ok else 'not ok (as the vector is)'}",
                        baseline_label=f"one ECDSA-{curve.upper()} signature check (the floor)"))
+    return out
+
+
+RATIO_GOAL = Goal(1.0, on_ratio=True)
+_QVL_ROWS = (("tdx", "verify_tdx_vs_dcap_qvl_ratio", "dcap-qvl__sample_tdx_quote"),
+             ("sgx", "verify_sgx_vs_dcap_qvl_ratio", "dcap-qvl__sample_sgx_quote"))
+
+
+def dcap_qvl_rows(reps: int) -> list[Row]:
+    """keepbook's DCAP verifier beside Phala's dcap-qvl (Rust, PyPI) on the same quote, the
+    same collateral and the same time, measured alternately in one run; the note compares the
+    two verdicts (TCB status)."""
+    try:
+        import dcap_qvl  # type: ignore[import-not-found]
+    except ImportError:
+        return [not_measured(name, "ms", RATIO_GOAL, "dcap-qvl is NOT installed — "
+                             "pip install -e '.[bench]' to compare with it")
+                for _, name, _ in _QVL_ROWS]
+    vec = _vectors()
+    if vec is None:
+        return [not_measured(name, "ms", RATIO_GOAL, "the real vectors (KEEPBOOK_VECTORS) are "
+                             "absent: dcap-qvl verifies only real Intel quotes")
+                for _, name, _ in _QVL_ROWS]
+    from keepbook.keep.shared.evidence.registry import get_verifier
+
+    out = []
+    for kind, name, file in _QVL_ROWS:
+        ev, kw, _ = _real(kind, vec)
+        raw = (vec / kind / f"{file}_collateral.json").read_text()
+        qvl_col = dcap_qvl.QuoteCollateralV3.from_json(raw)
+        now = int(kw["at"].timestamp())
+        verifier = get_verifier(kind)
+        tv = verifier.verify(ev, **kw)
+        ours = (tv.get("tcb_status").detail or {}).get("status")
+        try:
+            theirs = dcap_qvl.verify(ev, qvl_col, now).status
+        except Exception as exc:  # noqa: BLE001 — dcap-qvl reports a refusal as an exception
+            theirs = f"refused ({exc})"
+        mine, base = Sample(), Sample()
+        for _ in range(reps):
+            t = time.perf_counter()
+            verifier.verify(ev, **kw)
+            mine.add((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            try:
+                dcap_qvl.verify(ev, qvl_col, now)
+            except Exception:  # noqa: BLE001 — same work either way
+                pass
+            base.add((time.perf_counter() - t) * 1000)
+        same = "same verdict" if ours == theirs else "DIFFERENT verdicts"
+        out.append(Row(name, "ms", mine, base, RATIO_GOAL,
+                       note=f"{file} + its collateral at issueDate+1h; TCB status keepbook {ours}, "
+                            f"dcap-qvl {theirs} — {same}",
+                       baseline_label=f"dcap-qvl {metadata.version('dcap-qvl')} on the same input"))
     return out

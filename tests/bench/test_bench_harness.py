@@ -12,6 +12,7 @@ ROW_KEYS = {"name", "value", "unit", "baseline", "ratio", "goal", "met"}
 REQUIRED = {"first_result_cold_s", "first_result_warm_s", "rtt_wat_ratio", "rtt_python_ratio",
             "c_vs_native_ratio", "python_loop_vs_native_ratio", "numpy_pandas_vs_native_ratio",
             "upload_vs_tls_ratio", "verify_snp_ms", "verify_tdx_ms", "verify_sgx_ms",
+            "verify_tdx_vs_dcap_qvl_ratio", "verify_sgx_vs_dcap_qvl_ratio",
             "idle_python_keep_mb", "python_keeps_capacity"}
 
 
@@ -70,6 +71,7 @@ def test_failing_suite_reports_its_rows_as_not_measured(monkeypatch):
     monkeypatch.setattr(verify, "rows", boom)
     result = bench.run(quick=True, only=["verify"], log=lambda *a, **k: None)
     rows = {r["name"]: r for r in result["rows"]}
-    assert set(rows) == {"verify_snp_ms", "verify_tdx_ms", "verify_sgx_ms"}
+    assert set(rows) == {"verify_snp_ms", "verify_tdx_ms", "verify_sgx_ms",
+                         "verify_tdx_vs_dcap_qvl_ratio", "verify_sgx_vs_dcap_qvl_ratio"}
     assert all(r["value"] is None for r in rows.values())
     assert "no kernel here" in result["machine"]["row_notes"]["verify_snp_ms"]

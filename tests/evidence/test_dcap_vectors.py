@@ -26,6 +26,13 @@ QUOTES = {  # file → verifier
     T + "go-tdx-guest__testing_testdata_quote_v5_sample.dat": TdxVerifier,
     T + "go-tdx-guest__testing_testdata_tdx_prod_quote_SPR_E4.dat": TdxVerifier,
     S + "dcap-qvl__sample_sgx_quote": SgxVerifier,
+    T + "trustee__deps_verifier_test_data_az-tdx-vtpm_td-quote.bin": TdxVerifier,
+}
+#: quotes whose crypto verifies but that a default policy refuses (PROVENANCE.md; Intel's and
+#: Phala's verifiers refuse them too): TD attributes without SEPT_VE_DISABLE
+DEFAULT_REFUSED = {
+    T + "trustee__deps_verifier_test_data_az-tdx-vtpm_td-quote.bin": ["sept_ve_disable"],
+    T + "go-tdx-guest__testing_testdata_tdx_prod_quote_SPR_E4.dat": ["sept_ve_disable"],
 }
 CRYPTO = ("chain", "qe_report", "qe_binding", "signature")
 
@@ -46,8 +53,12 @@ def test_real_quote_crypto_verifies(vec, quote):
     for name in CRYPTO:
         assert st(tv, name) is Status.VERIFIED, tv.to_text()
     assert st(tv, "debug") is Status.VERIFIED
-    assert tv.ok and tv.protection == "hardware"
+    assert tv.protection == "hardware"
+    assert [c.name for c in tv.failures] == DEFAULT_REFUSED.get(quote, []), tv.to_text()
     assert st(tv, "tcb_status") is Status.UNVERIFIED  # no collateral → reported, not required
+    if quote in DEFAULT_REFUSED:   # only the trust policy relaxes the rule
+        assert "allow_sept_ve" in tv.get("sept_ve_disable").reason
+        assert QUOTES[quote]().verify(ev, reference=ReferenceValues(allow_sept_ve=True)).ok
 
 
 @pytest.mark.vectors
@@ -195,15 +206,20 @@ def test_chain_mutations(vec):
     ev = vec(S + "dcap-qvl__sample_sgx_quote")
     q = dcap.parse(ev)
     pem = q.qe.cert_data
-    # drop the root from the embedded chain → chain fails, naming --certs
+    # drop the root from the embedded chain → still verifies: Intel's root ships with keepbook
     certs = load_certs(pem)
     assert len(certs) == 3
     cut = pem[:pem.rfind(b"-----BEGIN CERTIFICATE-----")]
-    ev2 = _replace_cert_data(ev, q, cut)
+    tv = SgxVerifier().verify(_replace_cert_data(ev, q, cut))
+    assert st(tv, "chain") is Status.VERIFIED and "Intel SGX Root CA" in tv.get("chain").reason
+    # drop the intermediate (PCK Processor CA) → chain fails, naming --certs
+    blocks = pem.split(b"-----END CERTIFICATE-----")
+    leaf_only = blocks[0] + b"-----END CERTIFICATE-----\n"
+    ev2 = _replace_cert_data(ev, q, leaf_only)
     tv = SgxVerifier().verify(ev2)
     assert st(tv, "chain") is Status.FAILED and "--certs" in tv.get("chain").reason
-    # ... and passing the root with --certs repairs it
-    assert SgxVerifier().verify(ev2, certs=[certs[2]]).get("chain").status is Status.VERIFIED
+    # ... and passing the intermediate with --certs repairs it
+    assert SgxVerifier().verify(ev2, certs=[certs[1]]).get("chain").status is Status.VERIFIED
 
 
 def _replace_cert_data(ev: bytes, q: dcap.Quote, pem: bytes) -> bytes:

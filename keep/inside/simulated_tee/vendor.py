@@ -234,7 +234,7 @@ def _sim_vcek(st: dict[str, Any], tcb: snp.TcbVersion, chip_id: bytes) -> bytes:
             ask = x509.load_der_x509_certificate(st["files"]["ask.der"])
             exts = key_info_extensions(product_name=SIM_SNP_PRODUCT, tcb=tcb.as_dict(),
                                        hwid=bytes(chip_id))
-            der = make_cert(_name("SEV-VCEK (SIMULATED)", "keepbook SIMULATED AMD"),
+            der = make_cert(_name("SEV-VCEK", "keepbook SIMULATED AMD"),
                             st["vcek_key"].public_key(), ask.subject, st["ask_key"], ca=False,
                             extensions=exts, pss=True)
             _VCEKS[key] = der

@@ -32,6 +32,17 @@ CERT_PCK_CHAIN = 5
 CERT_QE_REPORT = 6
 MAX_QUOTE = 64 * 1024
 
+# TD_ATTRIBUTES (Intel TDX module ABI, "TD_PARAMS"): TUD bits 7:0, SEC bits 31:8, OTHER bits 63:32
+TD_DEBUG = 1 << 0
+TD_SEPT_VE_DISABLE = 1 << 28
+TD_PKS = 1 << 30
+TD_KL = 1 << 31
+TD_PERFMON = 1 << 63
+#: TUD 7:1, SEC 27:8 and 29, OTHER 62:32 — reserved, must be zero
+TD_RESERVED = 0xFE | 0x0FFFFF00 | (1 << 29) | 0x7FFFFFFF_00000000
+TD_FLAG_NAMES = ((TD_DEBUG, "DEBUG"), (TD_SEPT_VE_DISABLE, "SEPT_VE_DISABLE"), (TD_PKS, "PKS"),
+                 (TD_KL, "KL"), (TD_PERFMON, "PERFMON"))
+
 
 @dataclass(frozen=True)
 class QuoteHeader:
@@ -117,6 +128,14 @@ class TdReport:
     @property
     def debug(self) -> bool:
         return bool(self.td_attributes[0] & 0x01)
+
+    @property
+    def attributes(self) -> int:
+        """TD_ATTRIBUTES as the little-endian 64-bit value the TDX module defines."""
+        return int.from_bytes(self.td_attributes, "little")
+
+    def attribute_names(self) -> list[str]:
+        return [name for bit, name in TD_FLAG_NAMES if self.attributes & bit]
 
     @classmethod
     def parse(cls, b: bytes) -> "TdReport":
@@ -308,7 +327,9 @@ def explain(q: Quote) -> list[tuple[str, str, str]]:
                  ("mrseam", b.mrseam.hex(), "measurement of the TDX module"),
                  ("mrsignerseam", b.mrsignerseam.hex(), "signer of the TDX module (zero: Intel)"),
                  ("seam_attributes", b.seam_attributes.hex(), "TDX module attributes"),
-                 ("td_attributes", b.td_attributes.hex(), f"TD attributes (bit0 DEBUG = {b.debug})"),
+                 ("td_attributes", b.td_attributes.hex(), "TD attributes: "
+                  f"{', '.join(b.attribute_names()) or 'none set'} (SEPT_VE_DISABLE should be set: "
+                  "without it the host can inject #VE exceptions on pending pages)"),
                  ("xfam", b.xfam.hex(), "extended CPU features the TD may use"),
                  ("mrtd", b.mrtd.hex(), "measurement of the TD's initial memory (firmware, TDVF)"),
                  ("mrconfigid", b.mrconfigid.hex(), "host-supplied configuration id"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import struct
 
-from . import dcap, nil, snp
+from . import azure_hcl, cca, dcap, nil, snp
 from .trust import EvidenceError
 
 _HEX = re.compile(rb"\A[0-9a-fA-F\s]+\Z")
@@ -22,7 +22,8 @@ def decode(data: bytes) -> bytes:
 
 
 def detect_kind(data: bytes) -> str:
-    """``sev-snp``, ``tdx``, ``sgx`` or ``nil``; :class:`EvidenceError` when unrecognised."""
+    """``sev-snp`` (also inside an Azure HCL report), ``tdx``, ``sgx``, ``cca`` or ``nil``;
+    :class:`EvidenceError` when unrecognised."""
     return detect(data)[0]
 
 
@@ -31,6 +32,10 @@ def detect(data: bytes) -> tuple[str, bytes]:
     raw = decode(data)
     if raw.startswith(nil.MAGIC):
         return "nil", raw
+    if cca.looks_like(raw):
+        return "cca", raw       # CBOR tag 907: an Arm CCA token collection
+    if azure_hcl.looks_like(raw):
+        return "sev-snp", raw   # an Azure HCL report wraps an SEV-SNP report
     if dcap.looks_like_quote(raw):
         version, _, tee = struct.unpack_from("<HHI", raw, 0)
         if version == 3:
@@ -48,4 +53,5 @@ def detect(data: bytes) -> tuple[str, bytes]:
         raise EvidenceError(f"evidence is truncated: {len(raw)} bytes is shorter than a quote header")
     raise EvidenceError(f"unrecognised evidence ({len(raw)} bytes): not an SEV-SNP report "
                         f"({snp.REPORT_SIZE} bytes, version 2–5), nor an Intel DCAP quote "
-                        "(version 3–5 with Intel's QE vendor id), nor nil evidence")
+                        "(version 3–5 with Intel's QE vendor id), nor an Arm CCA token (CBOR tag 907), "
+                        "nor nil evidence")

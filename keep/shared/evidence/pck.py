@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from .certs import der_of
 from .trust import EvidenceError
 
 SGX_EXT = "1.2.840.113741.1.13.1"
@@ -96,7 +97,41 @@ class PckInfo:
     sgx_type: int | None
 
 
+_HAS_EXT: dict[bytes, bool] = {}
+
+
+def has_sgx_ext(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` carries Intel's SGX extension (a PCK certificate); remembered by DER."""
+    der = der_of(cert)
+    hit = _HAS_EXT.get(der)
+    if hit is None:
+        try:
+            cert.extensions.get_extension_for_oid(OID_SGX_EXT)
+            hit = True
+        except Exception:  # ExtensionNotFound, or extensions that do not parse
+            hit = False
+        if len(_HAS_EXT) > 1024:
+            _HAS_EXT.clear()
+        _HAS_EXT[der] = hit
+    return hit
+
+
+_PCK_INFO: dict[bytes, PckInfo] = {}
+
+
 def parse_pck(cert: x509.Certificate) -> PckInfo:
+    """:func:`_parse_pck`, remembered by the certificate's DER bytes."""
+    der = der_of(cert)
+    info = _PCK_INFO.get(der)
+    if info is None:
+        info = _parse_pck(cert)
+        if len(_PCK_INFO) > 256:
+            _PCK_INFO.clear()
+        _PCK_INFO[der] = info
+    return info
+
+
+def _parse_pck(cert: x509.Certificate) -> PckInfo:
     """Read the SGX extension of a PCK certificate (EvidenceError when absent or malformed)."""
     try:
         raw = cert.extensions.get_extension_for_oid(OID_SGX_EXT).value.value  # type: ignore[attr-defined]

@@ -7,9 +7,11 @@ from typing import Any, Mapping
 
 from .trust import ReferenceValues
 
-HEX_FIELDS = {"report_data": 64, "measurement": None, "host_data": 32, "mrsigner": 32}
-KEYS = set(HEX_FIELDS) | {"rtmrs", "allow_debug", "min_tcb", "vmpl", "allow_smt",
-                          "allow_migration_agent", "accept_tcb_status"}
+HEX_FIELDS = {"report_data": 64, "measurement": None, "host_data": 32, "mrsigner": 32,
+              "personalization": 64}
+BOOL_FIELDS = ("allow_debug", "allow_smt", "allow_migration_agent", "allow_sept_ve",
+               "allow_reserved_td_attributes", "allow_service_td")
+KEYS = set(HEX_FIELDS) | set(BOOL_FIELDS) | {"rtmrs", "rems", "min_tcb", "vmpl", "accept_tcb_status"}
 
 
 def _hex(value: Any, name: str, size: int | None, pad: bool = False) -> bytes:
@@ -36,7 +38,12 @@ def parse_reference(doc: Mapping[str, Any], base: ReferenceValues | None = None)
         if not isinstance(rt, list) or len(rt) > 4:
             raise ValueError("rtmrs must be a list of up to 4 hex strings ('' = don't check)")
         ref.rtmrs = [(_hex(x, f"rtmrs[{i}]", 48) if x else None) for i, x in enumerate(rt)]
-    for k in ("allow_debug", "allow_smt", "allow_migration_agent"):
+    if "rems" in doc:
+        rem = doc["rems"]
+        if not isinstance(rem, list) or len(rem) > 4:
+            raise ValueError("rems must be a list of up to 4 hex strings ('' = don't check)")
+        ref.rems = [(_hex(x, f"rems[{i}]", None) if x else None) for i, x in enumerate(rem)]
+    for k in BOOL_FIELDS:
         if k in doc:
             if not isinstance(doc[k], bool):
                 raise ValueError(f"{k} must be true or false")

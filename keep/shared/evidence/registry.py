@@ -12,6 +12,7 @@ _VERIFIERS = {
     "sev-snp": "snp_verify:SnpVerifier",
     "tdx": "dcap_verify:TdxVerifier",
     "sgx": "dcap_verify:SgxVerifier",
+    "cca": "cca_verify:CcaVerifier",
 }
 
 

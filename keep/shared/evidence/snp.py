@@ -29,7 +29,10 @@ POLICY_MIGRATE_MA = 1 << 18
 POLICY_DEBUG = 1 << 19
 POLICY_SINGLE_SOCKET = 1 << 20
 
-SIGNING_KEYS = {0: "VCEK", 1: "VLEK", 7: "none"}
+POLICY_MBZ = ~((1 << 26) - 1) & (2**64 - 1)   # bits 63:26 must be zero (ABI spec, go-sev-guest)
+
+SIGNING_KEYS = {0: "VCEK", 1: "VLEK", 7: "none"}   # 2–6 are reserved
+SIGNER_INFO_RESERVED = ~0x1F & 0xFFFFFFFF          # FLAGS bits 31:5 must be zero
 
 #: CPUID family → product (report v3+ carry it; v2 reports come from Milan or Genoa)
 TURIN_FAMILY = 0x1A
@@ -128,7 +131,12 @@ class SnpReport:
 
     @property
     def signing_key(self) -> str:
-        return SIGNING_KEYS.get((self.flags >> 2) & 7, f"unknown({(self.flags >> 2) & 7})")
+        return SIGNING_KEYS.get(self.signing_key_value, f"reserved({self.signing_key_value})")
+
+    @property
+    def signing_key_value(self) -> int:
+        """SIGNER_INFO.SIGNING_KEY (FLAGS bits 4:2): 0 VCEK, 1 VLEK, 7 none, 2–6 reserved."""
+        return (self.flags >> 2) & 7
 
     @property
     def mask_chip_key(self) -> bool:

@@ -18,10 +18,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from . import snp
-from .certs import build_chain, cert_name, load_pool
+from . import azure_hcl, pcs, snp, vendor_roots
+from .certs import build_chain, cert_name, check_crls, load_pool
 from .snp_certs import AmdKeyInfo, is_amd_key_cert, parse_key_info
-from .trust import (ReferenceValues, compare_value, TrustVector, failed, unverified, verified)
+from .trust import (ReferenceValues, Status, TrustVector, compare_value, failed, unverified,
+                    verified)
 
 KIND = "sev-snp"
 
@@ -55,23 +56,31 @@ class SnpVerifier:
                reference: ReferenceValues | None = None,
                simulated_roots: Sequence[bytes] = (),
                at: _dt.datetime | None = None) -> TrustVector:
-        rep = snp.parse(evidence)                      # EvidenceError → unusable input
-        pool = load_pool(certs)                        # EvidenceError for garbage certificates
+        hcl = azure_hcl.parse(evidence) if azure_hcl.looks_like(evidence) else None
+        rep = hcl.report if hcl else snp.parse(evidence)   # EvidenceError → unusable input
+        col = pcs.as_collateral(collateral)                # AMD CRLs (and certificates)
+        pool = load_pool([*certs, *(col.certs if col else []),   # EvidenceError for garbage
+                          *vendor_roots.roots("amd", PINNED_ARKS)])
         ref = reference or ReferenceValues()
         tv = TrustVector(kind=KIND, protection="hardware")
+        if hcl:
+            tv.fields.extend(azure_hcl.explain(hcl))
         tv.fields.extend(snp.explain(rep))
+        tv.add(_check_signer_info(rep), required=True)
 
         # -- which key signed, and which certificate is it -----------------------------------
-        leaf, info = _pick_leaf(rep, pool)
+        leaf, info, missing = _pick_leaf(rep, pool)
         chain_ok = False
         product = None
+        path: list[x509.Certificate] = []
         if rep.signing_key == "none":
             tv.add(failed("chain", "the report says it is not signed (SIGNING_KEY = none): it proves "
                           "nothing; ask the guest for a VCEK- or VLEK-signed report"), required=True)
+        elif rep.signing_key not in ("VCEK", "VLEK"):
+            tv.add(failed("chain", f"SIGNING_KEY {rep.signing_key_value} is reserved: no AMD key "
+                          "signs such a report"), required=True)
         elif leaf is None:
-            tv.add(failed("chain", f"no {rep.signing_key} certificate was given; fetch it from AMD KDS "
-                          f"({_kds_hint(rep, None)}) or from the host's certificate table and pass it "
-                          f"with --certs"), required=True)
+            tv.add(failed("chain", missing), required=True)
         else:
             res = build_chain(leaf, pool, pinned=PINNED_ARKS, simulated=simulated_roots, at=at,
                               vendor="AMD ARK",
@@ -90,6 +99,7 @@ class SnpVerifier:
                                   "product"), required=True)
                 else:
                     chain_ok = True
+                    path = res.path
                     if res.simulated:
                         tv.protection = "simulated"
                         tv.add(verified("chain", f"SIMULATED: {res.reason} — no hardware protection; "
@@ -99,6 +109,12 @@ class SnpVerifier:
                         tv.add(verified("chain", res.reason), required=True)
             else:
                 tv.add(failed("chain", res.reason), required=True)
+        if leaf is not None and info is not None:
+            tv.add(_check_key_cert(leaf, info, product, simulated=tv.protection == "simulated"),
+                   required=True)
+        else:
+            tv.add(unverified("key_cert", "no VCEK/VLEK certificate to check"), required=True)
+        tv.add(_check_crl(col, path, at), required=False)
 
         # -- the report signature ------------------------------------------------------------
         tv.add(_check_signature(rep, leaf, chain_ok), required=True)
@@ -121,7 +137,7 @@ class SnpVerifier:
             tv.protection = "none"  # nothing trusted vouches for this report
         tv.add(_check_reserved(rep), required=True)
         tv.add(_check_debug(rep, ref), required=True)
-        tv.add(_check_policy(rep, ref))
+        tv.add(_check_policy(rep, ref), required=True)
         tv.add(_check_vmpl(rep, ref), required=ref.vmpl is not None)
         tv.add(_check_min_tcb(rep, ref), required=ref.min_tcb is not None)
         tv.add(compare_value("measurement", rep.measurement, ref.measurement,
@@ -130,22 +146,40 @@ class SnpVerifier:
         tv.add(compare_value("host_data", rep.host_data, ref.host_data, "host data",
                              "the VM was launched with different host data"),
                required=ref.host_data is not None)
-        tv.add(compare_value("report_data", rep.report_data, ref.report_data, "report data",
-                             "the report answers a different request (replayed, or for another key)"),
-               required=ref.report_data is not None)
+        if hcl:
+            tv.add(azure_hcl.binding_claim(hcl), required=True)
+            tv.add(azure_hcl.user_data_claim(hcl, ref.report_data), required=ref.report_data is not None)
+        else:
+            tv.add(compare_value("report_data", rep.report_data, ref.report_data, "report data",
+                                 "the report answers a different request (replayed, or for another key)"),
+                   required=ref.report_data is not None)
         return tv
 
 
 def _pick_leaf(rep: snp.SnpReport, pool: list[x509.Certificate]
-               ) -> tuple[x509.Certificate | None, AmdKeyInfo | None]:
-    """The VCEK/VLEK among the given certificates; prefer the one issued for this chip."""
+               ) -> tuple[x509.Certificate | None, AmdKeyInfo | None, str]:
+    """(the certificate of the key SIGNING_KEY names, its extensions, why none was found).
+
+    Only that key type may sign: a VLEK-signed report is never checked against a VCEK."""
+    want = rep.signing_key
     cands = [(c, parse_key_info(c)) for c in pool if is_amd_key_cert(c)]
-    want = "VLEK" if rep.signing_key == "VLEK" else "VCEK"
-    typed = [ci for ci in cands if ci[1].key_type == want] or cands
+    typed = [ci for ci in cands if ci[1].key_type == want]
     for c, info in typed:
         if info.hwid and _hwid_matches(info.hwid, rep.chip_id):
-            return c, info
-    return typed[0] if typed else (None, None)
+            return c, info, ""
+    if typed:
+        return typed[0][0], typed[0][1], ""
+    others = sorted({i.key_type for _, i in cands})
+    if want == "VLEK":
+        where = ("its cloud provider hands it out (on the VM: the extended report's certificate "
+                 "table); pass it with --certs")
+    else:
+        where = (f"fetch it from AMD KDS ({_kds_hint(rep, None)}) or from the host's certificate "
+                 "table and pass it with --certs")
+    if others:
+        return None, None, (f"this report is signed by a {want}; give its {want} (only "
+                            f"{' and '.join(others)} certificates were given) — {where}")
+    return None, None, f"no {want} certificate was given; {where}"
 
 
 def _hwid_matches(hwid: bytes, chip_id: bytes) -> bool:
@@ -181,7 +215,8 @@ def _check_signature(rep: snp.SnpReport, leaf: x509.Certificate | None, chain_ok
                       f"{cert_name(leaf)} key: the report was altered, or the certificate belongs "
                       "to another chip/TCB")
     if chain_ok:
-        return verified("signature", "ECDSA P-384 signature over bytes 0x000–0x29F verifies with the VCEK key")
+        return verified("signature", "ECDSA P-384 signature over bytes 0x000–0x29F verifies with the "
+                        f"{rep.signing_key} key")
     return verified("signature", "signature verifies with the given key — but that key is not "
                     "trusted (see chain)")
 
@@ -228,9 +263,77 @@ def _check_debug(rep: snp.SnpReport, ref: ReferenceValues):
                   "memory; launch the VM without the debug policy bit (or allow_debug in your policy)")
 
 
+def _check_signer_info(rep: snp.SnpReport):
+    probs = []
+    if rep.flags & snp.SIGNER_INFO_RESERVED:
+        probs.append(f"reserved SIGNER_INFO bits 31:5 are set ({rep.flags & snp.SIGNER_INFO_RESERVED:#x})")
+    if rep.signing_key_value not in snp.SIGNING_KEYS:
+        probs.append(f"SIGNING_KEY {rep.signing_key_value} is a reserved value (0 VCEK, 1 VLEK, 7 none)")
+    if probs:
+        return failed("signer_info", "; ".join(probs) + ": not a report AMD firmware produces — "
+                      "altered or forged")
+    return verified("signer_info", f"signed by the {rep.signing_key}; chip id masked: "
+                    f"{rep.mask_chip_key}; author key used: {bool(rep.flags & 1)}")
+
+
+_AMD_LOCATION = {x509.NameOID.COUNTRY_NAME: "US", x509.NameOID.STATE_OR_PROVINCE_NAME: "CA",
+                 x509.NameOID.LOCALITY_NAME: "Santa Clara",
+                 x509.NameOID.ORGANIZATION_NAME: "Advanced Micro Devices",
+                 x509.NameOID.ORGANIZATIONAL_UNIT_NAME: "Engineering"}
+
+
+def _name_problems(name: x509.Name, role: str, cn: str | None, location: bool) -> list[str]:
+    probs = []
+    got_cn = [a.value for a in name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+    if cn is not None and got_cn != [cn]:
+        probs.append(f"{role} common name is {', '.join(map(str, got_cn)) or 'absent'}, expected {cn}")
+    if location:
+        for oid, want in _AMD_LOCATION.items():
+            got = [a.value for a in name.get_attributes_for_oid(oid)]
+            if got != [want]:
+                probs.append(f"{role} {oid._name} is {', '.join(map(str, got)) or 'absent'}, expected {want}")
+    return probs
+
+
+def _check_key_cert(leaf: x509.Certificate, info: AmdKeyInfo, product: str | None, *,
+                    simulated: bool):
+    """``key_cert``: the VCEK/VLEK certificate looks like what AMD KDS issues (go-sev-guest
+    ``validateKDSCertificateProductNonspecific``/``…Specifics``): X.509 v3, subject SEV-VCEK or
+    SEV-VLEK at AMD's location, issued by SEV-<product> / SEV-VLEK-<product>."""
+    kt = info.key_type
+    probs = []
+    if leaf.version != x509.Version.v3:
+        probs.append(f"certificate version is {leaf.version.name}, expected v3")
+    probs += _name_problems(leaf.subject, "subject", f"SEV-{kt}", location=not simulated)
+    if not simulated and product:
+        ica = f"SEV-{product}" if kt == "VCEK" else f"SEV-VLEK-{product}"
+        probs += _name_problems(leaf.issuer, "issuer", ica, location=True)
+    if probs:
+        return failed("key_cert", f"the {kt} certificate is not one AMD issues: {'; '.join(probs)}")
+    return verified("key_cert", f"{kt} certificate v3, subject SEV-{kt}"
+                    + (" at AMD's location, issued by the product's " + ("ASK" if kt == "VCEK" else "ASVK")
+                       if not simulated else " (simulated chain: AMD's names are not expected)"))
+
+
+def _check_crl(col: pcs.Collateral | None, path: list[x509.Certificate], at: _dt.datetime | None):
+    if col is None or not col.crls:
+        return unverified("crl", "no AMD CRL given: revocation of the ASK/ASVK was not checked "
+                          "(pass AMD's CRL, KDS /vcek/v1/<product>/crl, with --collateral)")
+    if not path:
+        return unverified("crl", "the chain did not verify: the AMD CRL cannot be applied")
+    claim, times = check_crls(col.crls, path, at)
+    if times and claim.status is not Status.FAILED:
+        return failed("crl", "; ".join(times) + " — fetch a current CRL (or verify archived "
+                      "evidence with --at)")
+    return claim
+
+
 def _check_policy(rep: snp.SnpReport, ref: ReferenceValues):
     p = rep.policy
     probs = []
+    if p & snp.POLICY_MBZ:
+        probs.append(f"policy bits 63:26 must be zero, got {p & snp.POLICY_MBZ:#x} (not a policy "
+                     "AMD firmware accepts: altered or forged)")
     if not p & snp.POLICY_RESERVED_ONE:
         probs.append("policy bit 17 (must be one) is zero")
     if p & snp.POLICY_MIGRATE_MA and not ref.allow_migration_agent:

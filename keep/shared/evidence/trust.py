@@ -61,6 +61,18 @@ def compare_value(name: str, got: bytes, want: bytes | None, what: str, why: str
                   f"(got {got.hex()[:16]}…, expected {bytes(want).hex()[:16]}…)")
 
 
+def relaxable(name: str, ok: bool, ok_reason: str, problem: str, fix: str, allowed: bool,
+              policy_key: str) -> Claim:
+    """A rule only the user's trust policy may relax: verified when it holds, verified with the
+    problem spelled out when ``policy_key`` allows it, failed (naming the fix and the key) else."""
+    if ok:
+        return verified(name, ok_reason)
+    if allowed:
+        return verified(name, f"{problem} — accepted because your trust policy sets {policy_key} = true")
+    return failed(name, f"{problem}; {fix} (or set {policy_key} = true in your trust policy to "
+                  "accept it)")
+
+
 PROTECTION_LABEL = {
     "hardware": "PROTECTED",
     "simulated": "SIMULATED — no hardware protection",
@@ -72,7 +84,7 @@ PROTECTION_LABEL = {
 class TrustVector:
     """The result of verifying one piece of evidence (and, in the handshake, its binding).
 
-    ``kind`` is the evidence kind (``sev-snp``, ``tdx``, ``sgx``, ``nil``).  ``protection`` is what
+    ``kind`` is the evidence kind (``sev-snp``, ``tdx``, ``sgx``, ``cca``, ``nil``).  ``protection`` is what
     the evidence can prove at best: ``hardware``, ``simulated`` (signed by a simulated vendor root)
     or ``none``.  ``required`` names the claims that must be ``verified`` for :attr:`ok`.
     ``fields`` holds parsed evidence fields for display (``%attest --explain``).
@@ -173,7 +185,7 @@ class ReferenceValues:
     """What the verifier compares evidence against.  ``None`` = not checked (→ unverified)."""
 
     report_data: bytes | None = None
-    measurement: bytes | None = None          # SNP MEASUREMENT, TDX MRTD, SGX MRENCLAVE
+    measurement: bytes | None = None          # SNP MEASUREMENT, TDX MRTD, SGX MRENCLAVE, CCA RIM
     host_data: bytes | None = None            # SNP HOST_DATA
     mrsigner: bytes | None = None             # SGX MRSIGNER
     rtmrs: Sequence[bytes | None] | None = None  # TDX RTMR0..3
@@ -183,6 +195,11 @@ class ReferenceValues:
     allow_smt: bool = True
     allow_migration_agent: bool = False
     accept_tcb_status: Sequence[str] = ("UpToDate",)
+    allow_sept_ve: bool = False               # TDX: accept SEPT_VE_DISABLE clear
+    allow_reserved_td_attributes: bool = False  # TDX: accept reserved TD attribute bits set
+    allow_service_td: bool = False            # TDX 1.5: accept a non-zero MRSERVICETD
+    personalization: bytes | None = None      # CCA realm personalization value (64 bytes)
+    rems: Sequence[bytes | None] | None = None  # CCA REM0..3
 
 
 class Verifier(Protocol):
