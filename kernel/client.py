@@ -9,11 +9,12 @@ every channel request needs PROVISIONED.  Runs on the user's machine.
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -69,14 +70,7 @@ class KeepSession:
         """Fresh evidence with a fresh nonce, verified.  Raises :class:`AttestationRefused`; a
         Keep that fails a fresh attestation after it was provisioned is not used again."""
         nonce = os.urandom(32)
-        req = protocol.AttestRequest(nonce=nonce)
-        self.handshake.send(req)
-        try:
-            resp = await self.manager.attest(self.id, nonce)
-            self.handshake.receive(resp)
-        except BaseException:
-            self.handshake.abandon()
-            raise
+        resp = await self._ask(protocol.AttestRequest(nonce=nonce), self.manager.attest(self.id, nonce))
         result = verify_attestation(resp, self.expectation(nonce).build())
         self.attestation = result
         if not result.ok:
@@ -107,20 +101,32 @@ class KeepSession:
                                   protocol.provision_info(att.report_data))
         except sealing.SealingError as exc:
             raise KeepError(f"hpke_suite: cannot seal the channel key to this Keep: {exc}") from None
-        req = protocol.ProvisionRequest(sealed=sealed)
-        self.handshake.send(req)  # LocalProtocolError unless the evidence verified
-        try:
-            resp = await self.manager.provision(self.id, sealed)
-            self.handshake.receive(resp)
-        except BaseException:
-            self.handshake.abandon()
-            raise
+        # LocalProtocolError unless the evidence verified
+        resp = await self._ask(protocol.ProvisionRequest(sealed=sealed),
+                               self.manager.provision(self.id, sealed))
         try:
             self.channel = self._open_channel(resp, tls_key, client_key, client_cert)
         except KeepError as exc:
             self.handshake.fail(str(exc))
             raise
         return self.channel
+
+    async def _ask(self, request: protocol.Message, answer: Awaitable[Any]) -> Any:
+        """One request through the keep manager, with the handshake told what is sent and what
+        came back (or that nothing did)."""
+        try:
+            self.handshake.send(request)
+        except BaseException:
+            if inspect.iscoroutine(answer):
+                answer.close()  # never started: nothing was sent
+            raise
+        try:
+            resp = await answer
+            self.handshake.receive(resp)
+        except BaseException:
+            self.handshake.abandon()
+            raise
+        return resp
 
     @staticmethod
     def _open_channel(resp: protocol.ProvisionResponse, tls_key: Any, client_key: Any,
