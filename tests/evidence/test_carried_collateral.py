@@ -11,7 +11,7 @@ import pytest
 from keepbook.keep.shared import protocol
 from keepbook.keep.shared.evidence import carried
 from keepbook.keep.shared.evidence.trust import ReferenceValues, Status
-from keepbook.kernel.attestation import verify_attestation
+from keepbook.kernel.attestation import ExpectationBuilder, verify_attestation
 from keepbook.kernel.trust_policy import TrustPolicy
 
 T = "tdx/"
@@ -19,7 +19,7 @@ T = "tdx/"
 
 def _response(ev: bytes, kind: str, collateral=None, backend="tdx"):
     config = protocol.KeepConfig(backend=backend, profile="staging", limits=dict(protocol.DEFAULT_LIMITS),
-                                 policy=b"", runtime={"keepbook": "test"})
+                                 policy=b"", runtime={"keepbook": "test"}, keep_id="k1")
     return protocol.AttestResponse(evidence_kind=kind, evidence=ev, certs=[], hpke_suite="x",
                                    hpke_public_key=bytes(32), config=config.to_cbor(),
                                    nonce=bytes(32), collateral=collateral)
@@ -43,8 +43,9 @@ def test_collateral_field_is_optional_and_strict():
 @pytest.mark.vectors
 def test_hardware_keep_requires_tcb_status(vec):
     ev = vec(T + "dcap-qvl__sample_tdx_quote")
-    res = verify_attestation(_response(ev, "tdx"), nonce=bytes(32),
-                             requested=protocol.CreateKeep(backend="tdx"), policy=TrustPolicy())
+    expect = (ExpectationBuilder().nonce(bytes(32)).requested(protocol.CreateKeep(backend="tdx"))
+              .keep_id("k1").trust_policy(TrustPolicy()).build())
+    res = verify_attestation(_response(ev, "tdx"), expect)
     tv = res.vector
     assert {"tcb_status", "tdx_module", "qe_identity", "crl", "collateral_time"} <= tv.required
     names = [c.name for c in tv.failures]
@@ -52,8 +53,7 @@ def test_hardware_keep_requires_tcb_status(vec):
         next(c for c in tv.failures if c.name == "tcb_status").reason
     raw = json.loads(vec(T + "dcap-qvl__sample_tdx_quote_collateral.json"))
     parts = [json.dumps(raw).encode()]          # what a host's PCS cache hands over
-    res = verify_attestation(_response(ev, "tdx", collateral=parts), nonce=bytes(32),
-                             requested=protocol.CreateKeep(backend="tdx"), policy=TrustPolicy())
+    res = verify_attestation(_response(ev, "tdx", collateral=parts), expect)
     assert res.vector.get("tcb_status").status is Status.VERIFIED
     assert res.vector.get("tdx_module").status is Status.VERIFIED
     # archived collateral: the current time is past its nextUpdate, and that is required too
