@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from keepbook.keep.shared import facts
+from keepbook.keep.shared import facts, sizes
 
 LINE_MAGICS = ("keep", "attest", "upload", "audit")
 CELL_MAGICS = ("wat", "wasm", "c", "cpp", "zig", "rust", "python")
@@ -31,18 +31,12 @@ class _Parser(argparse.ArgumentParser):
         raise MagicError(message or self.format_help())
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.I)
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024, "m": 1000**2, "mb": 1000**2,
-          "mib": 1024**2, "mi": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "gi": 1024**3,
-          "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
-
-
 def parse_size(text: str) -> int:
-    """'512MiB', '1G', '2048' → bytes."""
-    m = _SIZE.match(text)
-    if not m or (m.group(2) or "").lower() not in _UNITS:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 512MiB or 1GiB)")
-    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+    """'512MiB', '1G', '2048' → bytes (the shared parser, as an option type)."""
+    try:
+        return sizes.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_float(text: str) -> float:
