@@ -336,9 +336,13 @@ class ChainResult:
     root: bytes | None = None
 
     @property
-    def detail(self) -> dict[str, str]:
-        """The claim detail that names the root (``root = sha256:…``), if one was reached."""
-        return {"root": format_fingerprint(self.root)} if self.root is not None else {}
+    def detail(self) -> dict[str, str | bool]:
+        """The claim detail that names the root the walk reached, if any: ``root`` (its
+        fingerprint), ``root_name``, and ``root_trusted`` (pinned, or accepted as simulated)."""
+        if self.root is None or not self.path:
+            return {}
+        return {"root": format_fingerprint(self.root), "root_name": cert_name(self.path[-1]),
+                "root_trusted": self.root_label is not None}
 
 
 def _valid_at(cert: x509.Certificate, at: _dt.datetime) -> bool:
@@ -425,7 +429,7 @@ def build_chain(leaf: x509.Certificate, pool: Iterable[x509.Certificate], *,
             return ChainResult(False, f"'{cert_name(c)}' is valid only from "
                                f"{c.not_valid_before_utc:%Y-%m-%d} to {c.not_valid_after_utc:%Y-%m-%d}, "
                                f"not at {now:%Y-%m-%d %H:%M}Z (verify archived evidence with --at)",
-                               path, root=digest)
+                               path, label, is_sim, digest)
     names = " → ".join(cert_name(c) for c in reversed(path))
     return ChainResult(True, f"{names}, root pinned by key ({label})", path, label, is_sim, digest)
 
