@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from keepbook.keep.shared import facts, sizes
+from keepbook.keep.shared.evidence.certs import format_fingerprint, parse_fingerprint
 
 LINE_MAGICS = ("keep", "attest", "upload", "audit")
 CELL_MAGICS = ("wat", "wasm", "c", "cpp", "zig", "rust", "python")
@@ -59,6 +60,13 @@ def _number(text: str) -> int | float:
             raise argparse.ArgumentTypeError(f"--invoke arguments must be numbers, got {text!r}") from None
 
 
+def _fingerprint(text: str) -> str:
+    try:
+        return format_fingerprint(parse_fingerprint(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _keep_new_parser() -> _Parser:
     p = _Parser(prog="%keep new", add_help=False)
     p.add_argument("--backend", default=facts.DEFAULT_BACKEND)
@@ -75,6 +83,10 @@ def _keep_new_parser() -> _Parser:
                    help="output bytes per cell")
     p.add_argument("--policy", help="output policy file (TOML) from the data owner")
     p.add_argument("--trust-policy", help="your trust policy file (TOML)")
+    p.add_argument("--trust-sim-root", action="append", default=[], type=_fingerprint,
+                   metavar="sha256:…", dest="trust_sim_roots",
+                   help="accept this keep manager's SIMULATED root, on purpose (the fingerprint "
+                        "its operator announced; remembered for this manager once a Keep attests)")
     return p
 
 
@@ -290,7 +302,8 @@ def complete_magic(code: str, cursor_pos: int) -> tuple[list[str], int, int] | N
 
 #: values offered by Tab after these %keep new options
 def _value_choices() -> dict[str, tuple[str, ...]]:
-    return {"--backend": tuple(facts.DEFAULT_BACKENDS), "--profile": facts.PROFILES}
+    return {"--backend": tuple(facts.DEFAULT_BACKENDS), "--profile": facts.PROFILES,
+            "--trust-sim-root": ("sha256:",)}
 
 
 VALUE_CHOICES = _value_choices()
