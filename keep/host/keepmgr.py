@@ -577,7 +577,8 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
                          "quotas (Keeps and memory per user, Keeps in all); beside --token-file")
     ap.add_argument("--show-sim-roots", action="store_true",
                     help="print the fingerprints of the simulated roots this manager's Keeps sign "
-                         "with (made if missing) and exit")
+                         "with (made if missing) and exit; with --users, also check the users "
+                         "file (making its missing token files) and list its quotas")
     ap.add_argument("--tls-cert", help="serve the API over TLS with this certificate (PEM)")
     ap.add_argument("--tls-key", help="private key for --tls-cert (PEM)")
     ap.add_argument("--launcher", choices=("subprocess", "systemd-run"), default="subprocess")
@@ -619,6 +620,23 @@ def systemd_run_problem() -> str | None:
     return None
 
 
+def show_setup(args: argparse.Namespace) -> int:
+    """``--show-sim-roots``: what an operator checks before users come — the simulated roots
+    (made if missing) and, with ``--users``, the users file (its missing token files made)."""
+    try:
+        offered = backends_mod.offered([n for n in args.backends.split(",") if n] or None)
+        roster = users_mod.load_users(args.users) if args.users else None
+    except ValueError as exc:
+        print(f"keepmgr: {exc}", file=sys.stderr)
+        return 2
+    roots = asyncio.run(announce_sim_roots(offered))
+    if roster is not None:
+        print(users_mod.describe(roster))
+    if not roots and any(b.facts.simulated for b in offered):
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -632,15 +650,7 @@ def main(argv: list[str] | None = None) -> int:
                   "(`systemctl --user status`)", file=sys.stderr)
             return 2
     if args.show_sim_roots:
-        try:
-            offered = backends_mod.offered([n for n in args.backends.split(",") if n] or None)
-        except ValueError as exc:
-            print(f"keepmgr: {exc}", file=sys.stderr)
-            return 2
-        roots = asyncio.run(announce_sim_roots(offered))
-        if not roots:
-            print("keepmgr: none of the offered backends is simulated", file=sys.stderr)
-        return 0 if roots or not any(b.facts.simulated for b in offered) else 1
+        return show_setup(args)
     try:
         asyncio.run(serve(args))
     except ValueError as exc:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from keepbook.keep.host.quotas import Quota
-from keepbook.keep.shared.sizes import parse_size
+from keepbook.keep.shared.sizes import format_size, parse_size
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -225,3 +225,17 @@ def roster(users_file: str | None, token_files: list[str], state_dir: Path) -> t
                   source=from_file.source if from_file else "the command line")
     _no_twins(list(both.principals), both.source)
     return both, (extra[0].token_file if extra else None)
+
+
+def describe(roster: Roster) -> str:
+    """The users and their quotas, one line each (never a token)."""
+    def limit(q: Quota) -> str:
+        keeps = "any number of Keeps" if q.max_keeps is None else f"at most {q.max_keeps} Keeps"
+        memory = "any memory" if q.max_memory is None else f"{format_size(q.max_memory)} of memory"
+        return f"{keeps}, {memory}"
+    lines = [f"keepbook keepmgr: {len(roster.principals)} users in {roster.source}"
+             + (f", at most {roster.max_keeps_total} Keeps in all" if roster.max_keeps_total is not None else "")
+             + ":"]
+    lines += [f"  {p.name:<16} {limit(p.quota)}" + (f"  (token in {p.token_file})" if p.token_file else "")
+              for p in roster.principals]
+    return "\n".join(lines)
