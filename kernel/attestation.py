@@ -237,6 +237,10 @@ def _protection_claim(vector: TrustVector, evidence_kind: str, trust: TrustPolic
                                       "(allow_simulated)", root=whose)
     if prot == "hardware":
         return verified("protection", "hardware TEE evidence chained to a pinned vendor root")
+    if prot == "none":
+        return failed("protection", f"nothing you trust vouches for this {evidence_kind} evidence "
+                                    "(see the chain claim): it is neither hardware-protected nor an "
+                                    "accepted SIMULATED Keep")
     return failed("protection", f"protection level {prot!r} is not acceptable")
 
 
