@@ -45,7 +45,7 @@ class Hub:
 
     def start_server(self, name: str) -> None:
         status, body = self.api("POST", f"/users/{name}/server")
-        if status not in (201, 202, 400):  # 400: already running
+        if status not in (201, 202):   # started, or starting
             raise RuntimeError(f"the hub did not start {name}'s server: {status} {body}")
 
     def wait_ready(self, name: str, timeout: float) -> str:
