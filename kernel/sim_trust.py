@@ -56,7 +56,9 @@ def manager_key(url: str) -> str:
     host = (parts.hostname or "").lower()
     if ":" in host:
         host = f"[{host}]"
-    return f"{scheme}://{host}:{port}{parts.path.rstrip('/')}"
+    path = "".join(c if c.isprintable() and not c.isspace() else f"%{ord(c):02X}"
+                   for c in parts.path.rstrip("/"))
+    return f"{scheme}://{host}:{port}{path}"
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,8 @@ def remember(manager: str, kind: str, digest: bytes, how: str, path: Path | None
     with os.fdopen(fd, "a") as fh:
         fh.write((KNOWN_HEADER if new else "") + line)
     known = lookup(manager, kind, path)
-    assert known is not None
+    if known is None:
+        raise KnownRootsError(f"{path}: the line just written for {manager} cannot be read back")
     return known
 
 

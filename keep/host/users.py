@@ -26,6 +26,7 @@ Each ``--token-file`` beside it is one more principal, without quotas.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import re
 import secrets
@@ -68,8 +69,6 @@ class Roster:
     source: str = "the command line"
 
     def by_digest(self, digest: str) -> Principal | None:
-        import hmac
-
         # compare with every digest (no early exit on the first match)
         hits = [p for p in self.principals if hmac.compare_digest(p.digest, digest)]
         return hits[0] if hits else None
