@@ -12,27 +12,35 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
+import shlex
 import threading
 import time
 import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
 from keepbook.keep.shared import audit_format, dataset_format, facts, protocol, sealing
 from keepbook.kernel import dataset_sealer
+from keepbook.keep.shared.evidence import simulated_roots
+from keepbook.keep.shared.evidence.certs import parse_fingerprint, spki_sha256
+from keepbook.kernel import sim_trust
 from keepbook.kernel.attestation import AttestationResult
 from keepbook.kernel.client import KeepError, KeepSession
 from keepbook.kernel.manager_client import ManagerClient
 from keepbook.kernel.local_manager import EmbeddedManager
-from keepbook.kernel.trust_policy import TrustPolicy
+from keepbook.kernel.trust_policy import TrustPolicy, default_path
 
 T = TypeVar("T")
 EventSink = Callable[[protocol.Event], None]
 #: what `%keep new` without options makes, said wherever a Keep is made for the user
-NEW_KEEP_DEFAULTS = (f"embedded manager, backend {facts.DEFAULT_BACKEND}, profile "
-                     f"{facts.DEFAULT_PROFILE}")
+NEW_KEEP_DEFAULTS = (f"embedded manager (or $KEEPBOOK_MANAGER_URL), backend "
+                     f"{facts.DEFAULT_BACKEND}, profile {facts.DEFAULT_PROFILE}")
+#: a shared keep manager set up for the user (JupyterHub's spawner sets these, docs/deploy.md):
+#: `%keep new` then uses it instead of an embedded one, with the token of $KEEPBOOK_MANAGER_TOKEN
+MANAGER_URL_ENV = "KEEPBOOK_MANAGER_URL"
+MANAGER_CA_ENV = "KEEPBOOK_MANAGER_CA"
 
 
 @dataclass
@@ -47,6 +55,19 @@ class NewKeep:
     output_bytes: int = facts.DEFAULT_OUTPUT_BYTES
     policy: bytes = b""
     trust_policy: str | None = None
+    #: fingerprints (sha256:…) of simulated roots the user accepts for this manager
+    trust_sim_roots: list[str] = field(default_factory=list)
+
+    def accept_command(self) -> str:
+        """This `%keep new`, accepting a simulated root: ``{fingerprint}`` stands for it."""
+        words = ["%keep new", f"--backend {self.backend}"]
+        if self.profile != facts.DEFAULT_PROFILE:
+            words.append(f"--profile {self.profile}")
+        for option, value in (("--manager", self.manager), ("--token-file", self.token_file),
+                              ("--manager-ca", self.manager_ca), ("--trust-policy", self.trust_policy)):
+            if value:
+                words.append(f"{option} {shlex.quote(value)}")
+        return " ".join(words + ["--trust-sim-root {fingerprint}"])
 
 
 def _read_token(token_file: str | None) -> str | None:
@@ -122,6 +143,36 @@ def _pipelined(path: Path, sealer: dataset_sealer.Sealer) -> Iterator[Any]:
         worker.join()
 
 
+def _sim_trust(spec: NewKeep, policy: TrustPolicy, url: str | None,
+               announced: bytes | None) -> sim_trust.SimRootTrust | None:
+    """Which simulated roots a Keep of ``spec`` may chain to (None unless it is simulated): this
+    installation's own, the one remembered for this manager, and the ones the user accepted."""
+    backend = facts.BACKENDS.get(spec.backend)
+    if backend is None or not backend.simulated:
+        return None
+    explicit: dict[bytes, str] = {}
+    try:
+        for fp in policy.simulated_roots:
+            explicit[parse_fingerprint(fp)] = f"by your trust policy's simulated_roots ({policy.source})"
+        for fp in spec.trust_sim_roots:
+            explicit[parse_fingerprint(fp)] = "with --trust-sim-root"
+    except ValueError as exc:
+        raise KeepError(f"--trust-sim-root: {exc}") from None
+    key = sim_trust.manager_key(url) if url else None
+    try:
+        remembered = sim_trust.lookup(key, backend.evidence) if key else None
+    except sim_trust.KnownRootsError as exc:
+        raise KeepError(f"your known simulated roots cannot be read: {exc}") from None
+    return sim_trust.SimRootTrust(
+        manager=key, kind=backend.evidence,
+        allowed=policy.allow_simulated and not policy.require_hardware,
+        own=tuple(simulated_roots.simulated_root_digests(backend.evidence)), remembered=remembered,
+        explicit=explicit, known_path=str(sim_trust.known_file()),
+        accept_command=spec.accept_command(),
+        policy_path=policy.source if policy.source != TrustPolicy().source else str(default_path()),
+        announced=spki_sha256(announced) if announced else None)
+
+
 class ClientAgent:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None  # only for call()/submit()
@@ -135,7 +186,11 @@ class ClientAgent:
 
     def prestart_embedded(self) -> None:
         """Start the embedded keep manager on a thread without waiting; a failure here is
-        reported by the first `%keep new` that needs it."""
+        reported by the first `%keep new` that needs it.  Not when a shared manager is set up
+        for this user ($KEEPBOOK_MANAGER_URL): it would only cost them CPU."""
+        if os.environ.get(MANAGER_URL_ENV):
+            return
+
         def start() -> None:
             try:
                 self.embedded.start()
@@ -182,7 +237,9 @@ class ClientAgent:
 
     async def new_keep(self, spec: NewKeep) -> KeepSession:
         policy = TrustPolicy.load(spec.trust_policy)
-        manager = await asyncio.to_thread(self._manager, spec.manager, spec.token_file, spec.manager_ca)
+        url = spec.manager or os.environ.get(MANAGER_URL_ENV) or None
+        ca = spec.manager_ca or (os.environ.get(MANAGER_CA_ENV) if url else None) or None
+        manager = await asyncio.to_thread(self._manager, url, spec.token_file, ca)
         contracts = await manager.contracts()
         offered = {b.name: b for b in contracts.backends}
         usable = [b.name for b in contracts.backends if b.available]
@@ -200,7 +257,10 @@ class ClientAgent:
                                   limits={"memory_bytes": spec.memory_bytes, "timeout_s": spec.timeout_s,
                                           "output_bytes": spec.output_bytes}, policy=spec.policy)
         req.validate()
-        session = await KeepSession.create(manager, req, policy)
+        sim = await asyncio.to_thread(_sim_trust, spec, policy, url, offered[spec.backend].sim_root)
+        if sim is not None and sim.announced is not None and sim.changed(sim.announced):
+            raise KeepError(f"%keep new: {sim.changed(sim.announced)}")
+        session = await KeepSession.create(manager, req, policy, sim)
         self.sessions[session.id] = session
         self.current = session
         return session

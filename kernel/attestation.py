@@ -20,6 +20,7 @@ from keepbook.keep.shared import facts, measurement, protocol
 from keepbook.keep.shared.evidence import carried
 from keepbook.keep.shared.evidence.trust import (Claim, EvidenceError, Status, TrustVector,
                                                  failed, unverified, verified)
+from keepbook.kernel.sim_trust import OWN_LABEL, SimRootTrust
 from keepbook.kernel.trust_policy import TrustPolicy
 
 
@@ -36,6 +37,9 @@ class Expectation:
     output_policy: bytes | None = None
     keep_id: str | None = None
     fingerprint: str | None = None
+    #: which simulated roots a ``sim-*`` Keep may chain to, and whose each is (None: this
+    #: installation's own, if the trust policy allows simulation)
+    sim_trust: SimRootTrust | None = None
 
 
 class ExpectationBuilder:
@@ -76,6 +80,9 @@ class ExpectationBuilder:
 
     def fingerprint(self, fp: str) -> "ExpectationBuilder":
         return self._with(fingerprint=protocol.normalize_fingerprint(fp))
+
+    def sim_trust(self, sim: SimRootTrust) -> "ExpectationBuilder":
+        return self._with(sim_trust=sim)
 
     def requested(self, req: protocol.CreateKeep) -> "ExpectationBuilder":
         """Everything a create request asked for."""
@@ -131,8 +138,11 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
     rd = protocol.report_data(expect.nonce, resp.hpke_public_key, config.digest()) if config else None
 
     # 3. The evidence itself, by the verifier for its kind.
-    simulated_roots: list[bytes] = []
-    if trust.allow_simulated and expected_protection == "simulated" and resp.evidence_kind != "nil":
+    sim_trust = expect.sim_trust if expected_protection == "simulated" else None
+    simulated_roots: list[bytes] | dict[bytes, str] = []
+    if sim_trust is not None:
+        simulated_roots = sim_trust.accepted
+    elif trust.allow_simulated and expected_protection == "simulated" and resp.evidence_kind != "nil":
         from keepbook.keep.shared.evidence import simulated_roots as sim
 
         simulated_roots = sim.simulated_root_digests(resp.evidence_kind)
@@ -155,6 +165,9 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
         vector = TrustVector(kind=str(resp.evidence_kind)[:32], protection="none")
         vector.add(failed("evidence", f"the Keep's evidence could not be verified ({type(exc).__name__}: {exc})"),
                    required=True)
+
+    if sim_trust is not None:  # an unknown or changed simulated root: say so, and how to accept
+        sim_trust.judge(vector)
 
     if expected_kind != resp.evidence_kind:
         vector.add(failed("evidence_kind", f"a {backend} Keep must return {expected_kind} evidence, "
@@ -179,7 +192,8 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
     vector.require(*[c.name for c in config_claims if c.status is not Status.UNVERIFIED])
 
     # 5. The protection level against the trust policy.
-    vector.add(_protection_claim(vector, resp.evidence_kind, trust), required=True)
+    vector.add(_protection_claim(vector, resp.evidence_kind, trust, _whose_root(vector, sim_trust)),
+               required=True)
 
     # 6. Which claims this policy requires.
     if resp.evidence_kind != "nil":
@@ -193,7 +207,21 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
                              expectation=expect)
 
 
-def _protection_claim(vector: TrustVector, evidence_kind: str, trust: TrustPolicy) -> Claim:
+def _whose_root(vector: TrustVector, sim_trust: SimRootTrust | None) -> str:
+    """Whose simulated root the chain ended in, as the trust vector says it."""
+    chain = vector.get("chain")
+    root = chain.detail.get("root") if chain is not None else None
+    if sim_trust is not None and isinstance(root, str):
+        from keepbook.keep.shared.evidence.certs import parse_fingerprint
+
+        label = sim_trust.label(parse_fingerprint(root))
+        if label:
+            return f"{label} ({root[:23]}…)"
+    return OWN_LABEL
+
+
+def _protection_claim(vector: TrustVector, evidence_kind: str, trust: TrustPolicy,
+                      whose: str = OWN_LABEL) -> Claim:
     prot = vector.protection
     if trust.require_hardware and prot != "hardware":
         return failed("protection", f"your trust policy requires hardware protection; this Keep "
@@ -205,10 +233,14 @@ def _protection_claim(vector: TrustVector, evidence_kind: str, trust: TrustPolic
         return failed("protection", "nil Keep refused: your trust policy does not allow nil Keeps "
                                     "(allow_nil = false)")
     if prot == "simulated":
-        return verified("protection", "SIMULATED: signed by this installation's simulated vendor "
-                                      "root — no hardware protection (allow_simulated)")
+        return verified("protection", f"SIMULATED: signed by the {whose} — no hardware protection "
+                                      "(allow_simulated)", root=whose)
     if prot == "hardware":
         return verified("protection", "hardware TEE evidence chained to a pinned vendor root")
+    if prot == "none":
+        return failed("protection", f"nothing you trust vouches for this {evidence_kind} evidence "
+                                    "(see the chain claim): it is neither hardware-protected nor an "
+                                    "accepted SIMULATED Keep")
     return failed("protection", f"protection level {prot!r} is not acceptable")
 
 

@@ -13,7 +13,7 @@ import inspect
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Awaitable
 
 from cryptography.hazmat.primitives import serialization
@@ -23,6 +23,7 @@ from keepbook.keep.shared import certificates, protocol, sealing
 from keepbook.keep.shared.handshake import Handshake, Role, State
 from keepbook.kernel.attestation import AttestationResult, ExpectationBuilder, verify_attestation
 from keepbook.kernel.channel import Channel, ChannelRefused, Endpoint, KeepError
+from keepbook.kernel import sim_trust as sim_trust_mod
 from keepbook.kernel.manager_client import ManagerClient
 from keepbook.kernel.trust_policy import TrustPolicy
 
@@ -47,15 +48,18 @@ class KeepSession:
     cells_run: int = 0
     created_at: float = field(default_factory=time.time)
     handshake: Handshake = field(default_factory=lambda: Handshake(Role.CLIENT))
+    #: the simulated roots a sim-* Keep may chain to (None: this installation's own)
+    sim_trust: sim_trust_mod.SimRootTrust | None = None
 
     @classmethod
-    async def create(cls, manager: ManagerClient, req: protocol.CreateKeep,
-                     policy: TrustPolicy) -> "KeepSession":
+    async def create(cls, manager: ManagerClient, req: protocol.CreateKeep, policy: TrustPolicy,
+                     sim_trust: sim_trust_mod.SimRootTrust | None = None) -> "KeepSession":
         hs = Handshake(Role.CLIENT)
         hs.send(req)
         info = await manager.create(req)
         hs.receive(info)
-        return cls(manager=manager, requested=req, info=info, policy=policy, handshake=hs)
+        return cls(manager=manager, requested=req, info=info, policy=policy, handshake=hs,
+                   sim_trust=sim_trust)
 
     @property
     def id(self) -> str:
@@ -63,8 +67,9 @@ class KeepSession:
 
     def expectation(self, nonce: bytes) -> ExpectationBuilder:
         """What this client expects of the Keep it created: what it asked for, under its id."""
-        return (ExpectationBuilder().nonce(nonce).trust_policy(self.policy)
-                .requested(self.requested).keep_id(self.id))
+        builder = (ExpectationBuilder().nonce(nonce).trust_policy(self.policy)
+                   .requested(self.requested).keep_id(self.id))
+        return builder.sim_trust(self.sim_trust) if self.sim_trust is not None else builder
 
     async def attest(self) -> AttestationResult:
         """Fresh evidence with a fresh nonce, verified.  Raises :class:`AttestationRefused`; a
@@ -79,7 +84,21 @@ class KeepSession:
                 await self._drop_channel()
             raise AttestationRefused(result)
         self.handshake.verified()
+        self._remember_sim_root(result)
         return result
+
+    def _remember_sim_root(self, result: AttestationResult) -> None:
+        """A simulated root the user accepted, now that a Keep attested with it, is remembered
+        for this manager (a file that cannot be written only means being asked again)."""
+        sim = self.sim_trust
+        digest = sim.to_remember(result.vector) if sim is not None else None
+        if sim is None or digest is None or sim.manager is None:
+            return
+        try:
+            known = sim_trust_mod.remember(sim.manager, sim.kind, digest, sim.explicit[digest])
+        except (OSError, sim_trust_mod.KnownRootsError):
+            return
+        self.sim_trust = replace(sim, remembered=known)
 
     async def ensure_channel(self) -> Channel:
         """Attest (unless the latest evidence verified) and provision the one-use channel."""

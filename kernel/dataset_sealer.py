@@ -162,8 +162,9 @@ def default_owner_key_path() -> Path:
     env = os.environ.get("KEEPBOOK_OWNER_KEY")
     if env:
         return Path(env).expanduser()
-    base = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
-    return base / "keepbook" / "owner-key.pem"
+    from keepbook.kernel.trust_policy import user_config_dir
+
+    return user_config_dir() / "owner-key.pem"
 
 
 def load_or_create_owner_key(path: str | os.PathLike | None = None) -> tuple[Any, Path, bool]:

@@ -255,6 +255,9 @@ class Frontend:
                              f"{session.info.profile}, manager {session.manager.url}\n"
                              "Not attested yet: `%attest` (or the first cell) verifies it before "
                              "anything is sent.\n")
+            announced = session.sim_trust.announcement() if session.sim_trust else None
+            if announced:
+                self._remark(announced)
         elif m.sub == "status":
             self._display(show.status_bundle(await self.agent.status()))
         elif m.sub == "list":

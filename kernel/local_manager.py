@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Mapping
 
 from keepbook.kernel.client import KeepError
 
@@ -30,7 +31,9 @@ class ManagerProcess:
     """``keepbook keepmgr`` on loopback and a free port, with ``state_dir`` as its state dir."""
 
     def __init__(self, state_dir: Path, *, backends: str | None = None, extra: list[str] | None = None,
-                 parent_pid: int | None = None):
+                 parent_pid: int | None = None, env: Mapping[str, str] | None = None):
+        """``env``: variables set for the manager beside this process's own (a teacher's manager
+        with its own ``KEEPBOOK_SIM_ROOTS``, say)."""
         self.dir = Path(state_dir)
         self.log = self.dir / "keepmgr.log"
         self.stderr = self.dir / "keepmgr.stderr"
@@ -44,7 +47,8 @@ class ManagerProcess:
             cmd += ["--parent-pid", str(parent_pid)]
         with open(self.stderr, "wb") as err:
             self.proc = subprocess.Popen(cmd + list(extra or []), stdin=subprocess.DEVNULL,
-                                         stdout=err, stderr=err, start_new_session=True)
+                                         stdout=err, stderr=err, start_new_session=True,
+                                         env={**os.environ, **env} if env else None)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not ready.exists():
             if self.proc.poll() is not None:
@@ -57,8 +61,11 @@ class ManagerProcess:
             time.sleep(0.02)
         info = json.loads(ready.read_text())
         self.url: str = info["url"]
-        self.token_file = Path(info["token_file"])
-        self.token = self.token_file.read_text().strip()
+        # none when every user comes from a users file (``--users``) that holds only token hashes
+        self.token_file: Path | None = Path(info["token_file"]) if info.get("token_file") else None
+        self.token: str | None = self.token_file.read_text().strip() if self.token_file else None
+        #: backend → fingerprint of the simulated root its Keeps sign with (as the manager printed)
+        self.sim_roots: dict[str, str] = dict(info.get("sim_roots") or {})
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -98,6 +105,7 @@ class EmbeddedManager:
     def start(self) -> tuple[str, str]:
         with self._lock:  # the kernel prestarts it in the background; callers wait for that one
             if self.process is not None and self.process.alive():
+                assert self.process.token is not None  # the embedded manager has its own token
                 return self.process.url, self.process.token
             self.stop()
             self.state_dir = Path(tempfile.mkdtemp(prefix="keepbook-keepmgr-"))
@@ -107,6 +115,7 @@ class EmbeddedManager:
                                               parent_pid=os.getpid())
             except ManagerStartError as exc:
                 raise KeepError(f"the embedded keep manager could not start: {exc}") from None
+            assert self.process.token is not None
             return self.process.url, self.process.token
 
     def alive(self) -> bool:

@@ -12,7 +12,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from keepbook.keep.shared import facts
+from keepbook.keep.shared import facts, sizes
+from keepbook.keep.shared.evidence.certs import format_fingerprint, parse_fingerprint
 
 LINE_MAGICS = ("keep", "attest", "upload", "audit")
 CELL_MAGICS = ("wat", "wasm", "c", "cpp", "zig", "rust", "python")
@@ -31,18 +32,12 @@ class _Parser(argparse.ArgumentParser):
         raise MagicError(message or self.format_help())
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.I)
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024, "m": 1000**2, "mb": 1000**2,
-          "mib": 1024**2, "mi": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "gi": 1024**3,
-          "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
-
-
 def parse_size(text: str) -> int:
-    """'512MiB', '1G', '2048' → bytes."""
-    m = _SIZE.match(text)
-    if not m or (m.group(2) or "").lower() not in _UNITS:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 512MiB or 1GiB)")
-    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+    """'512MiB', '1G', '2048' → bytes (the shared parser, as an option type)."""
+    try:
+        return sizes.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_float(text: str) -> float:
@@ -65,6 +60,13 @@ def _number(text: str) -> int | float:
             raise argparse.ArgumentTypeError(f"--invoke arguments must be numbers, got {text!r}") from None
 
 
+def _fingerprint(text: str) -> str:
+    try:
+        return format_fingerprint(parse_fingerprint(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _keep_new_parser() -> _Parser:
     p = _Parser(prog="%keep new", add_help=False)
     p.add_argument("--backend", default=facts.DEFAULT_BACKEND)
@@ -81,6 +83,10 @@ def _keep_new_parser() -> _Parser:
                    help="output bytes per cell")
     p.add_argument("--policy", help="output policy file (TOML) from the data owner")
     p.add_argument("--trust-policy", help="your trust policy file (TOML)")
+    p.add_argument("--trust-sim-root", action="append", default=[], type=_fingerprint,
+                   metavar="sha256:…", dest="trust_sim_roots",
+                   help="accept this keep manager's SIMULATED root, on purpose (the fingerprint "
+                        "its operator announced; remembered for this manager once a Keep attests)")
     return p
 
 
@@ -296,7 +302,8 @@ def complete_magic(code: str, cursor_pos: int) -> tuple[list[str], int, int] | N
 
 #: values offered by Tab after these %keep new options
 def _value_choices() -> dict[str, tuple[str, ...]]:
-    return {"--backend": tuple(facts.DEFAULT_BACKENDS), "--profile": facts.PROFILES}
+    return {"--backend": tuple(facts.DEFAULT_BACKENDS), "--profile": facts.PROFILES,
+            "--trust-sim-root": ("sha256:",)}
 
 
 VALUE_CHOICES = _value_choices()

@@ -41,7 +41,8 @@ def new_keep_spec(args: Any) -> NewKeep:
     return NewKeep(backend=args.backend, profile=args.profile, manager=args.manager,
                    token_file=args.token_file, manager_ca=getattr(args, "manager_ca", None),
                    memory_bytes=args.memory, timeout_s=args.timeout,
-                   output_bytes=args.output_cap, policy=policy, trust_policy=args.trust_policy)
+                   output_bytes=args.output_cap, policy=policy, trust_policy=args.trust_policy,
+                   trust_sim_roots=list(getattr(args, "trust_sim_roots", None) or []))
 
 
 def widget_bundle(widget_factory: Callable[[], Any], text: str, html_text: str) -> dict:

@@ -7,6 +7,8 @@ TOML, from ``--trust-policy FILE``, ``$KEEPBOOK_TRUST_POLICY`` or
 
     require_hardware = false        # true: refuse nil and simulated Keeps
     allow_simulated = true          # accept sim-* evidence signed by this installation's roots
+    simulated_roots = ["sha256:…"]  # and by these other simulated roots (a teacher's keep
+                                    # manager, say: `keepbook keepmgr` prints their fingerprints)
     allow_nil = true                # accept nil Keeps (NO PROTECTION), labelled as such
     accept_profiles = ["staging", "production", "debug"]   # debug is shown with a warning
     require_measurement = true      # the Keep must run the same keepbook code as this client
@@ -30,12 +32,19 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from keepbook.keep.shared.facts import PROFILES
+from keepbook.keep.shared.evidence.certs import parse_fingerprint
 from keepbook.keep.shared.evidence.reference import KEYS as REFERENCE_KEYS, parse_reference
 from keepbook.keep.shared.evidence.trust import ReferenceValues
 
 
 class TrustPolicyError(ValueError):
     pass
+
+
+def user_config_dir() -> Path:
+    """``$XDG_CONFIG_HOME/keepbook`` (default ``~/.config/keepbook``): the trust policy, the
+    owner key and the known simulated roots live there."""
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "keepbook"
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,8 @@ class TrustPolicy:
     require_measurement: bool = True
     allow_debug: bool = False
     accepted_tcb_status: tuple[str, ...] = ("UpToDate",)
+    #: fingerprints (sha256:…) of simulated roots accepted from any keep manager
+    simulated_roots: tuple[str, ...] = ()
     #: the [reference] table, checked at load (read-only)
     reference: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     source: str = "built-in default"
@@ -103,6 +114,11 @@ class TrustPolicy:
                     raise TrustPolicyError(f"trust policy {source}: {name} must be a list of strings")
                 value = tuple(value)
             kwargs[name] = value
+        for fp in kwargs.get("simulated_roots", ()):
+            try:
+                parse_fingerprint(fp)
+            except ValueError as exc:
+                raise TrustPolicyError(f"trust policy {source}: simulated_roots: {exc}") from None
         bad = set(kwargs.get("accept_profiles", [])) - set(PROFILES)
         if bad:
             raise TrustPolicyError(f"trust policy {source}: unknown profile(s) {', '.join(sorted(bad))}")
@@ -116,7 +132,12 @@ class TrustPolicy:
             if not p.is_file():
                 raise TrustPolicyError(f"trust policy file {p} does not exist")
             return cls.from_toml(p.read_text(), str(p))
-        default = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "keepbook" / "trust.toml"
+        default = default_path()
         if default.is_file():
             return cls.from_toml(default.read_text(), str(default))
         return cls()
+
+
+def default_path() -> Path:
+    """Where the trust policy is read from when no file is named."""
+    return user_config_dir() / "trust.toml"

@@ -28,10 +28,13 @@ class BackendSpec:
             return True, self.facts.note
         return _hardware_available(self.name)
 
-    def to_message(self) -> protocol.Backend:
+    def to_message(self, sim_root: bytes | None = None) -> protocol.Backend:
+        """As the ``contracts`` answer lists it; ``sim_root``: a simulated backend's root
+        certificate (see :mod:`.sim_roots`)."""
         ok, note = self.availability()
         return protocol.Backend(name=self.name, protection=self.facts.protection,
-                                evidence=self.facts.evidence, available=ok, note=note)
+                                evidence=self.facts.evidence, available=ok, note=note,
+                                sim_root=sim_root)
 
 
 DEFAULT_BACKENDS = facts_mod.DEFAULT_BACKENDS

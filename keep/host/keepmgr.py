@@ -16,6 +16,14 @@ Endpoints (all but ``/v1/health`` need ``Authorization: Bearer <token>``)::
     POST   /v1/keeps/{id}/attest         attest           -> attest_response
     POST   /v1/keeps/{id}/provision      provision        -> provision_response
 
+Users (``--users FILE``, ``--token-file``): each token is one principal; a Keep belongs to the
+token that created it, and another token cannot tell it from a missing one.  Named users of the
+users file have quotas (Keeps and memory per user, Keeps in all, :mod:`.quotas`).
+
+Simulated roots: the fingerprints of the roots this manager's ``sim-*`` Keeps sign with are
+printed at start (``--show-sim-roots`` prints them and exits), and ``contracts`` carries their
+certificates (:mod:`.sim_roots`), so users can accept them on purpose.
+
 Warm pool (``--pool N``): N keepldr+wasmldr pairs per backend are started ahead of time and wait,
 booted but *empty*: no config, no key, no evidence.  ``POST /v1/keeps`` hands one out, sends it
 the client's Start (its config) right then, and refills the pool in the background.  Its
@@ -29,9 +37,9 @@ import argparse
 import asyncio
 import hashlib
 import hmac
+import itertools
 import json
 import os
-import secrets
 import signal
 import ssl
 import sys
@@ -39,13 +47,16 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from aiohttp import web
 
 from keepbook.keep.shared import protocol
 from keepbook.keep.shared.cbor_http import cbor_response, error_middleware, error_response, read_message
 from keepbook.keep.host import backends as backends_mod
+from keepbook.keep.host import quotas as quotas_mod
+from keepbook.keep.host import sim_roots as sim_roots_mod
+from keepbook.keep.host import users as users_mod
 from keepbook.keep.shared.framing import FrameReader, write_frame
 from keepbook.keep.shared.handshake import Handshake, Role, State
 
@@ -86,6 +97,7 @@ class KeepRecord:
     info: protocol.KeepInfo
     owner: str                         # SHA-256 of the bearer token that created it
     proc: asyncio.subprocess.Process
+    memory: int = 0                    # the memory limit it was created with (quotas)
     replies: asyncio.Queue = field(default_factory=asyncio.Queue)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     reader: asyncio.Task | None = None
@@ -104,9 +116,10 @@ class KeepRecord:
 
 
 class KeepManager:
-    def __init__(self, *, backends: list[backends_mod.BackendSpec], tokens: list[str],
+    def __init__(self, *, backends: list[backends_mod.BackendSpec], tokens: Sequence[str] = (),
                  launcher: str = "subprocess", log: Log | None = None, pool: int = 0,
-                 pool_backends: list[str] | None = None):
+                 pool_backends: list[str] | None = None, roster: users_mod.Roster | None = None,
+                 sim_roots: dict[str, sim_roots_mod.AnnouncedRoot] | None = None):
         self.backends = {b.name: b for b in backends}
         if not 0 <= pool <= MAX_POOL:
             raise ValueError(f"--pool must be between 0 and {MAX_POOL}, got {pool}")
@@ -121,7 +134,12 @@ class KeepManager:
         self._refills: dict[str, asyncio.Task] = {}
         self._stopping = False
         # Each token is one principal; a Keep belongs to the token that created it.
-        self._token_digests = [hashlib.sha256(t.encode()).hexdigest() for t in tokens]
+        self.roster = roster or users_mod.Roster(tuple(
+            users_mod.Principal(name=f"token-{i + 1}", digest=users_mod.token_digest(t))
+            for i, t in enumerate(tokens)))
+        self._held: dict[int, tuple[str, int]] = {}   # quota held by creates under way
+        self._hold_ids = itertools.count()
+        self.sim_roots = dict(sim_roots or {})
         self.launcher = launcher
         self.log = log or Log(None)
         self.keeps: dict[str, KeepRecord] = {}
@@ -165,9 +183,11 @@ class KeepManager:
             return error_response(401, "missing bearer token: send 'Authorization: Bearer <token>' "
                                        "(the token is in the keep manager's token file)")
         digest = hashlib.sha256(header[7:].strip().encode()).hexdigest()
-        if not any([hmac.compare_digest(digest, d) for d in self._token_digests]):
+        principal = self.roster.by_digest(digest)
+        if principal is None:
             return error_response(401, "wrong bearer token for this keep manager")
         request["owner"] = digest
+        request["principal"] = principal
         return await handler(request)
 
     async def _body(self, request: web.Request, cls: type[protocol.Message]) -> Any:
@@ -192,8 +212,9 @@ class KeepManager:
         return cbor_response(protocol.Reply(ok=True, content=content))
 
     async def contracts(self, request: web.Request) -> web.Response:
-        return cbor_response(protocol.Contracts(
-            backends=[b.to_message() for b in self.backends.values()]))
+        return cbor_response(protocol.Contracts(backends=[
+            b.to_message(sim_root=self.sim_roots[b.name].certificate if b.name in self.sim_roots else None)
+            for b in self.backends.values()]))
 
     async def create(self, request: web.Request) -> web.Response:
         req: protocol.CreateKeep = await self._body(request, protocol.CreateKeep)
@@ -207,14 +228,19 @@ class KeepManager:
         live = [r for r in self.keeps.values() if r.live]
         if len(live) >= MAX_KEEPS:
             raise protocol.ProtocolError(f"this keep manager already runs {MAX_KEEPS} Keeps", 429)
-        rec = self._take_pooled(req.backend)
-        pooled = rec is not None
-        if rec is None:
-            rec = await self._spawn(req.backend)
-        else:
-            self._schedule_refill(req.backend, POOL_REFILL_DELAY_S)
+        hold = self._hold_quota(request, req)
+        try:
+            rec = self._take_pooled(req.backend)
+            pooled = rec is not None
+            if rec is None:
+                rec = await self._spawn(req.backend)
+            else:
+                self._schedule_refill(req.backend, POOL_REFILL_DELAY_S)
+        finally:
+            self._held.pop(hold, None)   # from here on the record itself counts
         keep_id = rec.info.id
         rec.owner = request["owner"]
+        rec.memory = int(req.limits["memory_bytes"])
         rec.info.profile = req.profile
         rec.info.created = time.time()
         self.keeps[keep_id] = rec
@@ -261,6 +287,29 @@ class KeepManager:
         resp = await self._call(rec, req, protocol.ProvisionResponse, REQUEST_TIMEOUT_S)
         self.log("keep-provisioned", keep=rec.info.id)
         return cbor_response(resp)
+
+    # ------------------------------------------------------------------ quotas
+    def _usage(self, owner: str | None) -> quotas_mod.Usage:
+        """Live Keeps (and creates under way) of ``owner``, or of everyone when None."""
+        held = [(o, m) for o, m in self._held.values()]
+        held += [(r.owner, r.memory) for r in self.keeps.values() if r.live]
+        mine = [m for o, m in held if owner is None or hmac.compare_digest(o, owner)]
+        return quotas_mod.Usage(keeps=len(mine), memory=sum(mine))
+
+    def _hold_quota(self, request: web.Request, req: protocol.CreateKeep) -> int:
+        """Refuse a create over quota (429, naming the limit and the current use); else hold
+        its share until the Keep's record counts, so two creates at once cannot both pass."""
+        principal: users_mod.Principal = request["principal"]
+        memory = int(req.limits["memory_bytes"])
+        why = quotas_mod.refusal(principal.name, principal.quota, self._usage(request["owner"]),
+                                 memory, self._usage(None).keeps, self.roster.max_keeps_total,
+                                 self.roster.source)
+        if why is not None:
+            self.log("quota-refused", user=principal.name, backend=req.backend)
+            raise protocol.ProtocolError(why, 429)
+        hold = next(self._hold_ids)
+        self._held[hold] = (request["owner"], memory)
+        return hold
 
     # ------------------------------------------------------------------ keepldr processes, pool
     async def _spawn(self, backend: str, prewarm: bool = False) -> KeepRecord:
@@ -449,33 +498,17 @@ class KeepManager:
 # ---------------------------------------------------------------------- command line
 
 
-def load_or_make_token(token_file: Path | None, state_dir: Path) -> tuple[str, Path]:
-    """The token is one line of text in a file only its user can read (made if missing)."""
-    if token_file is not None and token_file.exists():
-        token = token_file.read_text().strip()
-        if not token:
-            raise SystemExit(f"keepmgr: token file {token_file} is empty")
-        return token, token_file
-    path = token_file or state_dir / "token"
-    token = secrets.token_urlsafe(32)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    return token, path
-
-
 async def serve(args: argparse.Namespace) -> None:
     state_dir = Path(args.state_dir).expanduser()
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    files = [Path(f) for f in (args.token_file or [])] or [None]
-    pairs = [load_or_make_token(f, state_dir) for f in files]
-    token_path = pairs[0][1]
+    roster, token_path = users_mod.roster(args.users, args.token_file or [], state_dir)
     log = Log(Path(args.log_file) if args.log_file else None)
     names = [n for n in args.backends.split(",") if n] if args.backends else None
     pool_backends = [n for n in args.pool_backends.split(",") if n] if args.pool_backends else None
-    mgr = KeepManager(backends=backends_mod.offered(names), tokens=[t for t, _ in pairs],
-                      launcher=args.launcher, log=log, pool=args.pool, pool_backends=pool_backends)
+    offered = backends_mod.offered(names)
+    roots = await announce_sim_roots(offered)
+    mgr = KeepManager(backends=offered, launcher=args.launcher, log=log, pool=args.pool,
+                      pool_backends=pool_backends, roster=roster, sim_roots=roots)
     runner = web.AppRunner(mgr.app(), access_log=None, handle_signals=False)
     await runner.setup()
     ssl_ctx = None
@@ -487,9 +520,12 @@ async def serve(args: argparse.Namespace) -> None:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     url = f"{'https' if ssl_ctx else 'http'}://{args.host}:{port}"
     log("keepmgr-listening", url=url, backends=list(mgr.backends))
+    print(f"keepbook keepmgr: listening on {url}", flush=True)
     if args.ready_file:
         tmp = Path(args.ready_file + ".tmp")
-        tmp.write_text(json.dumps({"url": url, "pid": os.getpid(), "token_file": str(token_path)}))
+        tmp.write_text(json.dumps({"url": url, "pid": os.getpid(),
+                                   "token_file": str(token_path) if token_path else None,
+                                   "sim_roots": {b: r.fingerprint for b, r in roots.items()}}))
         os.replace(tmp, args.ready_file)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -500,6 +536,14 @@ async def serve(args: argparse.Namespace) -> None:
     await stop.wait()
     log("keepmgr-stopping")
     await runner.cleanup()
+
+
+async def announce_sim_roots(offered: list[backends_mod.BackendSpec]
+                             ) -> dict[str, sim_roots_mod.AnnouncedRoot]:
+    """Make (if missing) and print the simulated roots this manager's Keeps sign with."""
+    roots, problems = await asyncio.to_thread(sim_roots_mod.announce, offered)
+    sim_roots_mod.print_roots(roots, problems, sys.stdout)
+    return roots
 
 
 async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
@@ -528,6 +572,13 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
     ap.add_argument("--token-file", action="append",
                     help="bearer token file (one line); made if missing.  Repeat for several "
                          "users: each sees and controls only the Keeps it created")
+    ap.add_argument("--users", metavar="FILE",
+                    help="users file (TOML): each user's name, token file or token hash, and "
+                         "quotas (Keeps and memory per user, Keeps in all); beside --token-file")
+    ap.add_argument("--show-sim-roots", action="store_true",
+                    help="print the fingerprints of the simulated roots this manager's Keeps sign "
+                         "with (made if missing) and exit; with --users, also check the users "
+                         "file (making its missing token files) and list its quotas")
     ap.add_argument("--tls-cert", help="serve the API over TLS with this certificate (PEM)")
     ap.add_argument("--tls-key", help="private key for --tls-cert (PEM)")
     ap.add_argument("--launcher", choices=("subprocess", "systemd-run"), default="subprocess")
@@ -569,6 +620,23 @@ def systemd_run_problem() -> str | None:
     return None
 
 
+def show_setup(args: argparse.Namespace) -> int:
+    """``--show-sim-roots``: what an operator checks before users come — the simulated roots
+    (made if missing) and, with ``--users``, the users file (its missing token files made)."""
+    try:
+        offered = backends_mod.offered([n for n in args.backends.split(",") if n] or None)
+        roster = users_mod.load_users(args.users) if args.users else None
+    except ValueError as exc:
+        print(f"keepmgr: {exc}", file=sys.stderr)
+        return 2
+    roots = asyncio.run(announce_sim_roots(offered))
+    if roster is not None:
+        print(users_mod.describe(roster))
+    if not roots and any(b.facts.simulated for b in offered):
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -581,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
                   "use --launcher subprocess, or run under a user systemd instance "
                   "(`systemctl --user status`)", file=sys.stderr)
             return 2
+    if args.show_sim_roots:
+        return show_setup(args)
     try:
         asyncio.run(serve(args))
     except ValueError as exc:

@@ -443,6 +443,10 @@ def provision_info(report_data_value: bytes) -> bytes:
 # --------------------------------------------------------------------------- client <-> keepmgr
 
 
+#: largest simulated root certificate a contracts answer may carry (a 3072-bit RSA root is ~1.4 KiB)
+MAX_SIM_ROOT_BYTES = 8 * 1024
+
+
 @dataclass
 class Backend(Message):
     MSG: ClassVar[str] = "backend"
@@ -452,12 +456,35 @@ class Backend(Message):
         "evidence": F((str,), max_len=64),
         "available": F((bool,)),
         "note": F((str,), max_len=MAX_TEXT),
+        "sim_root": F((bytes,), required=False, max_len=MAX_SIM_ROOT_BYTES, min_len=1),
     }
     name: str
     protection: str
     evidence: str
     available: bool
     note: str = ""
+    #: a simulated backend's root certificate (DER, self-signed): the root this manager's Keeps
+    #: sign their evidence with, for the user to look at and accept on purpose — never trusted
+    #: because the manager sent it (the evidence must chain to a root the user accepted)
+    sim_root: bytes | None = None
+
+    def _check(self) -> None:
+        if self.sim_root is None:
+            return
+        if self.protection != "simulated":
+            raise ProtocolError(f"backend.sim_root: only a simulated backend has a simulated root; "
+                                f"{self.name!r} is {self.protection}")
+        from keepbook.keep.shared.evidence.certs import load_der
+        from keepbook.keep.shared.evidence.trust import EvidenceError
+
+        try:
+            cert = load_der(self.sim_root)   # the one certificate parser
+        except EvidenceError:
+            raise ProtocolError(f"backend.sim_root of {self.name!r}: not a DER X.509 "
+                                "certificate") from None
+        if cert.issuer != cert.subject:
+            raise ProtocolError(f"backend.sim_root of {self.name!r}: not a root certificate "
+                                "(its issuer is not its subject)")
 
 
 @dataclass

@@ -46,7 +46,10 @@ PARAMETERS = {"teaching-attestation.ipynb": {"backend": "sim-tdx", "attacks": "f
 #: what each parameterised run must show, proving the parameters took effect
 EXPECT = {"attestation-walkthrough.ipynb": ["Trust vector (sgx)", "production"],
           "sensitive-analysis.ipynb": ["Trust vector (tdx)"],
-          "teaching-attestation.ipynb": ["tdx"]}
+          "teaching-attestation.ipynb": ["tdx",
+                                         # the class section: first contact, accepted, remembered
+                                         "SIMULATED root you have not accepted",
+                                         "accepted with --trust-sim-root", "accepted before"]}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])

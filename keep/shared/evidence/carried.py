@@ -15,7 +15,7 @@ from typing import Sequence
 
 from . import pcs
 from .registry import get_verifier
-from .trust import EvidenceError, ReferenceValues, TrustVector, failed
+from .trust import EvidenceError, ReferenceValues, SimulatedRoots, TrustVector, failed
 
 #: claims a hardware Keep's evidence must verify by default, per evidence kind
 HARDWARE_REQUIRED: dict[str, tuple[str, ...]] = {
@@ -31,7 +31,7 @@ def required_on_hardware(kind: str) -> tuple[str, ...]:
 
 
 def verify(kind: str, evidence: bytes, *, certs: Sequence[bytes], collateral: Sequence[bytes] | None,
-           reference: ReferenceValues, simulated_roots: Sequence[bytes] = (),
+           reference: ReferenceValues, simulated_roots: SimulatedRoots = (),
            at: _dt.datetime | None = None) -> TrustVector:
     """Verify evidence with the collateral carried beside it.  Collateral that does not parse
     fails a ``collateral`` claim instead of the whole verification."""

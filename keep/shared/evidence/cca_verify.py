@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import cca, cose
 from .certs import load_der
-from .trust import (EvidenceError, ReferenceValues, TrustVector, compare_value, failed, relaxable,
-                    unverified, verified)
+from .trust import (EvidenceError, ReferenceValues, SimulatedRoots, TrustVector, compare_value,
+                    failed, relaxable, unverified, verified)
 
 KIND = "cca"
 
@@ -58,7 +58,7 @@ class CcaVerifier:
     def verify(self, evidence: bytes, *, certs: Sequence[bytes] = (),
                collateral: Mapping[str, Any] | None = None,
                reference: ReferenceValues | None = None,
-               simulated_roots: Sequence[bytes] = (),
+               simulated_roots: SimulatedRoots = (),
                at: _dt.datetime | None = None) -> TrustVector:
         """``certs``: the platform key(s) the user trusts — never keys that came with the
         evidence — as DER SubjectPublicKeyInfo (see :mod:`.public_keys`) or DER certificates.

@@ -278,6 +278,29 @@ def spki_sha256(cert: x509.Certificate | bytes) -> bytes:
 
 _SPKI: dict[bytes, bytes] = {}
 
+#: how a root's key digest is written for people (``keepbook keepmgr`` prints it, a user types
+#: it after ``--trust-sim-root``, the trust vector shows it): ``sha256:`` and 64 hex digits
+FINGERPRINT_PREFIX = "sha256:"
+
+
+def format_fingerprint(spki_digest: bytes) -> str:
+    """``sha256:<hex>`` of a root's SPKI SHA-256 (the form roots are pinned in)."""
+    return FINGERPRINT_PREFIX + bytes(spki_digest).hex()
+
+
+def parse_fingerprint(text: str) -> bytes:
+    """A root fingerprint as typed (``sha256:`` then 64 hex digits; case, spaces and colons
+    between byte pairs are forgiven) → the 32-byte SPKI digest; ValueError saying the form."""
+    raw = str(text).strip()
+    if not raw.lower().startswith(FINGERPRINT_PREFIX):
+        raise ValueError(f"{raw[:80]!r} is not a root fingerprint: write sha256: and 64 hex digits, "
+                         "as `keepbook keepmgr` prints it")
+    digits = raw[len(FINGERPRINT_PREFIX):].replace(":", "").replace(" ", "").lower()
+    if len(digits) != 64 or any(c not in "0123456789abcdef" for c in digits):
+        raise ValueError(f"{raw[:80]!r} is not a root fingerprint: after sha256: come exactly 64 "
+                         f"hex digits (got {len(digits)} characters)")
+    return bytes.fromhex(digits)
+
 
 def cert_name(cert: x509.Certificate) -> str:
     cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
@@ -308,6 +331,18 @@ class ChainResult:
     path: list[x509.Certificate] = field(default_factory=list)  # leaf first, root last
     root_label: str | None = None      # e.g. "AMD ARK-Milan" or "SIMULATED sev-snp root"
     simulated: bool = False
+    #: SPKI SHA-256 of the self-signed root the walk reached, trusted or not (None if it reached
+    #: none): a client can name the root it was asked to trust
+    root: bytes | None = None
+
+    @property
+    def detail(self) -> dict[str, str | bool]:
+        """The claim detail that names the root the walk reached, if any: ``root`` (its
+        fingerprint), ``root_name``, and ``root_trusted`` (pinned, or accepted as simulated)."""
+        if self.root is None or not self.path:
+            return {}
+        return {"root": format_fingerprint(self.root), "root_name": cert_name(self.path[-1]),
+                "root_trusted": self.root_label is not None}
 
 
 def _valid_at(cert: x509.Certificate, at: _dt.datetime) -> bool:
@@ -331,15 +366,19 @@ def _utc(at: _dt.datetime | None) -> _dt.datetime:
     return now if now.tzinfo else now.replace(tzinfo=_dt.timezone.utc)
 
 
+SIMULATED_LABEL = "SIMULATED root of this installation"
+
+
 def build_chain(leaf: x509.Certificate, pool: Iterable[x509.Certificate], *,
-                pinned: Mapping[bytes, str], simulated: Sequence[bytes] = (),
+                pinned: Mapping[bytes, str], simulated: Sequence[bytes] | Mapping[bytes, str] = (),
                 at: _dt.datetime | None = None, vendor: str = "vendor",
                 fetch_hint: str = "") -> ChainResult:
     """Walk issuers from ``leaf`` to a self-signed root and decide whether that root is trusted.
 
     ``pinned`` maps SPKI SHA-256 → label of hardware vendor roots; ``simulated`` lists SPKI
-    digests of simulated roots the caller's trust policy accepts.  ``at`` is the time the chain
-    must be valid at (default: now)."""
+    digests of simulated roots the caller's trust policy accepts (a mapping gives each one the
+    label that says whose root it is; a plain list means this installation's own).  ``at`` is
+    the time the chain must be valid at (default: now)."""
     now = _utc(at)
     pool = [c for c in pool if c is not leaf and meta(c).der != meta(leaf).der]
     path = [leaf]
@@ -377,21 +416,22 @@ def build_chain(leaf: x509.Certificate, pool: Iterable[x509.Certificate], *,
     label = pinned.get(digest)
     is_sim = False
     if label is None and digest in set(simulated):
-        label, is_sim = "SIMULATED root of this installation", True
+        is_sim = True
+        label = simulated[digest] if isinstance(simulated, Mapping) else SIMULATED_LABEL
     if label is None:
         return ChainResult(False, f"the chain ends in '{cert_name(cur)}' whose key (SPKI sha256 "
                            f"{digest.hex()[:16]}…) is not a pinned {vendor} root — a test root, a "
                            f"look-alike, or a simulated root that your trust policy does not allow "
                            f"(accept simulated Keeps only on purpose: --allow-simulated)",
-                           path)
+                           path, root=digest)
     for c in path:
         if not _valid_at(c, now):
             return ChainResult(False, f"'{cert_name(c)}' is valid only from "
                                f"{c.not_valid_before_utc:%Y-%m-%d} to {c.not_valid_after_utc:%Y-%m-%d}, "
                                f"not at {now:%Y-%m-%d %H:%M}Z (verify archived evidence with --at)",
-                               path)
+                               path, label, is_sim, digest)
     names = " → ".join(cert_name(c) for c in reversed(path))
-    return ChainResult(True, f"{names}, root pinned by key ({label})", path, label, is_sim)
+    return ChainResult(True, f"{names}, root pinned by key ({label})", path, label, is_sim, digest)
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

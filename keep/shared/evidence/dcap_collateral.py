@@ -26,7 +26,8 @@ from . import dcap, pcs, sigcache
 from .certs import ChainResult, build_chain, by_validity, check_crls, der_of
 from .ecdsa_rs import p256_ok
 from .pck import PckInfo, has_sgx_ext
-from .trust import Claim, ReferenceValues, TrustVector, failed, unverified, verified
+from .trust import (Claim, ReferenceValues, SimulatedRoots, TrustVector, failed, unverified,
+                    verified)
 
 #: TCB statuses from best to worst: a merge of two statuses keeps the worse one.
 STATUS_RANK = ("UpToDate", "SWHardeningNeeded", "ConfigurationNeeded",
@@ -51,7 +52,7 @@ class QuoteContext:
     pool: list[x509.Certificate]
     chain_paths: list[list[x509.Certificate]] = field(default_factory=list)
     pinned: Mapping[bytes, str] = field(default_factory=dict)
-    simulated_roots: Sequence[bytes] = ()
+    simulated_roots: SimulatedRoots = ()
 
 
 def add_claims(tv: TrustVector, ctx: QuoteContext, col: pcs.Collateral | None,

@@ -19,8 +19,8 @@ from . import dcap, dcap_collateral, pcs, sigcache, vendor_roots
 from .certs import build_chain, der_of, load_certs, load_pool, spki_sha256
 from .ecdsa_rs import p256_key, p256_ok
 from .pck import PckInfo, has_sgx_ext, parse_pck
-from .trust import (Claim, EvidenceError, ReferenceValues, TrustVector, compare_value, failed,
-                    relaxable, unverified, verified)
+from .trust import (Claim, EvidenceError, ReferenceValues, SimulatedRoots, TrustVector,
+                    compare_value, failed, relaxable, unverified, verified)
 
 #: SHA-256 of the DER SubjectPublicKeyInfo of the production Intel SGX Root CA.
 PINNED_INTEL_ROOTS: dict[bytes, str] = {
@@ -42,7 +42,7 @@ class _DcapVerifier:
     def verify(self, evidence: bytes, *, certs: Sequence[bytes] = (),
                collateral: Mapping[str, Any] | None = None,
                reference: ReferenceValues | None = None,
-               simulated_roots: Sequence[bytes] = (),
+               simulated_roots: SimulatedRoots = (),
                at: _dt.datetime | None = None) -> TrustVector:
         q = dcap.parse(evidence)
         if q.kind != self.kind:
@@ -85,13 +85,14 @@ class _DcapVerifier:
                 if res.simulated:
                     tv.protection = "simulated"
                     tv.add(verified("chain", f"SIMULATED: {res.reason} — no hardware protection; "
-                                    "accepted only because your trust policy allows simulation"), required=True)
+                                    "accepted only because your trust policy allows simulation",
+                                    **res.detail), required=True)
                 else:
-                    tv.add(verified("chain", res.reason), required=True)
+                    tv.add(verified("chain", res.reason, **res.detail), required=True)
             else:
                 if not explicit_at and "--at" in res.reason:
                     res.reason += " (no --at given: checked against the current time)"
-                tv.add(failed("chain", res.reason), required=True)
+                tv.add(failed("chain", res.reason, **res.detail), required=True)
         if not chain_ok:
             tv.protection = "none"
 

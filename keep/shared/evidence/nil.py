@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any, Mapping, Sequence
 
-from .trust import EvidenceError, ReferenceValues, TrustVector, failed, unverified, verified
+from .trust import (EvidenceError, ReferenceValues, SimulatedRoots, TrustVector, failed, unverified,
+                    verified)
 
 KIND = "nil"
 MAGIC = b"KEEPBOOK-NIL-EVIDENCE-V1"
@@ -31,7 +32,7 @@ class NilVerifier:
     def verify(self, evidence: bytes, *, certs: Sequence[bytes] = (),
                collateral: Mapping[str, Any] | None = None,
                reference: ReferenceValues | None = None,
-               simulated_roots: Sequence[bytes] = (),
+               simulated_roots: SimulatedRoots = (),
                at: _dt.datetime | None = None) -> TrustVector:
         tv = TrustVector(kind=KIND, protection="none")
         rd = parse(evidence)

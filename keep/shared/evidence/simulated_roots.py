@@ -4,9 +4,10 @@ The simulated vendors (``keep/inside/simulated_tee/``) generate their root keys 
 installation under ``platformdirs.user_data_dir("keepbook")/sim-roots/<kind>/`` (or
 ``$KEEPBOOK_SIM_ROOTS/<kind>/``), files mode 0600, and sign ``sim-*`` evidence with them.  This
 module reads only the certificates — never a private key — so a client can trust this
-installation's simulated roots when its trust policy allows simulation.  A verifier accepts a
-simulated root only when the caller passes its digest in ``simulated_roots``, and labels the
-result SIMULATED.
+installation's simulated roots when its trust policy allows simulation, and a keep manager can
+announce the roots its Keeps sign with (``keepbook keepmgr`` prints their fingerprints; its
+``contracts`` answer carries their certificates).  A verifier accepts a simulated root only when
+the caller passes its digest in ``simulated_roots``, and labels the result SIMULATED.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .certs import spki_sha256
+from .certs import format_fingerprint, spki_sha256
 
 #: evidence kinds that have a simulated vendor
 KINDS = ("sev-snp", "tdx", "sgx")
@@ -58,3 +59,16 @@ def simulated_root_digests(kind: str) -> list[bytes]:
     simulation."""
     chain = simulated_ca_certs(kind)
     return [spki_sha256(chain[-1])] if chain else []
+
+
+def root_certificate(kind: str) -> bytes | None:
+    """DER root certificate of this installation's simulated ``kind`` (None until made)."""
+    chain = simulated_ca_certs(kind)
+    return chain[-1] if chain else None
+
+
+def root_fingerprint(kind: str) -> str | None:
+    """``sha256:…`` of this installation's simulated root for ``kind`` (None until made): what
+    a keep manager's users compare before they accept it."""
+    digests = simulated_root_digests(kind)
+    return format_fingerprint(digests[0]) if digests else None

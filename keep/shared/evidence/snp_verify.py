@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from . import azure_hcl, pcs, snp, vendor_roots
 from .certs import build_chain, cert_name, check_crls, load_pool
 from .snp_certs import AmdKeyInfo, is_amd_key_cert, parse_key_info
-from .trust import (ReferenceValues, Status, TrustVector, compare_value, failed, unverified,
-                    verified)
+from .trust import (ReferenceValues, SimulatedRoots, Status, TrustVector, compare_value, failed,
+                    unverified, verified)
 
 KIND = "sev-snp"
 
@@ -54,7 +54,7 @@ class SnpVerifier:
     def verify(self, evidence: bytes, *, certs: Sequence[bytes] = (),
                collateral: Mapping[str, Any] | None = None,
                reference: ReferenceValues | None = None,
-               simulated_roots: Sequence[bytes] = (),
+               simulated_roots: SimulatedRoots = (),
                at: _dt.datetime | None = None) -> TrustVector:
         hcl = azure_hcl.parse(evidence) if azure_hcl.looks_like(evidence) else None
         rep = hcl.report if hcl else snp.parse(evidence)   # EvidenceError → unusable input
@@ -103,12 +103,12 @@ class SnpVerifier:
                     if res.simulated:
                         tv.protection = "simulated"
                         tv.add(verified("chain", f"SIMULATED: {res.reason} — no hardware protection; "
-                                        f"accepted only because your trust policy allows simulation"),
-                               required=True)
+                                        f"accepted only because your trust policy allows simulation",
+                                        **res.detail), required=True)
                     else:
-                        tv.add(verified("chain", res.reason), required=True)
+                        tv.add(verified("chain", res.reason, **res.detail), required=True)
             else:
-                tv.add(failed("chain", res.reason), required=True)
+                tv.add(failed("chain", res.reason, **res.detail), required=True)
         if leaf is not None and info is not None:
             tv.add(_check_key_cert(leaf, info, product, simulated=tv.protection == "simulated"),
                    required=True)

@@ -106,6 +106,15 @@ class TrustVector:
         for c in claims:
             self.add(c)
 
+    def replace(self, claim: Claim) -> None:
+        """Put ``claim`` in the place of the claim of the same name (added if there is none):
+        the caller knows better why it failed, and how to fix it, than the evidence verifier."""
+        for i, c in enumerate(self.claims):
+            if c.name == claim.name:
+                self.claims[i] = claim
+                return
+        self.claims.append(claim)
+
     def require(self, *names: str) -> None:
         self.required.update(names)
 
@@ -176,6 +185,11 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
+#: the simulated roots a caller accepts: SPKI SHA-256 digests, or digest → whose root it is
+#: (the label the chain claim shows)
+SimulatedRoots = Sequence[bytes] | Mapping[bytes, str]
+
+
 class EvidenceError(ValueError):
     """Evidence (or a certificate, or collateral) cannot be parsed at all: unusable input."""
 
@@ -210,11 +224,13 @@ class Verifier(Protocol):
     def verify(self, evidence: bytes, *, certs: Sequence[bytes] = (),
                collateral: Mapping[str, Any] | None = None,
                reference: ReferenceValues | None = None,
-               simulated_roots: Sequence[bytes] = (),
+               simulated_roots: SimulatedRoots = (),
                at: _dt.datetime | None = None) -> TrustVector:
         """Verify ``evidence``.  ``certs`` are DER certificates that came with it (or from
         ``--certs``).  The vendor roots pinned in the code (SHA-256 of the DER
         SubjectPublicKeyInfo) are always trusted and give ``protection="hardware"``;
         ``simulated_roots`` (same digest form) are accepted in addition only when the caller's
-        trust policy allows simulation, and a chain ending in one gives ``protection="simulated"``."""
+        trust policy allows simulation, and a chain ending in one gives ``protection="simulated"``
+        (a mapping labels each: whose root it is).  The chain claim's detail names the root the
+        chain reached (``root = sha256:…``), trusted or not."""
         ...
