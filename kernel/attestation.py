@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from keepbook.keep.shared import facts, measurement, protocol
+from keepbook.keep.shared import facts, measurement, protocol, vm_image
 from keepbook.keep.shared.evidence import carried
 from keepbook.keep.shared.evidence.trust import (Claim, EvidenceError, Status, TrustVector,
                                                  failed, unverified, verified)
@@ -179,6 +179,12 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
     vector.require(*[c.name for c in config_claims if c.status is not Status.UNVERIFIED])
 
     # 5. The protection level against the trust policy.
+    if spec is not None and spec.vm and resp.evidence_kind == "nil":
+        vector.boundary = "VM"  # its own VM, but nothing protects it: NO PROTECTION (VM)
+        image = _image_claim(config)
+        # required (with require_measurement) whenever there is a local image to compare
+        vector.add(image, required=trust.require_measurement
+                   and image.status is not Status.UNVERIFIED)
     vector.add(_protection_claim(vector, resp.evidence_kind, trust), required=True)
 
     # 6. Which claims this policy requires.
@@ -199,17 +205,36 @@ def _protection_claim(vector: TrustVector, evidence_kind: str, trust: TrustPolic
         return failed("protection", f"your trust policy requires hardware protection; this Keep "
                                     f"is {vector.label}")
     if prot == "none" and evidence_kind == "nil":
+        what = ("a kvm Keep: its own VM, but nothing protects its memory from the host"
+                if vector.boundary else "a nil Keep")
         if trust.allow_nil:
-            return verified("protection", "NO PROTECTION: a nil Keep, accepted because your "
-                                          "trust policy allows nil Keeps (allow_nil)")
-        return failed("protection", "nil Keep refused: your trust policy does not allow nil Keeps "
-                                    "(allow_nil = false)")
+            return verified("protection", f"{vector.label}: {what}, accepted because your trust "
+                                          "policy allows unsigned evidence (allow_nil)")
+        return failed("protection", f"{vector.label} refused ({what}): your trust policy does not "
+                                    "allow unsigned evidence (allow_nil = false)")
     if prot == "simulated":
         return verified("protection", "SIMULATED: signed by this installation's simulated vendor "
                                       "root — no hardware protection (allow_simulated)")
     if prot == "hardware":
         return verified("protection", "hardware TEE evidence chained to a pinned vendor root")
     return failed("protection", f"protection level {prot!r} is not acceptable")
+
+
+def _image_claim(config: protocol.KeepConfig | None) -> Claim:
+    """A VM Keep names the image it booted (unsigned: NO PROTECTION (VM)); compare it with
+    the image this machine builds from its own checkout (``keepbook image build``)."""
+    said = (config.runtime.get("image") if config is not None else None) or "(nothing)"
+    try:
+        local = vm_image.KeepImage.load(check_files=False).digest
+    except vm_image.ImageError as exc:
+        return unverified("image", f"the Keep says it booted image {said[:16]}…; there is no "
+                                   f"image here to compare with ({exc})", image=said)
+    if said == local:
+        return verified("image", f"the Keep says it booted image {said[:16]}…, the one this "
+                                 "machine builds — nothing vouches for it (no TEE)", image=said)
+    return failed("image", f"the Keep says it booted image {said[:16]}…, not the one this "
+                           f"machine builds ({local[:16]}…): the host runs other Keep code",
+                  image=said, expected=local)
 
 
 def _config_claims(config: protocol.KeepConfig, expect: Expectation) -> list[Claim]:

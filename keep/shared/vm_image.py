@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from keepbook.keep.shared.facts import VM_BACKENDS
+
 KERNEL, INITRD, CMDLINE, MANIFEST = "vmlinuz", "initrd.img", "cmdline", "image.json"
 FORMAT = "keepbook-image/v1"
 ENV_DIR = "KEEPBOOK_IMAGE_DIR"
@@ -27,9 +29,13 @@ GUEST_GATEWAY = "10.0.2.2"
 GUEST_PORT = 8443
 #: the virtio-serial port that carries the control frames (name seen by the guest)
 CONTROL_PORT = "org.keepbook.control"
-#: backends that boot this image as their own VM, and the kernel argument that names it
-VM_BACKENDS = ("kvm", "snp", "tdx")
+#: the kernel arguments that name the backend and the image
 BACKEND_ARG = "keepbook.backend"
+IMAGE_ARG = "keepbook.image"
+#: how long a VM Keep may take from QEMU's start to the wasmldr's "booted" (software emulation
+#: on a busy 2-core machine takes 15–40 s); the keep manager waits this long plus a margin,
+#: and the client's 90 s per manager request still covers it
+VM_BOOT_TIMEOUT_S = 80.0
 
 #: the SEV-SNP launch the client computes a measurement for (the launcher uses the same)
 SNP_VCPUS = 1
@@ -55,11 +61,12 @@ def image_digest(kernel_sha256: str, initrd_sha256: str, cmdline: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def launch_cmdline(image_cmdline: str, backend: str) -> str:
-    """The kernel command line a ``backend`` Keep boots with (measured in an SNP launch)."""
+def launch_cmdline(image_cmdline: str, digest: str, backend: str) -> str:
+    """The kernel command line a ``backend`` Keep boots with: the image's own, then which
+    image and which backend (an SNP launch measures it, so these are then proven too)."""
     if backend not in VM_BACKENDS:
         raise ImageError(f"backend {backend!r} does not boot the Keep image")
-    return f"{image_cmdline} {BACKEND_ARG}={backend}"
+    return f"{image_cmdline} {IMAGE_ARG}={digest} {BACKEND_ARG}={backend}"
 
 
 def file_sha256(path: Path) -> str:
@@ -78,6 +85,9 @@ class KeepImage:
     digest: str
     cmdline: str
     manifest: dict[str, Any]
+
+    def launch_cmdline(self, backend: str) -> str:
+        return launch_cmdline(self.cmdline, self.digest, backend)
 
     @property
     def kernel(self) -> Path:
