@@ -43,5 +43,5 @@ done
 say "starting the wasmldr (backend $backend)"
 $bb env -i PATH=/usr/bin HOME=/tmp LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 \
   KEEPBOOK_KEEP_LISTEN=@GUEST_ADDRESS@ KEEPBOOK_KEEP_PORT=@GUEST_PORT@ \
-  /usr/bin/python3.11 -m keepbook.keep.wasmldr --backend "$backend" <>"$port" >&0
+  /usr/bin/python3.11 -m keepbook.keep.inside --backend "$backend" <>"$port" >&0
 halt "the wasmldr exited (code $?)"
