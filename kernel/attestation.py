@@ -20,6 +20,7 @@ from keepbook.keep.shared import facts, measurement, protocol, vm_image
 from keepbook.keep.shared.evidence import carried
 from keepbook.keep.shared.evidence.trust import (Claim, EvidenceError, Status, TrustVector,
                                                  failed, unverified, verified)
+from keepbook.kernel import launch_measurement
 from keepbook.kernel.trust_policy import TrustPolicy
 
 
@@ -141,6 +142,11 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
                                             f"{resp.evidence_kind} root to check the chain against"))
     reference = trust.reference_values()
     reference.report_data = rd
+    launch_claim: Claim | None = None
+    if spec is not None and spec.vm and spec.hardware and reference.measurement is None:
+        # a VM Keep on hardware: the measurement it must show, computed from our own image
+        reference.measurement, launch_claim = launch_measurement.expected_launch(
+            backend, trust.snp_ovmf or None)
     if expected_protection != "hardware" and reference.measurement is None:
         # a process-based Keep runs this installation's keepbook code: that is its reference
         reference.measurement = measurement.measurement(facts.measurement_length(resp.evidence_kind))
@@ -193,8 +199,13 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
         if expected_protection == "hardware":  # the TCB judged with the collateral carried along
             vector.require(*carried.required_on_hardware(resp.evidence_kind))
         vector.require(*trust.required_reference_claims())  # each reference value given
-        if trust.require_measurement and expected_protection != "hardware":
-            vector.require("measurement")
+        vm_on_hardware = spec is not None and spec.vm and spec.hardware
+        if trust.require_measurement and (expected_protection != "hardware" or vm_on_hardware):
+            vector.require("measurement")  # VM Keeps on hardware too: computed from the image
+    if launch_claim is not None:
+        if not trust.require_measurement and launch_claim.status is Status.FAILED:
+            launch_claim = unverified(launch_claim.name, launch_claim.reason)  # shown, not fatal
+        vector.add(launch_claim, required=trust.require_measurement)
     return AttestationResult(vector=vector, response=resp, config=config, report_data=rd,
                              expectation=expect)
 

@@ -32,9 +32,7 @@ MAX_GUEST_MIB = 64 * 1024
 QBOOT = Path("/usr/share/qemu/qboot.rom")
 ACCEL_ENV = "KEEPBOOK_VM_ACCEL"         # auto (default) | kvm | tcg
 KVM_PROBE_S = 8.0
-SNP_OVMF_ENV = "KEEPBOOK_SNP_OVMF"       # an OVMF built from OvmfPkg/AmdSev/AmdSevX64.dsc
 TDX_FIRMWARE_ENV = "KEEPBOOK_TDX_FIRMWARE"  # TDVF (OVMF built from OvmfPkg/IntelTdx)
-SNP_OVMF_DEFAULT = Path("/usr/share/ovmf/OVMF.amdsev.fd")
 TDX_FIRMWARE_DEFAULT = Path("/usr/share/ovmf/OVMF.inteltdx.fd")
 
 
@@ -80,7 +78,7 @@ def availability(backend: str) -> tuple[bool, str]:
         return True, "the Keep image in a QEMU VM (KVM if /dev/kvm runs guests, else TCG)"
     if backend == "snp":
         return _confidential_host("SEV-SNP", Path("/sys/module/kvm_amd/parameters/sev_snp"),
-                                  _firmware(SNP_OVMF_ENV, SNP_OVMF_DEFAULT))
+                                  vm_image.snp_ovmf_path())
     if backend == "tdx":
         return _confidential_host("TDX", Path("/sys/module/kvm_intel/parameters/tdx"),
                                   _firmware(TDX_FIRMWARE_ENV, TDX_FIRMWARE_DEFAULT))
@@ -252,7 +250,7 @@ def command(qemu: str, launch: Launch, accel: Accel) -> list[str]:
     if launch.backend == "kvm":
         return kvm_command(qemu, launch, accel)
     if launch.backend == "snp":
-        return snp_command(qemu, launch, _firmware(SNP_OVMF_ENV, SNP_OVMF_DEFAULT))
+        return snp_command(qemu, launch, vm_image.snp_ovmf_path())
     if launch.backend == "tdx":
         return tdx_command(qemu, launch, _firmware(TDX_FIRMWARE_ENV, TDX_FIRMWARE_DEFAULT))
     raise VmUnavailable(f"{launch.backend} is not a VM backend")

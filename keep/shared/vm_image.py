@@ -42,6 +42,14 @@ SNP_VCPUS = 1
 SNP_VCPU_TYPE = "EPYC-v4"
 SNP_GUEST_FEATURES = 0x1      # SNPActive only (QEMU's default for sev-snp-guest)
 SNP_POLICY = 0x30000          # SMT allowed, reserved bit 17 set; debug and migration agent off
+#: the SEV-SNP guest firmware: OVMF built from edk2's OvmfPkg/AmdSev/AmdSevX64.dsc (the build
+#: that checks the kernel hashes); host and client must use the same file
+SNP_OVMF_ENV = "KEEPBOOK_SNP_OVMF"
+SNP_OVMF_DEFAULT = "/usr/share/ovmf/OVMF.amdsev.fd"
+
+
+def snp_ovmf_path(given: str | None = None) -> Path:
+    return Path(given or os.environ.get(SNP_OVMF_ENV) or SNP_OVMF_DEFAULT).expanduser()
 
 
 class ImageError(RuntimeError):
