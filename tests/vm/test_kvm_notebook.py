@@ -31,6 +31,17 @@ BOOT_S = 150
 LOOP = "%%wat\n" + LOOP_WAT
 HELLO = "%%wat\n" + print_wat("still alive\n")
 MEMORY = "64MiB"
+NEW = f"%keep new --backend kvm --memory {MEMORY} --output-cap 64KiB"
+#: writes 4 KiB lines forever: past the output cap, the Keep cuts it with a notice
+FLOOD = '''%%wat --timeout 3
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (memory.fill (i32.const 64) (i32.const 120) (i32.const 4096))
+    (i32.store8 (i32.const 4159) (i32.const 10))
+    (i32.store (i32.const 0) (i32.const 64)) (i32.store (i32.const 4) (i32.const 4096))
+    (loop $l (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))) (br $l))))'''
 
 
 def walkthrough_cells() -> dict[str, str]:
@@ -52,7 +63,7 @@ def walkthrough_cells() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def kernel():
     k = Kernel()
-    res = k.execute(f"%keep new --backend kvm --memory {MEMORY}", timeout=BOOT_S)
+    res = k.execute(NEW, timeout=BOOT_S)
     assert res.status == "ok", res.text()
     yield k
     k.close()
@@ -123,6 +134,12 @@ def test_memory_limit_is_enforced_in_the_vm(kernel):
     assert any("memory limit of 64 MiB" in e["evalue"] for e in res.errors()), res.errors()
 
 
+def test_output_cap_cuts_a_flood_with_a_notice(kernel):
+    res = kernel.execute(FLOOD, timeout=60)
+    assert len(res.stream("stdout")) <= 64 * 1024
+    assert "output truncated" in res.text(), res.text()[-500:]
+
+
 def test_sealed_upload_is_read_by_a_c_cell_and_audited(kernel, tmp_path):
     data = tmp_path / "rows.csv"
     data.write_text("id,value\n1,forty-two\n")
@@ -162,6 +179,6 @@ def test_qemu_killed_mid_cell_is_a_clear_error_and_kvm_keep_new_works_after(kern
         time.sleep(0.2)
     assert re.search(r"state\s+failed", status), status
     assert "QEMU was killed by SIGKILL" in status, status
-    res = kernel.execute(f"%keep new --backend kvm --memory {MEMORY}", timeout=BOOT_S)
+    res = kernel.execute(NEW, timeout=BOOT_S)
     assert res.status == "ok", res.text()
     assert "still alive" in kernel.execute(HELLO, timeout=60).stream("stdout")

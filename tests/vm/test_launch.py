@@ -178,3 +178,51 @@ def test_tdx_command_line(tmp_path):
 def test_guest_memory_follows_the_keep_limit():
     assert vm.guest_memory_mib({"memory_bytes": 64 << 20}) == 64 + vm.GUEST_OVERHEAD_MIB
     assert vm.guest_memory_mib({"memory_bytes": (1 << 20) + 1}) == 2 + vm.GUEST_OVERHEAD_MIB
+
+
+# ---------------------------------------------------------------------- what is missing, said
+
+
+def test_availability_says_what_to_install_or_build(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no QEMU here
+    ok, note = vm.availability("kvm")
+    assert not ok and "QEMU is not installed" in note and "apt-get install qemu-system-x86" in note
+    fake = tmp_path / vm.QEMU
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv(vm_image.ENV_DIR, str(tmp_path / "no-image"))
+    ok, note = vm.availability("kvm")
+    assert not ok and "keepbook image build" in note
+
+
+@requires_vm
+def test_a_vm_that_cannot_start_is_a_clear_error(monkeypatch, tmp_path):
+    """QEMU fails at once (here: a stand-in that prints an error and exits): the create is
+    refused with QEMU's words, nothing is left behind, and the manager stays usable."""
+    from tests.conftest import Manager
+    from tests.support.http import http
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / vm.QEMU
+    fake.write_text("#!/bin/sh\necho 'qemu-system-x86_64: -accel tcg: no such accelerator' >&2\n"
+                    "exit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv(vm.ACCEL_ENV, "tcg")
+    (tmp_path / "state").mkdir()
+    m = Manager(tmp_path / "state", backends="kvm,nil")
+    try:
+        status, body = http("POST", m.url + "/v1/keeps", p.CreateKeep(backend="kvm").to_cbor(),
+                            token=m.token)
+        reason = p.ErrorBody.from_cbor(body).reason
+        assert status == 503, (status, reason)
+        assert "QEMU exited with code 1 before it could connect its control port" in reason
+        assert "no such accelerator" in reason
+        status, body = http("GET", m.url + "/v1/keeps", token=m.token)
+        assert p.KeepList.from_cbor(body).keeps == []
+        status, _ = http("POST", m.url + "/v1/keeps", p.CreateKeep(backend="nil").to_cbor(),
+                         token=m.token)
+        assert status == 201
+    finally:
+        m.stop()
