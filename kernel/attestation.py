@@ -187,7 +187,7 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
     # 5. The protection level against the trust policy.
     if spec is not None and spec.vm and resp.evidence_kind == "nil":
         vector.boundary = "VM"  # its own VM, but nothing protects it: NO PROTECTION (VM)
-        image = _image_claim(config)
+        image = _unless_required(_image_claim(config), trust.require_measurement)
         # required (with require_measurement) whenever there is a local image to compare
         vector.add(image, required=trust.require_measurement
                    and image.status is not Status.UNVERIFIED)
@@ -203,9 +203,8 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
         if trust.require_measurement and (expected_protection != "hardware" or vm_on_hardware):
             vector.require("measurement")  # VM Keeps on hardware too: computed from the image
     if launch_claim is not None:
-        if not trust.require_measurement and launch_claim.status is Status.FAILED:
-            launch_claim = unverified(launch_claim.name, launch_claim.reason)  # shown, not fatal
-        vector.add(launch_claim, required=trust.require_measurement)
+        vector.add(_unless_required(launch_claim, trust.require_measurement),
+                   required=trust.require_measurement)
     return AttestationResult(vector=vector, response=resp, config=config, report_data=rd,
                              expectation=expect)
 
@@ -231,21 +230,32 @@ def _protection_claim(vector: TrustVector, evidence_kind: str, trust: TrustPolic
     return failed("protection", f"protection level {prot!r} is not acceptable")
 
 
+def _unless_required(claim: Claim, required: bool) -> Claim:
+    """A failed claim refuses the Keep; one your policy does not require is shown, unverified."""
+    if not required and claim.status is Status.FAILED:
+        return unverified(claim.name, claim.reason)
+    return claim
+
+
 def _image_claim(config: protocol.KeepConfig | None) -> Claim:
     """A VM Keep names the image it booted (unsigned: NO PROTECTION (VM)); compare it with
     the image this machine builds from its own checkout (``keepbook image build``)."""
     said = (config.runtime.get("image") if config is not None else None) or "(nothing)"
     try:
-        local = vm_image.KeepImage.load(check_files=False).digest
+        local = vm_image.KeepImage.load(check_files=False)
     except vm_image.ImageError as exc:
         return unverified("image", f"the Keep says it booted image {said[:16]}…; there is no "
                                    f"image here to compare with ({exc})", image=said)
-    if said == local:
+    stale = local.stale()
+    if stale:
+        return failed("image", f"the Keep says it booted image {said[:16]}…; {stale} to know "
+                               "which image a Keep should run", image=said)
+    if said == local.digest:
         return verified("image", f"the Keep says it booted image {said[:16]}…, the one this "
                                  "machine builds — nothing vouches for it (no TEE)", image=said)
     return failed("image", f"the Keep says it booted image {said[:16]}…, not the one this "
-                           f"machine builds ({local[:16]}…): the host runs other Keep code",
-                  image=said, expected=local)
+                           f"machine builds ({local.digest[:16]}…): the host runs other Keep code",
+                  image=said, expected=local.digest)
 
 
 def _config_claims(config: protocol.KeepConfig, expect: Expectation) -> list[Claim]:

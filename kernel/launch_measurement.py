@@ -98,6 +98,8 @@ def expected_launch(backend: str, snp_ovmf: str | None = None) -> tuple[bytes | 
     ovmf = vm_image.snp_ovmf_path(snp_ovmf)
     try:
         image = vm_image.KeepImage.load(check_files=False)
+        if image.stale():
+            raise MeasurementError(image.stale())
         value = _cached_snp(image.digest, str(image.dir), str(ovmf),
                             ovmf.stat().st_mtime_ns if ovmf.is_file() else 0)
     except (vm_image.ImageError, MeasurementError) as exc:

@@ -94,6 +94,16 @@ class KeepImage:
     cmdline: str
     manifest: dict[str, Any]
 
+    def stale(self) -> str | None:
+        """Why this is not the image this installation's Keep code builds (None: it is).  A
+        client compares Keeps with its own build; a stale build would vouch for old code."""
+        from keepbook.keep.shared import measurement
+
+        if self.manifest.get("keepbook", {}).get("code_measurement") != measurement.measurement().hex():
+            return (f"the Keep image in {self.dir} ({self.digest[:16]}…) was built from other "
+                    "Keep code than this installation's: rebuild it (`keepbook image build`)")
+        return None
+
     def launch_cmdline(self, backend: str) -> str:
         return launch_cmdline(self.cmdline, self.digest, backend)
 

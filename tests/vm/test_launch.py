@@ -226,3 +226,68 @@ def test_a_vm_that_cannot_start_is_a_clear_error(monkeypatch, tmp_path):
         assert status == 201
     finally:
         m.stop()
+
+
+# ---------------------------------------------------------------------- kvm: the image claim
+
+
+def _local_image(tmp_path, code_measurement: str) -> str:
+    """An image manifest (no kernel or initramfs needed: the client reads only the manifest)."""
+    import json
+
+    from keepbook.keep.shared import measurement
+
+    d = tmp_path / "image"
+    d.mkdir()
+    kernel, initrd, cmdline = "11" * 32, "22" * 32, "console=ttyS0"
+    digest = vm_image.image_digest(kernel, initrd, cmdline)
+    (d / vm_image.CMDLINE).write_text(cmdline + "\n")
+    (d / vm_image.MANIFEST).write_text(json.dumps({
+        "format": vm_image.FORMAT, "digest": digest,
+        "files": {vm_image.KERNEL: kernel, vm_image.INITRD: initrd},
+        "keepbook": {"code_measurement": code_measurement or measurement.measurement().hex()}}))
+    return digest
+
+
+def _kvm_answer(image: str) -> tuple[p.AttestResponse, bytes]:
+    from keepbook.keep.shared.evidence import nil
+
+    nonce, pub = os.urandom(32), os.urandom(32)
+    cfg = p.KeepConfig(backend="kvm", profile="staging", limits=dict(p.DEFAULT_LIMITS), policy=b"",
+                       runtime={"image": image})
+    evidence = nil.make(p.report_data(nonce, pub, cfg.digest()))
+    return p.AttestResponse(evidence_kind="nil", evidence=evidence, certs=[], hpke_suite="x",
+                            hpke_public_key=pub, config=cfg.to_cbor(), nonce=nonce), nonce
+
+
+@pytest.mark.parametrize("said, built_from, require, status, ok", [
+    ("same", "", True, "verified", True),
+    ("other", "", True, "failed", False),
+    ("same", "00" * 48, True, "failed", False),      # the local image is stale: rebuild
+    ("other", "", False, "unverified", True),         # require_measurement = false: shown only
+])
+def test_kvm_keep_is_compared_with_the_local_image(monkeypatch, tmp_path, said, built_from, require,
+                                                   status, ok):
+    digest = _local_image(tmp_path, built_from)
+    monkeypatch.setenv(vm_image.ENV_DIR, str(tmp_path / "image"))
+    resp, nonce = _kvm_answer(digest if said == "same" else "ab" * 32)
+    result = verify_attestation(resp, nonce=nonce, requested=p.CreateKeep(backend="kvm"),
+                                policy=TrustPolicy(require_measurement=require))
+    claim = result.vector.get("image")
+    assert claim is not None and claim.status.value == status, claim
+    assert result.vector.label == "NO PROTECTION (VM)"
+    assert result.ok is ok, result.vector.first_failure()
+    if built_from:
+        assert "rebuild it" in claim.reason
+
+
+def test_kvm_keep_without_a_local_image_is_labelled_and_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv(vm_image.ENV_DIR, str(tmp_path / "none"))
+    resp, nonce = _kvm_answer("ab" * 32)
+    result = verify_attestation(resp, nonce=nonce, requested=p.CreateKeep(backend="kvm"),
+                                policy=TrustPolicy())
+    assert result.ok and result.vector.label == "NO PROTECTION (VM)"
+    assert "no image here" in result.vector.get("image").reason
+    refused = verify_attestation(resp, nonce=nonce, requested=p.CreateKeep(backend="kvm"),
+                                 policy=TrustPolicy(allow_nil=False))
+    assert not refused.ok and refused.vector.get("protection").status.value == "failed"
