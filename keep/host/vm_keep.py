@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import ctypes
-import os
 import shutil
 import signal
 import socket
