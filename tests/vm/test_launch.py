@@ -15,7 +15,7 @@ from keepbook.keep.host import vm
 from keepbook.keep.shared import protocol as p
 from keepbook.keep.shared import vm_image
 from keepbook.kernel import launch_measurement as lm
-from keepbook.kernel.attestation import verify_attestation
+from keepbook.kernel.attestation import ExpectationBuilder, verify_attestation
 from keepbook.kernel.trust_policy import TrustPolicy
 from tests.vm.conftest import requires_vm
 
@@ -75,6 +75,12 @@ def test_tdx_needs_user_supplied_reference_values():
 # ---------------------------------------------------------------------- the client requires it
 
 
+def _expect(nonce: bytes, backend: str, trust: TrustPolicy):
+    """What the client expects of a Keep it asked the default create of ``backend`` for."""
+    return (ExpectationBuilder().nonce(nonce).trust_policy(trust)
+            .requested(p.CreateKeep(backend=backend)).build())
+
+
 def _snp_response(vectors: Path) -> p.AttestResponse:
     """A genuine AMD report (go-sev-guest's test data, chained to AMD's pinned roots) in an
     attest answer: its launch measurement is some other guest's, not our image's."""
@@ -85,7 +91,7 @@ def _snp_response(vectors: Path) -> p.AttestResponse:
                          "go-sev-guest__verify_trust_ask_ark_milan.pem")
              for c in load_certs((snp / f).read_bytes())]
     cfg = p.KeepConfig(backend="snp", profile="staging", limits=dict(p.DEFAULT_LIMITS), policy=b"",
-                       runtime={"image": "x"})
+                       runtime={"image": "x"}, keep_id="k1")
     return p.AttestResponse(evidence_kind="sev-snp",
                             evidence=(snp / "go-sev-guest__verify_testdata_attestation.bin").read_bytes(),
                             certs=certs, hpke_suite="x", hpke_public_key=bytes(32),
@@ -100,8 +106,7 @@ def test_snp_keep_is_refused_unless_it_measures_as_our_image(monkeypatch):
         pytest.skip("real SEV-SNP vectors not found: set KEEPBOOK_VECTORS")
     monkeypatch.setenv(vm_image.SNP_OVMF_ENV, str(AMDSEV))
     resp = _snp_response(vectors)
-    result = verify_attestation(resp, nonce=bytes(32), requested=p.CreateKeep(backend="snp"),
-                                policy=TrustPolicy())
+    result = verify_attestation(resp, _expect(bytes(32), "snp", TrustPolicy()))
     claims = {c.name: c for c in result.vector.claims}
     expected = lm.expected_snp_measurement(lm.snp_launch(vm_image.KeepImage.load(), AMDSEV))
     assert claims["expected_measurement"].status.value == "verified"
@@ -254,7 +259,7 @@ def _kvm_answer(image: str) -> tuple[p.AttestResponse, bytes]:
 
     nonce, pub = os.urandom(32), os.urandom(32)
     cfg = p.KeepConfig(backend="kvm", profile="staging", limits=dict(p.DEFAULT_LIMITS), policy=b"",
-                       runtime={"image": image})
+                       runtime={"image": image}, keep_id="k1")
     evidence = nil.make(p.report_data(nonce, pub, cfg.digest()))
     return p.AttestResponse(evidence_kind="nil", evidence=evidence, certs=[], hpke_suite="x",
                             hpke_public_key=pub, config=cfg.to_cbor(), nonce=nonce), nonce
@@ -271,8 +276,7 @@ def test_kvm_keep_is_compared_with_the_local_image(monkeypatch, tmp_path, said, 
     digest = _local_image(tmp_path, built_from)
     monkeypatch.setenv(vm_image.ENV_DIR, str(tmp_path / "image"))
     resp, nonce = _kvm_answer(digest if said == "same" else "ab" * 32)
-    result = verify_attestation(resp, nonce=nonce, requested=p.CreateKeep(backend="kvm"),
-                                policy=TrustPolicy(require_measurement=require))
+    result = verify_attestation(resp, _expect(nonce, "kvm", TrustPolicy(require_measurement=require)))
     claim = result.vector.get("image")
     assert claim is not None and claim.status.value == status, claim
     assert result.vector.label == "NO PROTECTION (VM)"
@@ -284,10 +288,8 @@ def test_kvm_keep_is_compared_with_the_local_image(monkeypatch, tmp_path, said, 
 def test_kvm_keep_without_a_local_image_is_labelled_and_says_so(monkeypatch, tmp_path):
     monkeypatch.setenv(vm_image.ENV_DIR, str(tmp_path / "none"))
     resp, nonce = _kvm_answer("ab" * 32)
-    result = verify_attestation(resp, nonce=nonce, requested=p.CreateKeep(backend="kvm"),
-                                policy=TrustPolicy())
+    result = verify_attestation(resp, _expect(nonce, "kvm", TrustPolicy()))
     assert result.ok and result.vector.label == "NO PROTECTION (VM)"
     assert "no image here" in result.vector.get("image").reason
-    refused = verify_attestation(resp, nonce=nonce, requested=p.CreateKeep(backend="kvm"),
-                                 policy=TrustPolicy(allow_nil=False))
+    refused = verify_attestation(resp, _expect(nonce, "kvm", TrustPolicy(allow_nil=False)))
     assert not refused.ok and refused.vector.get("protection").status.value == "failed"
