@@ -83,7 +83,7 @@ def test_secret_never_reaches_the_host_of_a_vm_keep(host, tmp_path):
         # the Keep's directory on the host holds only the control socket
         for d in glob.glob(f"/dev/shm/keepbook-keep-{kid}-*") + glob.glob(f"/tmp/keepbook-keep-{kid}-*"):
             scratch_files += glob.glob(d + "/**", recursive=True)
-        _host_connects_itself(agent, proxy)
+        _host_connects_itself(proxy)
     finally:
         agent.stop()
         proxy.close()
@@ -98,10 +98,12 @@ def test_secret_never_reaches_the_host_of_a_vm_keep(host, tmp_path):
     assert names <= {"control.sock"}, names
 
 
-def _host_connects_itself(agent: ClientAgent, proxy: TamperingManager) -> None:
-    """The host (who relayed endpoint and certificate) connects to the forwarded port."""
-    endpoint = agent.current.channel.endpoint
-    host, port = endpoint.removeprefix("https://").rsplit(":", 1)
+def _host_connects_itself(proxy: TamperingManager) -> None:
+    """The host connects to the forwarded port it relayed in the provisioning answer."""
+    answer = p.ProvisionResponse.from_cbor(next(
+        body for (_, path, _), body in zip(proxy.requests, proxy.relayed[1::2])
+        if path.endswith("/provision")))
+    host, port = answer.endpoint.removeprefix("https://").rsplit(":", 1)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
