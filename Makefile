@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.keepbook-installed
 
-.PHONY: demo test lab bench bench-quick stress fuzz warm venv clean test-browser
+.PHONY: demo test lab bench bench-quick stress fuzz warm venv clean test-browser image
 
 venv: $(STAMP)
 
@@ -23,7 +23,13 @@ warm: venv
 demo: venv
 	$(BIN)/keepbook demo
 
-test: venv
+# The Keep image (kernel + initramfs) that kvm/snp/tdx Keeps boot: built from pinned Debian
+# packages and wheels (downloads cached in ~/.cache/keepbook/image-inputs), in set-up and never
+# inside a test.  Up to date in a second; where it cannot be built (no apt), the VM tests skip.
+image: venv
+	$(BIN)/keepbook image build --optional
+
+test: venv image
 	$(BIN)/python -m pytest -q -rs
 
 lab: venv

@@ -84,11 +84,18 @@ def cmd_audit(argv: list[str]) -> int:
     return owner_cli.audit_main(argv)
 
 
+def cmd_image(argv: list[str]) -> int:
+    from keepbook.keep.image.cli import main as image_main
+
+    return image_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Subcommands with their own full parsers get the rest of the line untouched.
     passthrough = {"keepmgr": cmd_keepmgr, "verify": cmd_verify, "bench": cmd_bench,
-                   "seal": cmd_seal, "audit": cmd_audit, "keep-evidence": cmd_keep_evidence}
+                   "seal": cmd_seal, "audit": cmd_audit, "keep-evidence": cmd_keep_evidence,
+                   "image": cmd_image}
     if argv and argv[0] in passthrough:
         return passthrough[argv[0]](argv[1:])
     ap = argparse.ArgumentParser(prog="keepbook", description="A Jupyter kernel for confidential computing.")
@@ -105,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("seal", help="data owner: seal a dataset to an attested Keep (see --help)")
     sub.add_parser("keep-evidence", help="save a Keep's verified attestation for `seal --keep-evidence`")
     sub.add_parser("audit", help="`keepbook audit verify FILE`: check a saved audit log offline")
+    sub.add_parser("image", help="`keepbook image build [-o DIR]`: the Keep image for VM Keeps")
     p = sub.add_parser("warm", help="compile the Python engine and compiler caches once")
     p.set_defaults(fn=cmd_warm)
     p = sub.add_parser("demo", help="run the attestation walkthrough notebook headless")

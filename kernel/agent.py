@@ -400,6 +400,8 @@ class ClientAgent:
                                "state": info.state}
         if info.reason:
             out["reason"] = info.reason
+        if info.host_note:
+            out["host_says"] = info.host_note
         if session.attestation is None:
             out["protection"] = "not attested yet"
         else:

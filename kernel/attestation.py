@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from keepbook.keep.shared import facts, measurement, protocol
+from keepbook.keep.shared import facts, measurement, protocol, vm_image
 from keepbook.keep.shared.evidence import carried
 from keepbook.keep.shared.evidence.trust import (Claim, EvidenceError, Status, TrustVector,
                                                  failed, unverified, verified)
 from keepbook.kernel.sim_trust import OWN_LABEL, SimRootTrust
+from keepbook.kernel import launch_measurement
 from keepbook.kernel.trust_policy import TrustPolicy
 
 
@@ -151,6 +152,11 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
                                             f"{resp.evidence_kind} root to check the chain against"))
     reference = trust.reference_values()
     reference.report_data = rd
+    launch_claim: Claim | None = None
+    if spec is not None and spec.vm and spec.hardware and reference.measurement is None:
+        # a VM Keep on hardware: the measurement it must show, computed from our own image
+        reference.measurement, launch_claim = launch_measurement.expected_launch(
+            backend, trust.snp_ovmf or None)
     if expected_protection != "hardware" and reference.measurement is None:
         # a process-based Keep runs this installation's keepbook code: that is its reference
         reference.measurement = measurement.measurement(facts.measurement_length(resp.evidence_kind))
@@ -192,6 +198,12 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
     vector.require(*[c.name for c in config_claims if c.status is not Status.UNVERIFIED])
 
     # 5. The protection level against the trust policy.
+    if spec is not None and spec.vm and resp.evidence_kind == "nil":
+        vector.boundary = "VM"  # its own VM, but nothing protects it: NO PROTECTION (VM)
+        image = _unless_required(_image_claim(config), trust.require_measurement)
+        # required (with require_measurement) whenever there is a local image to compare
+        vector.add(image, required=trust.require_measurement
+                   and image.status is not Status.UNVERIFIED)
     vector.add(_protection_claim(vector, resp.evidence_kind, trust, _whose_root(vector, sim_trust)),
                required=True)
 
@@ -201,8 +213,12 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
         if expected_protection == "hardware":  # the TCB judged with the collateral carried along
             vector.require(*carried.required_on_hardware(resp.evidence_kind))
         vector.require(*trust.required_reference_claims())  # each reference value given
-        if trust.require_measurement and expected_protection != "hardware":
-            vector.require("measurement")
+        vm_on_hardware = spec is not None and spec.vm and spec.hardware
+        if trust.require_measurement and (expected_protection != "hardware" or vm_on_hardware):
+            vector.require("measurement")  # VM Keeps on hardware too: computed from the image
+    if launch_claim is not None:
+        vector.add(_unless_required(launch_claim, trust.require_measurement),
+                   required=trust.require_measurement)
     return AttestationResult(vector=vector, response=resp, config=config, report_data=rd,
                              expectation=expect)
 
@@ -227,11 +243,13 @@ def _protection_claim(vector: TrustVector, evidence_kind: str, trust: TrustPolic
         return failed("protection", f"your trust policy requires hardware protection; this Keep "
                                     f"is {vector.label}")
     if prot == "none" and evidence_kind == "nil":
+        what = ("a kvm Keep: its own VM, but nothing protects its memory from the host"
+                if vector.boundary else "a nil Keep")
         if trust.allow_nil:
-            return verified("protection", "NO PROTECTION: a nil Keep, accepted because your "
-                                          "trust policy allows nil Keeps (allow_nil)")
-        return failed("protection", "nil Keep refused: your trust policy does not allow nil Keeps "
-                                    "(allow_nil = false)")
+            return verified("protection", f"{vector.label}: {what}, accepted because your trust "
+                                          "policy allows unsigned evidence (allow_nil)")
+        return failed("protection", f"{vector.label} refused ({what}): your trust policy does not "
+                                    "allow unsigned evidence (allow_nil = false)")
     if prot == "simulated":
         return verified("protection", f"SIMULATED: signed by the {whose} — no hardware protection "
                                       "(allow_simulated)", root=whose)
@@ -242,6 +260,34 @@ def _protection_claim(vector: TrustVector, evidence_kind: str, trust: TrustPolic
                                     "(see the chain claim): it is neither hardware-protected nor an "
                                     "accepted SIMULATED Keep")
     return failed("protection", f"protection level {prot!r} is not acceptable")
+
+
+def _unless_required(claim: Claim, required: bool) -> Claim:
+    """A failed claim refuses the Keep; one your policy does not require is shown, unverified."""
+    if not required and claim.status is Status.FAILED:
+        return unverified(claim.name, claim.reason)
+    return claim
+
+
+def _image_claim(config: protocol.KeepConfig | None) -> Claim:
+    """A VM Keep names the image it booted (unsigned: NO PROTECTION (VM)); compare it with
+    the image this machine builds from its own checkout (``keepbook image build``)."""
+    said = (config.runtime.get("image") if config is not None else None) or "(nothing)"
+    try:
+        local = vm_image.KeepImage.load(check_files=False)
+    except vm_image.ImageError as exc:
+        return unverified("image", f"the Keep says it booted image {said[:16]}…; there is no "
+                                   f"image here to compare with ({exc})", image=said)
+    stale = local.stale()
+    if stale:
+        return failed("image", f"the Keep says it booted image {said[:16]}…; {stale} to know "
+                               "which image a Keep should run", image=said)
+    if said == local.digest:
+        return verified("image", f"the Keep says it booted image {said[:16]}…, the one this "
+                                 "machine builds — nothing vouches for it (no TEE)", image=said)
+    return failed("image", f"the Keep says it booted image {said[:16]}…, not the one this "
+                           f"machine builds ({local.digest[:16]}…): the host runs other Keep code",
+                  image=said, expected=local.digest)
 
 
 def _config_claims(config: protocol.KeepConfig, expect: Expectation) -> list[Claim]:

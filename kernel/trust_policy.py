@@ -11,7 +11,10 @@ TOML, from ``--trust-policy FILE``, ``$KEEPBOOK_TRUST_POLICY`` or
                                     # manager, say: `keepbook keepmgr` prints their fingerprints)
     allow_nil = true                # accept nil Keeps (NO PROTECTION), labelled as such
     accept_profiles = ["staging", "production", "debug"]   # debug is shown with a warning
-    require_measurement = true      # the Keep must run the same keepbook code as this client
+    require_measurement = true      # the Keep must run the same keepbook code as this client;
+                                    # an snp Keep: the launch measurement computed from the
+                                    # Keep image this machine builds (kernel/launch_measurement.py)
+    snp_ovmf = "/usr/share/ovmf/OVMF.amdsev.fd"   # the AmdSev OVMF the host boots snp Keeps with
     allow_debug = false             # refuse evidence from a TEE in debug mode
     accepted_tcb_status = ["UpToDate"]
 
@@ -60,6 +63,7 @@ class TrustPolicy:
     accepted_tcb_status: tuple[str, ...] = ("UpToDate",)
     #: fingerprints (sha256:…) of simulated roots accepted from any keep manager
     simulated_roots: tuple[str, ...] = ()
+    snp_ovmf: str = ""     # "" = $KEEPBOOK_SNP_OVMF or /usr/share/ovmf/OVMF.amdsev.fd
     #: the [reference] table, checked at load (read-only)
     reference: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     source: str = "built-in default"
@@ -109,6 +113,8 @@ class TrustPolicy:
             default = getattr(cls(), name)
             if isinstance(default, bool) and not isinstance(value, bool):
                 raise TrustPolicyError(f"trust policy {source}: {name} must be true or false")
+            if isinstance(default, str) and not isinstance(value, str):
+                raise TrustPolicyError(f"trust policy {source}: {name} must be a string (a path)")
             if isinstance(default, tuple):
                 if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
                     raise TrustPolicyError(f"trust policy {source}: {name} must be a list of strings")

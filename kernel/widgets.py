@@ -88,7 +88,7 @@ STATUS_LABELS = {"id": "Keep", "backend": "backend", "profile": "profile", "stat
                  "reason": "reason", "protection": "protection", "attested": "attestation",
                  "endpoint": "endpoint", "uptime_s": "uptime", "cells_run": "cells run",
                  "bytes_released": "bytes released", "busy": "running a cell", "channel": "channel",
-                 "manager": "keep manager"}
+                 "manager": "keep manager", "host_says": "host says (not attested)"}
 
 
 def _status_value(key: str, value: Any) -> str:
@@ -109,7 +109,7 @@ def status_text(status: dict) -> str:
 
 def _protection_kind(label: str) -> str:
     return ("hardware" if label == "PROTECTED" else "simulated" if label.startswith("SIMULATED")
-            else "none" if label == "NO PROTECTION" else "")
+            else "none" if label.startswith("NO PROTECTION") else "")
 
 
 def status_html(status: dict) -> str:

@@ -24,6 +24,10 @@ class BackendSpec:
         return self.facts.name
 
     def availability(self) -> tuple[bool, str]:
+        if self.facts.vm:
+            from keepbook.keep.host import vm
+
+            return vm.availability(self.name)
         if not self.facts.hardware:
             return True, self.facts.note
         return _hardware_available(self.name)
@@ -39,19 +43,11 @@ class BackendSpec:
 
 DEFAULT_BACKENDS = facts_mod.DEFAULT_BACKENDS
 
-TSM_REPORT = Path("/sys/kernel/config/tsm/report")
-
 
 def _hardware_available(name: str) -> tuple[bool, str]:
-    """Hardware Keeps need the TEE's guest interface on this node (the node is itself a
-    confidential VM, as with Confidential Containers)."""
-    if name in ("snp", "tdx"):
-        if TSM_REPORT.is_dir():
-            return True, f"configfs-tsm at {TSM_REPORT}"
-        if name == "snp" and Path("/dev/sev-guest").exists():
-            return True, "/dev/sev-guest"
-        return False, (f"no {name.upper()} guest interface on this host (need {TSM_REPORT}"
-                       + (" or /dev/sev-guest" if name == "snp" else "") + ")")
+    """An SGX Keep is an enclave under Gramine.  (``snp`` and ``tdx`` Keeps are VMs of their
+    own, launched by keepldr — keep/host/vm.py; a node that is itself a confidential VM does
+    not make its processes Keeps: the host would run inside the TEE next to them.)"""
     if name == "sgx":
         if Path("/dev/attestation/quote").exists():
             return True, "Gramine /dev/attestation"
@@ -72,7 +68,8 @@ def env_for_wasmldr() -> dict[str, str]:
     """The wasmldr gets a minimal environment: nothing from the host's shell leaks in."""
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "KEEPBOOK_SIM_ROOTS", "XDG_DATA_HOME",
             "XDG_CACHE_HOME", "WASI_PYTHON_CACHE", "VIRTUAL_ENV", "PYTHONPATH", "SYSTEMROOT",
-            "TMPDIR")
+            "TMPDIR", "KEEPBOOK_IMAGE_DIR", "KEEPBOOK_VM_ACCEL", "KEEPBOOK_SNP_OVMF",
+            "KEEPBOOK_TDX_FIRMWARE")
     return {k: v for k, v in os.environ.items() if k in keep}
 
 

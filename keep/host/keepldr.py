@@ -11,8 +11,14 @@ import json
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING, Any, Callable
 
 from keepbook.keep.host.backends import SCRATCH_ENV, env_for_wasmldr, make_keep_scratch
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from keepbook.keep.shared.framing import FrameReader
 
 # asyncio and the protocol are imported after the wasmldr is started (see main): the Keep's boot
 # — a CPU-bound Python import — then overlaps this loader's own, on a cold start.
@@ -60,29 +66,28 @@ def _remove_scratch(proc: subprocess.Popen) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-async def relay(backend: str, keep_id: str, launcher: str,
-                child: subprocess.Popen | None = None) -> int:
+async def stdio_frames() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """The keep manager's side: frames on this loader's stdin and stdout."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**16)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    transport, proto = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
+                                                     sys.stdout.buffer)
+    return reader, asyncio.StreamWriter(transport, proto, None, loop)
+
+
+async def pump(keep_id: str, up_frames: "FrameReader", up_writer: "asyncio.StreamWriter",
+               down_frames: "FrameReader", down_writer: "asyncio.StreamWriter",
+               rewrite: Callable[[Any], Any] | None = None) -> None:
+    """Relay frames keepmgr ⇄ Keep until the Keep closes its side.  ``rewrite`` may change
+    what goes up (a VM's loader puts its forwarded endpoint into the provisioning answer).
+    The readers may have been read from already (a VM's loader reads the start first)."""
     import asyncio
 
     from keepbook.keep.shared import protocol
-    from keepbook.keep.shared.framing import FrameReader, write_frame
-
-    loop = asyncio.get_running_loop()
-    up_reader = asyncio.StreamReader(limit=2**16)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(up_reader), sys.stdin.buffer)
-    w_transport, w_protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
-                                                            sys.stdout.buffer)
-    up_writer = asyncio.StreamWriter(w_transport, w_protocol, None, loop)
-
-    proc = child or start_wasmldr(backend, keep_id, launcher)
-    log(keep_id, "wasmldr-started", pid=proc.pid, backend=backend)
-    assert proc.stdin and proc.stdout
-    down_reader = asyncio.StreamReader(limit=2**16)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(down_reader), proc.stdout)
-    d_transport, d_protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
-                                                            proc.stdin)
-    down_writer = asyncio.StreamWriter(d_transport, d_protocol, None, loop)
-    up_frames, down_frames = FrameReader(up_reader), FrameReader(down_reader)
+    from keepbook.keep.shared.framing import write_frame
 
     async def downstream() -> None:  # keepmgr → wasmldr
         while True:
@@ -116,17 +121,48 @@ async def relay(backend: str, keep_id: str, launcher: str,
                 log(keep_id, "debug-log", text=msg.text)
             else:
                 log(keep_id, "relay-up", msg=msg.MSG)
-            write_frame(up_writer, msg)
+            write_frame(up_writer, rewrite(msg) if rewrite else msg)
             await up_writer.drain()
 
     down = asyncio.create_task(downstream())
     up = asyncio.create_task(upstream())
     try:
-        await up  # ends when the wasmldr closes its side (exit or crash)
-    except protocol.ProtocolError as exc:
-        log(keep_id, "protocol-error", reason=exc.reason)
+        await up  # ends when the Keep closes its side (exit or crash)
+    except (protocol.ProtocolError, ConnectionError) as exc:
+        log(keep_id, "protocol-error", reason=getattr(exc, "reason", None) or str(exc))
     finally:
         down.cancel()
+
+
+async def announce_exit(keep_id: str, up_writer: "asyncio.StreamWriter", detail: str) -> None:
+    """The Keep is gone: say so to the keep manager (it marks the Keep failed with this)."""
+    from keepbook.keep.shared import protocol
+    from keepbook.keep.shared.framing import write_frame
+
+    try:
+        write_frame(up_writer, protocol.Lifecycle(event="exited", detail=detail))
+        await up_writer.drain()
+    except (ConnectionError, RuntimeError):
+        pass
+
+
+async def relay(backend: str, keep_id: str, launcher: str,
+                child: subprocess.Popen | None = None) -> int:
+    import asyncio
+
+    up_reader, up_writer = await stdio_frames()
+    proc = child or start_wasmldr(backend, keep_id, launcher)
+    log(keep_id, "wasmldr-started", pid=proc.pid, backend=backend)
+    assert proc.stdin and proc.stdout
+    loop = asyncio.get_running_loop()
+    down_reader = asyncio.StreamReader(limit=2**16)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(down_reader), proc.stdout)
+    d_transport, d_protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
+                                                            proc.stdin)
+    down_writer = asyncio.StreamWriter(d_transport, d_protocol, None, loop)
+    from keepbook.keep.shared.framing import FrameReader
+
+    await pump(keep_id, FrameReader(up_reader), up_writer, FrameReader(down_reader), down_writer)
     try:
         rc = await asyncio.wait_for(asyncio.to_thread(proc.wait), 2)
     except asyncio.TimeoutError:
@@ -134,11 +170,7 @@ async def relay(backend: str, keep_id: str, launcher: str,
         rc = await asyncio.to_thread(proc.wait)
     log(keep_id, "wasmldr-exited", code=rc)
     _remove_scratch(proc)
-    try:
-        write_frame(up_writer, protocol.Lifecycle(event="exited", detail=f"wasmldr exit code {rc}"))
-        await up_writer.drain()
-    except (ConnectionError, RuntimeError):
-        pass
+    await announce_exit(keep_id, up_writer, f"wasmldr exit code {rc}")
     return 0
 
 
@@ -150,6 +182,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prewarm", action="store_true",
                     help="a pooled Keep: let the wasmldr warm up before it reports booted")
     args = ap.parse_args(argv)
+    from keepbook.keep.shared.facts import VM_BACKENDS  # (light: no asyncio, no protocol)
+
+    if args.backend in VM_BACKENDS:  # the Keep is its own VM (keep/host/vm_keep.py)
+        import asyncio
+
+        from keepbook.keep.host.vm_keep import serve_vm
+
+        try:
+            return asyncio.run(serve_vm(args.backend, args.keep_id))
+        except KeyboardInterrupt:
+            return 130
     child = start_wasmldr(args.backend, args.keep_id, args.launcher, args.prewarm)  # first
     import asyncio
 

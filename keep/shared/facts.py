@@ -36,6 +36,8 @@ class Backend:
     protection: str
     evidence: str
     note: str
+    #: the Keep is its own virtual machine booted from the Keep image (keep/shared/vm_image.py)
+    vm: bool = False
 
     @property
     def simulated(self) -> bool:
@@ -55,13 +57,19 @@ BACKENDS: Mapping[str, Backend] = MappingProxyType({b.name: b for b in (
             "TDX quote signed by a locally generated SIMULATED Intel root — no hardware protection"),
     Backend("sim-sgx", "simulated", "sgx",
             "SGX quote signed by a locally generated SIMULATED Intel root — no hardware protection"),
-    Backend("snp", "hardware", "sev-snp", "AMD SEV-SNP confidential VM"),
-    Backend("tdx", "hardware", "tdx", "Intel TDX trust domain"),
+    Backend("kvm", "none", "nil",
+            "debugging Keep: the Keep image in its own plain VM (QEMU), unsigned evidence — "
+            "NO PROTECTION (VM)", vm=True),
+    Backend("snp", "hardware", "sev-snp",
+            "the Keep image as its own AMD SEV-SNP confidential VM", vm=True),
+    Backend("tdx", "hardware", "tdx", "the Keep image as its own Intel TDX trust domain", vm=True),
     Backend("sgx", "hardware", "sgx", "Intel SGX enclave under Gramine"),
 )})
 
 #: What a keep manager offers when not told otherwise (hardware ones only where present).
 DEFAULT_BACKENDS: tuple[str, ...] = tuple(BACKENDS)
+#: Backends whose Keeps are VMs of their own, booted from the Keep image.
+VM_BACKENDS: tuple[str, ...] = tuple(n for n, b in BACKENDS.items() if b.vm)
 DEFAULT_BACKEND = "sim-snp"
 
 

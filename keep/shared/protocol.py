@@ -533,6 +533,7 @@ class KeepInfo(Message):
         "state": F((str,), choices=KEEP_STATES),
         "created": F((float, int)),
         "reason": F((str,), required=False, max_len=MAX_TEXT),
+        "host_note": F((str,), required=False, max_len=MAX_TEXT),
     }
     id: str
     backend: str
@@ -540,6 +541,9 @@ class KeepInfo(Message):
     state: str
     created: float
     reason: str | None = None
+    #: how the host says it runs this Keep (e.g. a VM under software emulation) — the host's
+    #: word, not attested
+    host_note: str | None = None
 
 
 @dataclass

@@ -32,11 +32,12 @@ SUITES: dict[str, list[tuple[str, str, Goal | None]]] = {
                ("verify_sgx_vs_dcap_qvl_ratio", "ms", Goal(1.0, True))],
     "memory": [("idle_python_keep_mb", "MB", Goal(150, False, unit="MB")),
                ("python_keeps_capacity", "Keeps", Goal(20, False, at_least=True, unit="Keeps"))],
+    "vm": [("image_build_s", "s", None), ("kvm_first_result_s", "s", None)],
 }
 
 
 def _plan(quick: bool) -> dict[str, Callable[[], list[Row]]]:
-    from . import compute, memory, roundtrip, startup, upload, verify
+    from . import compute, memory, roundtrip, startup, upload, verify, vm
 
     reps = 3 if quick else 7
     extra: dict = {}
@@ -53,6 +54,7 @@ def _plan(quick: bool) -> dict[str, Callable[[], list[Row]]]:
         "roundtrip": lambda: roundtrip.rows(20 if quick else 60),
         "compute": lambda: compute.rows(reps),
         "memory": mem,
+        "vm": lambda: vm.rows(1 if quick else 3),
     }, extra
 
 

@@ -148,9 +148,11 @@ def test_shutdown_stops_pooled_keeps(tmp_path):
 
 @pytest.mark.parametrize("args, message", [(["--pool", "99"], "--pool must be between 0 and"),
                                            (["--pool", "1", "--pool-backends", "sgx"],
-                                            "not offered here")])
+                                            "not offered here"),
+                                           (["--pool", "1", "--pool-backends", "kvm"],
+                                            "kvm Keeps are not pooled")])
 def test_bad_pool_options_are_refused(tmp_path, args, message):
     out = subprocess.run([sys.executable, "-m", "keepbook.keep.host.keepmgr", "--port", "0",
-                          "--backends", "nil", "--state-dir", str(tmp_path), *args],
+                          "--backends", "nil,kvm", "--state-dir", str(tmp_path), *args],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and message in out.stderr

@@ -36,6 +36,18 @@ def keep_pids(keep_id: str) -> tuple[int | None, int | None]:
     return keepldr, wasmldr
 
 
+def vm_pid(keep_id: str) -> int | None:
+    """The QEMU process of a VM Keep (the child of its keepldr)."""
+    keepldr, _ = keep_pids(keep_id)
+    if keepldr is None:
+        return None
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        cmd = _cmdline(pid)
+        if _ppid(pid) == keepldr and cmd and cmd[0].endswith("qemu-system-x86_64"):
+            return pid
+    return None
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

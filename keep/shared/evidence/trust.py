@@ -95,6 +95,9 @@ class TrustVector:
     claims: list[Claim] = field(default_factory=list)
     required: set[str] = field(default_factory=set)
     fields: list[tuple[str, str, str]] = field(default_factory=list)  # (name, value, explanation)
+    #: what separates the Keep from its host when nothing protects it: "VM" for a Keep that is
+    #: its own plain virtual machine (label NO PROTECTION (VM)); "" for a process
+    boundary: str = ""
 
     def add(self, claim: Claim, *, required: bool = False) -> Claim:
         self.claims.append(claim)
@@ -142,7 +145,8 @@ class TrustVector:
 
     @property
     def label(self) -> str:
-        return PROTECTION_LABEL.get(self.protection, self.protection.upper())
+        base = PROTECTION_LABEL.get(self.protection, self.protection.upper())
+        return f"{base} ({self.boundary})" if self.boundary and self.protection == "none" else base
 
     def first_failure(self) -> str:
         f = self.failures
