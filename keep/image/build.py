@@ -242,10 +242,28 @@ def _entries(root: Path) -> list[cpio.Entry]:
 # ---------------------------------------------------------------------- build
 
 
+#: images of other versions of the Keep code kept beside the current one (each ~110 MB)
+KEEP_OTHER_IMAGES = 3
+
+
+def _prune(base: Path, keep: Path) -> None:
+    """Remove all but the newest few images of other code versions in the default folder."""
+    if not base.is_dir():
+        return
+    others = sorted((d for d in base.iterdir() if d.is_dir() and d != keep
+                     and (d / vm_image.MANIFEST).exists()),
+                    key=lambda d: d.stat().st_mtime, reverse=True)
+    for old in others[KEEP_OTHER_IMAGES:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def build(out: Path | None = None, *, cache: Path | None = None, force: bool = False,
           log: Callable[[str], None] = lambda s: None) -> vm_image.KeepImage:
     """Build (or find up to date) the image in ``out``; return it, checked."""
-    out = Path(out) if out is not None else vm_image.default_dir()
+    if out is None:
+        out = vm_image.default_dir()
+        _prune(out.parent, keep=out)
+    out = Path(out)
     cache = Path(cache) if cache is not None else default_cache()
     lk = lock_mod.load()
     key = inputs_key(lk)

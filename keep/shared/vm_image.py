@@ -56,12 +56,21 @@ class ImageError(RuntimeError):
     pass
 
 
+def images_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "keepbook" / "image"
+
+
 def default_dir() -> Path:
+    """Where this installation's image is built: one folder per version of the Keep's code
+    (its measurement), so checkouts of other versions on one machine never overwrite each
+    other's image."""
     given = os.environ.get(ENV_DIR)
     if given:
         return Path(given).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "keepbook" / "image"
+    from keepbook.keep.shared import measurement
+
+    return images_dir() / measurement.measurement().hex()[:16]
 
 
 def image_digest(kernel_sha256: str, initrd_sha256: str, cmdline: str) -> str:
