@@ -113,6 +113,28 @@ def test_configfs_tsm_tdx_real_vector(tmp_path, vec):
     assert TdxVerifier().verify(ev).ok
 
 
+@pytest.mark.vectors
+@pytest.mark.parametrize("provider", ["arm_cca_guest", "arm_cca"])
+def test_configfs_tsm_cca_real_vector(tmp_path, vec, provider):
+    """An Arm CCA realm (hardware ``cca`` backend) through configfs-tsm: the token is the outblob,
+    no auxblob; the verifier accepts it with the platform key the user supplies."""
+    from keepbook.keep.shared.evidence.cca_verify import CcaVerifier
+    from keepbook.keep.shared.evidence.public_keys import load_public_keys
+    c = "cca/ccatoken__test_common.go__"
+    token = vec(c + "testGoodCCAToken.cbor")
+    chosen = providers.get_provider("cca", root=_tsm_root(tmp_path))
+    assert isinstance(chosen, ConfigfsTsmProvider) and chosen.expect == "cca"
+    p = FakeConfigfs(root=tmp_path, outblob=token, auxblob=b"", provider=provider, expect="cca")
+    rd = os.urandom(64)
+    kind, ev, certs = p.get_evidence(rd)
+    assert kind == "cca" and ev == token and certs == [] and p.inblobs == [rd]
+    assert CcaVerifier().verify(ev, certs=load_public_keys(vec(c + "testIAK.public.jwk.json"))).ok
+    wrong = FakeConfigfs(root=_tsm_root(tmp_path / "w"), outblob=token, auxblob=b"", provider=provider,
+                         expect="tdx")
+    with pytest.raises(ProviderError, match="this machine's TEE is cca, not tdx"):
+        wrong.get_evidence(rd)
+
+
 def test_configfs_tsm_generation_race(tmp_path):
     p = FakeConfigfs(root=_tsm_root(tmp_path), outblob=b"x", auxblob=b"", provider="tdx_guest", intruder=1)
     kind, ev, _ = p.get_evidence(bytes(64))       # one race → retried
@@ -221,16 +243,20 @@ def test_gramine_real_vector(tmp_path, vec):
 # -- dispatch and simulated ---------------------------------------------------------------------
 
 def test_dispatch_errors(tmp_path):
-    for backend in ("snp", "tdx", "sgx"):
+    for backend in ("snp", "tdx", "sgx", "cca"):
         with pytest.raises(ProviderError, match="not|no "):
             providers.get_evidence(backend, bytes(64), root=tmp_path)
+    with pytest.raises(ProviderError, match="Arm CCA realm"):
+        providers.get_evidence("cca", bytes(64), root=tmp_path)
 
 
-@pytest.mark.parametrize("backend", ["sim-snp", "sim-tdx", "sim-sgx"])
+@pytest.mark.parametrize("backend", ["sim-snp", "sim-tdx", "sim-sgx", "sim-cca"])
 def test_simulated_provider(backend):
     from keepbook.keep.shared.evidence import registry
     rd = os.urandom(64)
     kind, ev, certs = providers.get_evidence(backend, rd)
+    if kind in registry.KEY_ANCHORED_KINDS:        # the verifier's own anchor: the simulated key
+        certs = simulated_roots.simulated_ca_certs(kind)
     tv = registry.get_verifier(kind).verify(ev, certs=certs,
                                             simulated_roots=simulated_roots.simulated_root_digests(kind))
     assert tv.ok and tv.protection == "simulated"

@@ -97,7 +97,8 @@ class CcaVerifier:
         else:
             tv.protection = "none"
             why = ("no platform key was given: pass the CCA platform attestation key (PEM or JWK) "
-                   "with --certs" if not keys else
+                   "with --certs (keepbook verify) or list it in cca_platform_keys of your trust "
+                   "policy (%attest)" if not keys else
                    f"the platform token's {token.platform.alg_name} signature does not verify with "
                    f"any of the {len(keys)} platform key(s) given: another device's key, or the "
                    "token was altered")
