@@ -75,7 +75,7 @@ class TrustPolicy:
     reference: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     source: str = "built-in default"
     #: ``cca_platform_keys`` read and parsed (DER SubjectPublicKeyInfo), filled when made
-    platform_key_ders: tuple[bytes, ...] = field(default=(), repr=False, compare=False)
+    platform_key_ders: tuple[bytes, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ders: list[bytes] = []
