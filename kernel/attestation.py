@@ -18,7 +18,6 @@ from typing import Any, Mapping
 
 from keepbook.keep.shared import facts, measurement, protocol, vm_image
 from keepbook.keep.shared.evidence import carried
-from keepbook.keep.shared.evidence.registry import KEY_ANCHORED_KINDS
 from keepbook.keep.shared.evidence.trust import (Claim, EvidenceError, Status, TrustVector,
                                                  failed, unverified, verified)
 from keepbook.kernel.sim_trust import OWN_LABEL, SimRootTrust
@@ -142,10 +141,6 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
     # 3. The evidence itself, by the verifier for its kind.
     sim_trust = expect.sim_trust if expected_protection == "simulated" else None
     simulated_roots: list[bytes] | dict[bytes, str] = []
-    certs = list(resp.certs)
-    if resp.evidence_kind in KEY_ANCHORED_KINDS:
-        # the anchor is a key the user supplies (trust policy): what the Keep sent proves nothing
-        certs = list(trust.platform_key_ders)
     if sim_trust is not None:
         simulated_roots = sim_trust.accepted
     elif trust.allow_simulated and expected_protection == "simulated" and resp.evidence_kind != "nil":
@@ -155,8 +150,6 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
         if not simulated_roots:
             config_claims.append(unverified("simulated_root", "this installation has no simulated "
                                             f"{resp.evidence_kind} root to check the chain against"))
-        elif resp.evidence_kind in KEY_ANCHORED_KINDS:
-            certs += sim.simulated_ca_certs(resp.evidence_kind)  # this installation's own key
     reference = trust.reference_values()
     reference.report_data = rd
     launch_claim: Claim | None = None
@@ -168,7 +161,7 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
         # a process-based Keep runs this installation's keepbook code: that is its reference
         reference.measurement = measurement.measurement(facts.measurement_length(resp.evidence_kind))
     try:
-        vector = carried.verify(resp.evidence_kind, resp.evidence, certs=certs,
+        vector = carried.verify(resp.evidence_kind, resp.evidence, certs=list(resp.certs),
                                 collateral=resp.collateral, reference=reference,
                                 simulated_roots=simulated_roots)
     except EvidenceError as exc:
@@ -260,7 +253,8 @@ def _protection_claim(vector: TrustVector, evidence_kind: str, trust: TrustPolic
     if prot == "simulated":
         return verified("protection", f"SIMULATED: signed by the {whose} — no hardware protection "
                                       "(allow_simulated)", root=whose)
-    if prot == "hardware" and evidence_kind in KEY_ANCHORED_KINDS:
+    chain = vector.get("chain")
+    if prot == "hardware" and chain is not None and chain.detail.get("platform_key") == "user-supplied":
         return verified("protection", "hardware TEE evidence signed by a platform key from your "
                                       "trust policy (user-supplied: keepbook pins no vendor root "
                                       "for it)")

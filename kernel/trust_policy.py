@@ -88,6 +88,7 @@ class TrustPolicy:
         ref = parse_reference(self.reference)
         ref.allow_debug = self.allow_debug
         ref.accept_tcb_status = tuple(self.accepted_tcb_status)
+        ref.platform_keys = list(self.platform_key_ders)
         return ref
 
     def required_reference_claims(self) -> list[str]:

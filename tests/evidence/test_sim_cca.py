@@ -16,6 +16,7 @@ from keepbook.keep.inside import providers
 from keepbook.keep.inside.simulated_tee import vendor
 from keepbook.keep.shared import facts, measurement, protocol
 from keepbook.keep.shared.evidence import cca, cose, detect_kind, simulated_roots
+from keepbook.keep.shared.evidence.certs import format_fingerprint, spki_sha256
 from keepbook.keep.shared.evidence.cca_verify import CcaVerifier
 from keepbook.keep.shared.evidence.trust import ReferenceValues, Status
 from keepbook.kernel.attestation import ExpectationBuilder, verify_attestation
@@ -29,8 +30,12 @@ def _sim_anchor() -> dict:
             "simulated_roots": simulated_roots.simulated_root_digests("cca")}
 
 
+def _made(**kw) -> tuple[bytes, list[bytes]]:
+    return vendor.make_evidence("sim-cca", kw.pop("rd", RD), kw.pop("m", measurement.measurement(64)), **kw)
+
+
 def _token(**kw) -> bytes:
-    return vendor.make_evidence("sim-cca", kw.pop("rd", RD), kw.pop("m", measurement.measurement(64)), **kw)[0]
+    return _made(**kw)[0]
 
 
 def test_facts_and_measurement_length():
@@ -92,10 +97,13 @@ def test_sim_cca_tampered_bytes_and_swapped_realm():
 
 def test_simulated_provider_and_root_files():
     kind, ev, certs = providers.get_evidence("sim-cca", RD)
-    assert kind == "cca" and certs == []             # the anchor is the verifier's, not the Keep's
-    spki = simulated_roots.simulated_ca_certs("cca")
-    assert len(spki) == 1 and serialization.load_der_public_key(spki[0])
-    assert simulated_roots.simulated_root_digests("cca") == [hashlib.sha256(spki[0]).digest()]
+    root = simulated_roots.simulated_ca_certs("cca")
+    assert kind == "cca" and certs == root and len(root) == 1   # the simulated key's certificate
+    assert simulated_roots.simulated_root_digests("cca") == [spki_sha256(root[0])]
+    assert simulated_roots.root_certificate("cca") == root[0]      # what a keep manager announces
+    # sent along, it proves nothing by itself: without the accepted digest the chain fails
+    tv = CcaVerifier().verify(ev, certs=certs)
+    assert tv.get("chain").status is Status.FAILED and tv.get("chain").detail["root_trusted"] is False
     key_file = simulated_roots.sim_roots_dir() / "cca" / "platform.key"
     assert key_file.stat().st_mode & 0o077 == 0       # the private half stays private
 
@@ -110,8 +118,9 @@ def _response(backend: str, **token_kw):
                                  policy=b"", runtime={"keepbook": "test"}, keep_id="k1")
     hpke = os.urandom(32)
     rd = protocol.report_data(NONCE, hpke, config.digest())
-    certs = token_kw.pop("certs", [])
-    ev = _token(rd=rd, **token_kw)
+    sent = token_kw.pop("certs", None)
+    ev, certs = _made(rd=rd, **token_kw)
+    certs = certs if sent is None else sent
     return protocol.AttestResponse(evidence_kind="cca", evidence=ev, certs=certs, hpke_suite="x",
                                    hpke_public_key=hpke, config=config.to_cbor(), nonce=NONCE)
 
@@ -190,3 +199,42 @@ def test_trust_policy_platform_keys_bad_input(tmp_path):
         TrustPolicy.from_toml("cca_platform_keys = [1]")
     jwk = cose.encode_key(ec.generate_private_key(ec.SECP256R1()).public_key())
     assert cose.ec_key(jwk).curve.name == "secp256r1"                  # COSE_Key round trip
+
+
+def test_another_installations_sim_cca_root_is_accepted_only_on_purpose(tmp_path, monkeypatch):
+    """A teacher's keep manager runs sim-cca Keeps with its own simulated platform key: the first
+    attestation fails showing that key's fingerprint and how to accept it; accepted, it is
+    SIMULATED and says whose key it is."""
+    from keepbook.kernel.sim_trust import SimRootTrust
+    own = tuple(simulated_roots.simulated_root_digests("cca"))
+    monkeypatch.setenv("KEEPBOOK_SIM_ROOTS", str(tmp_path / "teacher-roots"))
+    resp = _response("sim-cca")                       # signed by the teacher's simulated key
+    theirs = simulated_roots.simulated_root_digests("cca")[0]
+    monkeypatch.undo()
+    assert theirs not in own
+
+    def verify(sim: SimRootTrust):
+        expect = (ExpectationBuilder().nonce(NONCE).requested(protocol.CreateKeep(backend="sim-cca"))
+                  .keep_id("k1").trust_policy(TrustPolicy()).sim_trust(sim).build())
+        return verify_attestation(resp, expect).vector
+
+    first = SimRootTrust(manager="http://teacher:8473", kind="cca", allowed=True, own=own)
+    tv = verify(first)
+    chain = tv.get("chain")
+    assert not tv.ok and chain.status is Status.FAILED
+    assert format_fingerprint(theirs) in chain.reason and "--trust-sim-root" in chain.reason
+    accepted = SimRootTrust(manager="http://teacher:8473", kind="cca", allowed=True, own=own,
+                            explicit={theirs: "with --trust-sim-root"})
+    tv = verify(accepted)
+    assert tv.ok, tv.to_text()
+    assert tv.protection == "simulated" and "teacher" in tv.get("protection").reason
+
+
+def test_keepbook_verify_a_sim_cca_token(tmp_path, capsys):
+    from keepbook.kernel.verify_cli import main
+    f = tmp_path / "token.cbor"
+    f.write_bytes(_token())
+    assert main([str(f), "--allow-simulated", "--report-data", RD.hex()]) == 0
+    assert "SIMULATED" in capsys.readouterr().out
+    assert main([str(f)]) == 1                        # no simulation allowed, no key given
+    assert "no platform key was given" in capsys.readouterr().out

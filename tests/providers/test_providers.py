@@ -133,7 +133,9 @@ def test_configfs_tsm_cca_real_vector(tmp_path, vec, provider):
     rd = os.urandom(64)
     kind, ev, certs = p.get_evidence(rd)
     assert kind == "cca" and ev == token and certs == [] and p.inblobs == [rd]
-    assert CcaVerifier().verify(ev, certs=load_public_keys(vec(c + "testIAK.public.jwk.json"))).ok
+    from keepbook.keep.shared.evidence.trust import ReferenceValues
+    iak = load_public_keys(vec(c + "testIAK.public.jwk.json"))
+    assert CcaVerifier().verify(ev, reference=ReferenceValues(platform_keys=iak)).ok
     wrong = FakeConfigfs(root=_tsm_root(tmp_path / "w"), outblob=token, auxblob=b"", provider=provider,
                          expect="tdx")
     with pytest.raises(ProviderError, match="this machine's TEE is cca, not tdx"):
@@ -295,8 +297,6 @@ def test_simulated_provider(backend):
     from keepbook.keep.shared.evidence import registry
     rd = os.urandom(64)
     kind, ev, certs = providers.get_evidence(backend, rd)
-    if kind in registry.KEY_ANCHORED_KINDS:        # the verifier's own anchor: the simulated key
-        certs = simulated_roots.simulated_ca_certs(kind)
     tv = registry.get_verifier(kind).verify(ev, certs=certs,
                                             simulated_roots=simulated_roots.simulated_root_digests(kind))
     assert tv.ok and tv.protection == "simulated"

@@ -2,7 +2,9 @@
 would hand a realm, made byte-exact and signed by this installation's simulated platform key.
 
 * the **platform key** (CPAK, P-384) is made once per installation like the other simulated
-  roots; its public half (``platform.spki.der``) is what a client trusts when its trust policy
+  roots, with a self-signed certificate (``platform.der``: real CCA platform keys have none, but
+  a certificate lets this simulated root travel and be fingerprinted like the others — keep
+  manager ``contracts``, ``known_sim_roots``); a client trusts it only when its trust policy
   allows simulation (:mod:`keepbook.keep.shared.evidence.simulated_roots`);
 * a fresh **RAK** (P-384) per token signs the realm token; the platform token's challenge is the
   hash of that RAK, so the platform vouches for exactly this realm key;
@@ -24,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from keepbook.keep.shared.evidence import cca, cose
 
-from .vendor import _key_pem, register_generator, state
+from .vendor import _key_pem, _name, make_cert, register_generator, state
 
 PLATFORM_PROFILE = "tag:arm.com,2023:cca_platform#1.0.0"
 REALM_PROFILE = "tag:arm.com,2023:realm#1.0.0"
@@ -38,9 +40,9 @@ SIM_SW = (("BL", "2.10.0", b"SIMULATED trusted firmware BL2"),
 
 def _gen() -> dict[str, bytes]:
     key = ec.generate_private_key(ec.SECP384R1())
-    spki = key.public_key().public_bytes(serialization.Encoding.DER,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
-    return {"platform.key": _key_pem(key), "platform.spki.der": spki}
+    name = _name("SIMULATED Arm CCA platform key", "keepbook SIMULATED Arm CCA")
+    return {"platform.key": _key_pem(key),
+            "platform.der": make_cert(name, key.public_key(), name, key, ca=True)}
 
 
 register_generator("cca", _gen)
@@ -64,7 +66,8 @@ def _platform_claims(challenge: bytes, platform_pub: ec.EllipticCurvePublicKey, 
 def make_token(report_data: bytes, measurement: bytes, *, debug: bool = False,
                **overrides: Any) -> tuple[bytes, list[bytes]]:
     """A CCA token for ``report_data`` (64 bytes) and the realm initial measurement, and the
-    certificates that come with it — none: the platform key is the verifier's own anchor.
+    certificate of the simulated platform key that comes with it (never an anchor by itself: a
+    verifier trusts it only by its digest, when simulation is allowed).
 
     ``overrides``: ``personalization`` (64 bytes), ``rems`` (4 measurements), ``rak_hash_alg``,
     ``lifecycle``, ``sw_components``, ``wrapped`` (False: plain byte strings), ``rak`` and
@@ -74,7 +77,8 @@ def make_token(report_data: bytes, measurement: bytes, *, debug: bool = False,
     unknown = set(overrides) - known
     if unknown:
         raise TypeError(f"unknown CCA token field(s): {', '.join(sorted(unknown))}")
-    platform_key = overrides.get("platform_key") or state("cca")["platform_key"]
+    own = overrides.get("platform_key") is None
+    platform_key = state("cca")["platform_key"] if own else overrides["platform_key"]
     rak = overrides.get("rak") or ec.generate_private_key(ec.SECP384R1())
     rak_hash = overrides.get("rak_hash_alg", "sha-256")
     rak_claim = cose.encode_key(rak.public_key())
@@ -89,4 +93,4 @@ def make_token(report_data: bytes, measurement: bytes, *, debug: bool = False,
     token = cca.build(cose.sign1(platform_key, cbor2.dumps(platform)),
                       cose.sign1(rak, cbor2.dumps(realm)),
                       wrapped=overrides.get("wrapped", True))
-    return token, []
+    return token, ([state("cca")["files"]["platform.der"]] if own else [])

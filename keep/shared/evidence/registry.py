@@ -16,12 +16,6 @@ _VERIFIERS = {
 }
 
 
-#: evidence kinds whose trust anchor is a bare public key the *caller* supplies (a CCA platform
-#: key: no vendor root to pin) — keys or certificates that come with such evidence are never
-#: anchors, or the evidence could vouch for itself
-KEY_ANCHORED_KINDS: frozenset[str] = frozenset({"cca"})
-
-
 def kinds() -> list[str]:
     return sorted(_VERIFIERS)
 

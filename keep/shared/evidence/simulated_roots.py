@@ -12,19 +12,17 @@ the caller passes its digest in ``simulated_roots``, and labels the result SIMUL
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 from .certs import format_fingerprint, spki_sha256
-from .registry import KEY_ANCHORED_KINDS
 
 #: evidence kinds that have a simulated vendor
 KINDS = ("sev-snp", "tdx", "sgx", "cca")
-#: the public files of each kind's chain, intermediate first, root last: DER certificates, or for
-#: CCA (whose anchor is a bare platform key, not a certificate) the DER SubjectPublicKeyInfo
+#: the certificate files of each kind's chain, intermediate first, root last (CCA: the simulated
+#: platform key's self-signed certificate)
 CHAIN_FILES = {"sev-snp": ("ask.der", "ark.der"), "tdx": ("ca.der", "root.der"),
-               "sgx": ("ca.der", "root.der"), "cca": ("platform.spki.der",)}
+               "sgx": ("ca.der", "root.der"), "cca": ("platform.der",)}
 COMPLETE = "COMPLETE"  # written last: a kind's directory is usable only with it
 
 
@@ -50,8 +48,7 @@ def _complete_dir(kind: str) -> Path | None:
 
 def simulated_ca_certs(kind: str) -> list[bytes]:
     """DER intermediate and root certificates of this installation's simulated chain for
-    ``kind`` — for CCA the simulated platform key's DER SubjectPublicKeyInfo — ([] when its
-    vendor has not made them yet)."""
+    ``kind`` ([] when its vendor has not made them yet)."""
     kind = evidence_kind(kind)
     d = _complete_dir(kind) if kind in CHAIN_FILES else None
     return [(d / f).read_bytes() for f in CHAIN_FILES[kind]] if d else []
@@ -62,11 +59,7 @@ def simulated_root_digests(kind: str) -> list[bytes]:
     pass it to a verifier's ``simulated_roots`` only when the user's trust policy allows
     simulation."""
     chain = simulated_ca_certs(kind)
-    if not chain:
-        return []
-    if evidence_kind(kind) in KEY_ANCHORED_KINDS:
-        return [hashlib.sha256(chain[-1]).digest()]
-    return [spki_sha256(chain[-1])]
+    return [spki_sha256(chain[-1])] if chain else []
 
 
 def root_certificate(kind: str) -> bytes | None:
