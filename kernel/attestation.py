@@ -253,6 +253,11 @@ def _protection_claim(vector: TrustVector, evidence_kind: str, trust: TrustPolic
     if prot == "simulated":
         return verified("protection", f"SIMULATED: signed by the {whose} — no hardware protection "
                                       "(allow_simulated)", root=whose)
+    chain = vector.get("chain")
+    if prot == "hardware" and chain is not None and chain.detail.get("platform_key") == "user-supplied":
+        return verified("protection", "hardware TEE evidence signed by a platform key from your "
+                                      "trust policy (user-supplied: keepbook pins no vendor root "
+                                      "for it)")
     if prot == "hardware":
         return verified("protection", "hardware TEE evidence chained to a pinned vendor root")
     if prot == "none":

@@ -47,7 +47,12 @@ DEFAULT_BACKENDS = facts_mod.DEFAULT_BACKENDS
 def _hardware_available(name: str) -> tuple[bool, str]:
     """An SGX Keep is an enclave under Gramine.  (``snp`` and ``tdx`` Keeps are VMs of their
     own, launched by keepldr — keep/host/vm.py; a node that is itself a confidential VM does
-    not make its processes Keeps: the host would run inside the TEE next to them.)"""
+    not make its processes Keeps: the host would run inside the TEE next to them.)  A ``cca``
+    Keep would be the Keep image as its own Arm CCA realm: launching realms is not built yet."""
+    if name == "cca":
+        return False, ("this keep manager cannot launch a Keep as an Arm CCA realm yet (the "
+                       "Keep's evidence path and the client's verification are ready); sim-cca "
+                       "shows CCA attestation here")
     if name == "sgx":
         if Path("/dev/attestation/quote").exists():
             return True, "Gramine /dev/attestation"

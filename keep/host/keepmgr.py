@@ -24,6 +24,9 @@ Simulated roots: the fingerprints of the roots this manager's ``sim-*`` Keeps si
 printed at start (``--show-sim-roots`` prints them and exits), and ``contracts`` carries their
 certificates (:mod:`.sim_roots`), so users can accept them on purpose.
 
+With ``--collateral-dir`` a hardware Keep's attest_response also carries the operator's cached
+vendor collateral for its platform (:mod:`.collateral_cache`; signed, so the client checks it).
+
 Warm pool (``--pool N``): N keepldr+wasmldr pairs per backend are started ahead of time and wait,
 booted but *empty*: no config, no key, no evidence.  ``POST /v1/keeps`` hands one out, sends it
 the client's Start (its config) right then, and refills the pool in the background.  Its
@@ -58,6 +61,7 @@ from keepbook.keep.host import quotas as quotas_mod
 from keepbook.keep.host import sim_roots as sim_roots_mod
 from keepbook.keep.host import users as users_mod
 from keepbook.keep.shared.facts import VM_BACKENDS
+from keepbook.keep.host.collateral_cache import CollateralCache, open_cache
 from keepbook.keep.shared.framing import FrameReader, write_frame
 from keepbook.keep.shared.handshake import Handshake, Role, State
 from keepbook.keep.shared.vm_image import VM_BOOT_TIMEOUT_S
@@ -126,7 +130,8 @@ class KeepManager:
     def __init__(self, *, backends: list[backends_mod.BackendSpec], tokens: Sequence[str] = (),
                  launcher: str = "subprocess", log: Log | None = None, pool: int = 0,
                  pool_backends: list[str] | None = None, roster: users_mod.Roster | None = None,
-                 sim_roots: dict[str, sim_roots_mod.AnnouncedRoot] | None = None):
+                 sim_roots: dict[str, sim_roots_mod.AnnouncedRoot] | None = None,
+                 collateral: CollateralCache | None = None):
         self.backends = {b.name: b for b in backends}
         if not 0 <= pool <= MAX_POOL:
             raise ValueError(f"--pool must be between 0 and {MAX_POOL}, got {pool}")
@@ -156,6 +161,8 @@ class KeepManager:
         self.launcher = launcher
         self.log = log or Log(None)
         self.keeps: dict[str, KeepRecord] = {}
+        #: vendor collateral the operator keeps (--collateral-dir), attached to attest answers
+        self.collateral = collateral
 
     def log_quietly(self, event: str, **detail: Any) -> None:
         """For background work, where no request can carry the log's failure to anyone."""
@@ -291,6 +298,8 @@ class KeepManager:
         rec = self._record(request)
         req = await self._body(request, protocol.AttestRequest)
         resp = await self._call(rec, req, protocol.AttestResponse, REQUEST_TIMEOUT_S)
+        if self.collateral is not None:
+            resp = await asyncio.to_thread(self.collateral.attach, resp, rec.info.backend, rec.info.id)
         self.log("keep-attested", keep=rec.info.id, evidence=resp.evidence_kind)
         return cbor_response(resp)
 
@@ -524,6 +533,7 @@ async def serve(args: argparse.Namespace) -> None:
     roots = await announce_sim_roots(offered)
     mgr = KeepManager(backends=offered, launcher=args.launcher, log=log, pool=args.pool,
                       pool_backends=pool_backends, roster=roster, sim_roots=roots)
+    mgr.collateral = open_cache(args.collateral_dir, mgr.log_quietly)
     runner = web.AppRunner(mgr.app(), access_log=None, handle_signals=False)
     await runner.setup()
     ssl_ctx = None
@@ -607,6 +617,11 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
     ap.add_argument("--pool-backends", default="", metavar="LIST",
                     help="comma-separated backends to pool (default: every offered backend "
                          "available on this host)")
+    ap.add_argument("--collateral-dir", metavar="DIR",
+                    help="vendor collateral to hand to clients with a hardware Keep's evidence: "
+                         "Intel PCS TCB info / QE identity / issuer chains / CRLs (raw bodies or "
+                         "dcap-qvl collateral JSON), found by FMSPC; AMD CRLs.  Signed by the "
+                         "vendor: clients verify it.  Re-read when a file changes")
     return ap
 
 

@@ -57,6 +57,8 @@ BACKENDS: Mapping[str, Backend] = MappingProxyType({b.name: b for b in (
             "TDX quote signed by a locally generated SIMULATED Intel root — no hardware protection"),
     Backend("sim-sgx", "simulated", "sgx",
             "SGX quote signed by a locally generated SIMULATED Intel root — no hardware protection"),
+    Backend("sim-cca", "simulated", "cca",
+            "Arm CCA token signed by a locally generated SIMULATED platform key — no hardware protection"),
     Backend("kvm", "none", "nil",
             "debugging Keep: the Keep image in its own plain VM (QEMU), unsigned evidence — "
             "NO PROTECTION (VM)", vm=True),
@@ -64,6 +66,7 @@ BACKENDS: Mapping[str, Backend] = MappingProxyType({b.name: b for b in (
             "the Keep image as its own AMD SEV-SNP confidential VM", vm=True),
     Backend("tdx", "hardware", "tdx", "the Keep image as its own Intel TDX trust domain", vm=True),
     Backend("sgx", "hardware", "sgx", "Intel SGX enclave under Gramine"),
+    Backend("cca", "hardware", "cca", "the Keep in an Arm CCA realm (platform key from your trust policy)"),
 )})
 
 #: What a keep manager offers when not told otherwise (hardware ones only where present).
@@ -81,6 +84,13 @@ def backend(name: str) -> Backend:
         raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}") from None
 
 
+#: Bytes of the launch measurement field per evidence kind: SGX's MRENCLAVE is 32, SNP's
+#: MEASUREMENT and TDX's MRTD 48, a CCA realm's RIM 64 (the RMM measures with SHA-256 or SHA-512;
+#: keepbook's realms use SHA-512).
+MEASUREMENT_LENGTHS: Mapping[str, int] = MappingProxyType({"sgx": 32, "sev-snp": 48, "tdx": 48,
+                                                           "cca": 64})
+
+
 def measurement_length(evidence_kind: str) -> int:
-    """Bytes of the launch measurement field: SGX's MRENCLAVE is 32, the others 48."""
-    return 32 if evidence_kind == "sgx" else 48
+    """Bytes of the launch measurement field of ``evidence_kind`` (48 when it has none)."""
+    return MEASUREMENT_LENGTHS.get(evidence_kind, 48)

@@ -43,10 +43,13 @@ def in_keep_files() -> list[Path]:
     return sorted(files)
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=4)
 def measurement(length: int = 48) -> bytes:
-    """SHA-384 (48 bytes; SGX takes the first 32) over the in-Keep code and runtime versions."""
-    h = hashlib.sha384(b"keepbook/measurement/v1\0")
+    """SHA-384 (48 bytes; SGX takes the first 32) over the in-Keep code and runtime versions;
+    SHA-512 over the same bytes when 64 are asked for (a CCA realm's RIM)."""
+    if not 0 < length <= 64:
+        raise ValueError(f"a measurement is 1 to 64 bytes, not {length}")
+    h = (hashlib.sha512 if length > 48 else hashlib.sha384)(b"keepbook/measurement/v1\0")
     for f in in_keep_files():
         rel = f.relative_to(_KEEP_DIR).as_posix().encode()
         data = f.read_bytes()

@@ -49,7 +49,7 @@ def test_sizes():
 
 
 @pytest.mark.parametrize("line,expected", [
-    ("%keep new --backend sim-", {"sim-snp", "sim-tdx", "sim-sgx"}),
+    ("%keep new --backend sim-", {"sim-snp", "sim-tdx", "sim-sgx", "sim-cca"}),
     ("%keep new --profile p", {"production"}),
     ("%keep new --man", {"--manager", "--manager-ca"}),
     ("%attest --ex", {"--explain"}),

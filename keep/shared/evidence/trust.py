@@ -218,6 +218,9 @@ class ReferenceValues:
     allow_service_td: bool = False            # TDX 1.5: accept a non-zero MRSERVICETD
     personalization: bytes | None = None      # CCA realm personalization value (64 bytes)
     rems: Sequence[bytes | None] | None = None  # CCA REM0..3
+    #: CCA: the platform keys the user trusts (DER SubjectPublicKeyInfo or certificates) — the
+    #: anchor where no vendor root is pinned; never taken from the evidence
+    platform_keys: Sequence[bytes] | None = None
 
 
 class Verifier(Protocol):
