@@ -101,7 +101,7 @@ class Wasmldr:
             else:
                 reply = await self.provision(msg)
         except protocol.ProtocolError as exc:
-            reply = protocol.ErrorBody(status=exc.status, reason=exc.reason)
+            reply = protocol.ErrorBody.of(exc.status, exc.reason)
         except Exception as exc:
             reply = protocol.ErrorBody(status=500, reason=f"Keep internal error ({type(exc).__name__})")
         self.handshake.send(reply)
@@ -391,14 +391,14 @@ async def serve(backend: str, ctrl_in: int, ctrl_out: int) -> None:
             try:
                 msg = await frames.read()
             except protocol.ProtocolError as exc:
-                keep.send(protocol.ErrorBody(status=exc.status, reason=exc.reason))
+                keep.send(protocol.ErrorBody.of(exc.status, exc.reason))
                 return
             if msg is None:
                 return  # keepldr went away: the Keep ends with it
             try:
                 reply = await keep.handle(msg)
             except protocol.ProtocolError as exc:  # refused before it was handled
-                reply = protocol.ErrorBody(status=exc.status, reason=exc.reason)
+                reply = protocol.ErrorBody.of(exc.status, exc.reason)
             keep.send(reply)
             await writer.drain()
 

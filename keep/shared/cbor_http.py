@@ -19,7 +19,7 @@ def cbor_response(msg: protocol.Message, status: int = 200) -> web.Response:
 
 
 def error_response(status: int, reason: str) -> web.Response:
-    return cbor_response(protocol.ErrorBody(status=status, reason=reason), status)
+    return cbor_response(protocol.ErrorBody.of(status, reason), status)
 
 
 async def read_message(request: web.Request, cls: type[protocol.Message]) -> Any:
