@@ -805,9 +805,22 @@ class Event(Message):
 
 
 @dataclass
+class AuditRequest(Message):
+    """Ask for one page of the audit log (``POST {endpoint}/v1/audit``), from entry ``start``.
+    An empty body asks for the first page."""
+
+    MSG: ClassVar[str] = "audit_request"
+    SPEC: ClassVar[Mapping[str, F]] = {"start": F((int,), max_len=2**32),
+                                       "max_bytes": F((int,), required=False, max_len=2**32)}
+    start: int = 0
+    #: a smaller page than the Keep's own (audit_format.PAGE_BYTES), if the reader wants one
+    max_bytes: int | None = None
+
+
+@dataclass
 class AuditExport(Message):
-    """The Keep's audit log (``POST {endpoint}/v1/audit``): entries as a CBOR sequence, the
-    signed head, its signature.  Verified by ``keep/shared/audit_format.py``."""
+    """One page of the Keep's audit log: entries from ``start`` as a CBOR sequence, the signed
+    head of the whole log, its signature.  Verified by ``keep/shared/audit_format.py``."""
 
     MSG: ClassVar[str] = "audit_export"
     MAX_BYTES: ClassVar[int] = MAX_MESSAGE_BYTES
@@ -815,10 +828,12 @@ class AuditExport(Message):
         "entries": F((bytes,), max_len=MAX_MESSAGE_BYTES - 65536),
         "head": F((dict,)),
         "signature": F((bytes,), max_len=256),
+        "start": F((int,), required=False, max_len=2**32),
     }
     entries: bytes
     head: dict
     signature: bytes
+    start: int | None = None
 
 
 @dataclass

@@ -20,7 +20,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from keepbook.keep.shared import protocol as p
-from keepbook.kernel.agent import ClientAgent, NewKeep
 from tests.hostile import mutations as mu
 from tests.hostile.pipes import PipeKeep, pipe_message
 from tests.hostile.report import STRESS, record
@@ -171,14 +170,8 @@ def test_wasmldr_control_pipe_malformed_frame_ends_the_keep_cleanly(seed):
 
 
 @pytest.fixture(scope="module")
-def channel(mgr, tmp_path_factory):
-    tf = tmp_path_factory.mktemp("tok") / "t"
-    tf.write_text(mgr.token)
-    agent = ClientAgent()
-    agent.call(agent.new_keep(NewKeep(backend="nil", manager=mgr.url, token_file=str(tf))))
-    ch = agent.call(agent.current.ensure_channel())
-    yield agent, ch
-    agent.stop()
+def channel(nil_channel):
+    return nil_channel
 
 
 HTTPS_PATHS = [("POST", "/v1/run", ["run"]), ("POST", "/v1/request", ["request"]),
