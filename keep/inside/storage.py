@@ -7,7 +7,8 @@ memory limit (``limits.memory_bytes``): a Keep limited to 256 MiB once wrote 1.5
 
 * An upload is counted as it is written: the staging file stops at the limit and the upload is
   refused, saying so.
-* A cell's writes are measured while it runs (every :data:`POLL_S`) and when it ends: past the
+* A cell's writes are measured while it runs (every :data:`POLL_S`, or less often if measuring
+  itself takes long: a tree of many files) and when it ends: past the
   limit, the cell is stopped at once and its Python session dropped — which removes the
   session's files — with an error saying why.  Between two measurements a cell can write more
   (what it writes in :data:`POLL_S`, plus up to 50 ms until the interpreter stops); that much
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +100,16 @@ class CellWatch:
         threading.Thread(target=self._watch, name="keep-storage-watch", daemon=True).start()
 
     def _watch(self) -> None:
-        while not self._done.wait(POLL_S):
+        wait = POLL_S
+        while not self._done.wait(wait):
+            started = time.monotonic()
             if self.storage.over():
                 self.tripped.set()
                 self._stop()
                 return
+            # a tree of many small files takes longer to measure: never spend more than a third
+            # of the cell's time measuring it
+            wait = max(POLL_S, 2 * (time.monotonic() - started))
 
     def emit(self, kind: str, content: dict) -> None:
         if self.tripped.is_set() and kind == "error":

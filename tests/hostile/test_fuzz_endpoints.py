@@ -175,7 +175,7 @@ def channel(nil_channel):
 
 
 HTTPS_PATHS = [("POST", "/v1/run", ["run"]), ("POST", "/v1/request", ["request"]),
-               ("POST", "/v1/audit", []), ("POST", "/v1/upload?name=d", [])]
+               ("POST", "/v1/audit", ["audit_request"]), ("POST", "/v1/upload?name=d", [])]
 
 
 def test_wasmldr_https_endpoints(channel):

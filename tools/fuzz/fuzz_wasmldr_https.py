@@ -24,7 +24,7 @@ from tests.support.procs import keep_pids
 
 RSS_LIMIT_KIB = 96 * 1024
 PATHS = [("POST", "/v1/run", ["run"]), ("POST", "/v1/request", ["request"]),
-         ("POST", "/v1/audit", []), ("POST", "/v1/upload?name=d", [])]
+         ("POST", "/v1/audit", ["audit_request"]), ("POST", "/v1/upload?name=d", [])]
 stats = Stats("wasmldr HTTPS", every=10)
 
 _tmp = Path(tempfile.mkdtemp(prefix="keepbook-fuzz-"))
