@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keepbook.keep.shared import protocol, sealing
-from keepbook.keep.shared.dataset_format import (DEFAULT_CHUNK, FORMAT, FRAME, MAX_CHUNK, TAG, DatasetError,
+from keepbook.keep.shared.dataset_format import (DEFAULT_CHUNK, FORMAT, FORMAT_FAMILY, FRAME, MAX_CHUNK, TAG, DatasetError,
                                                 check_name, chunk_aad, chunk_nonce, content_mac,
                                                 digest_text, frame, key_info, sig_message)
 
@@ -158,7 +158,7 @@ def is_sealed_file(path: str | os.PathLike) -> bool:
     """Does this file start like a sealed dataset?"""
     with open(path, "rb") as fh:
         head = fh.read(FRAME.size + 4096)
-    return len(head) > FRAME.size and head[:1] == b"H" and FORMAT.encode() in head
+    return len(head) > FRAME.size and head[:1] == b"H" and FORMAT_FAMILY.encode() in head
 
 
 def read_chunks(path: str | os.PathLike, size: int = DEFAULT_CHUNK) -> Iterator[bytes]:

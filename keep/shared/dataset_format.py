@@ -51,7 +51,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from keepbook.keep.shared import protocol
 
-FORMAT = "keepbook-sealed-dataset/v2"
+FORMAT_FAMILY = "keepbook-sealed-dataset/"
+FORMAT = FORMAT_FAMILY + "v2"
 INFO_DOMAIN = b"keepbook/dataset/v1"
 DIGEST_DOMAIN = b"keepbook/dataset-digest/v1"
 SIG_DOMAIN = b"keepbook/dataset-sig/v1"
@@ -142,6 +143,11 @@ def parse_header(body: bytes) -> dict[str, Any]:
         h = protocol.loads(body, max_bytes=MAX_HEADER)
     except protocol.ProtocolError as exc:
         raise DatasetError(f"header: {exc.reason}") from None
+    if isinstance(h, dict) and isinstance(h.get("format"), str) \
+            and h["format"].startswith(FORMAT_FAMILY) and h["format"] != FORMAT:
+        raise DatasetError(f"header: this dataset was sealed as {protocol.cut(h['format'], 60)}, "
+                           f"this Keep opens {FORMAT} (v1 carried an unkeyed digest of the data): "
+                           "seal it again with this keepbook")
     if not isinstance(h, dict) or h.get("format") != FORMAT:
         raise DatasetError(f"header: not a {FORMAT} stream")
     for k, t in HEADER_FIELDS.items():
