@@ -427,7 +427,7 @@ class ClientAgent:
                     await asyncio.sleep(0.1)
             else:  # the Keep's own counts are authoritative
                 out["cells_run"] = keep.get("cells_run", out["cells_run"])
-                out["bytes_released"] = keep.get("bytes_out", 0)
+                out["bytes_released"] = keep.get("bytes_released", 0)
                 out["busy"] = keep.get("busy", False)
         out["manager"] = session.manager.url
         return out

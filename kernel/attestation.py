@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from keepbook.keep.shared import facts, measurement, protocol, vm_image
+from keepbook.keep.shared import facts, measurement, protocol, sealing, vm_image
 from keepbook.keep.shared.evidence import carried
 from keepbook.keep.shared.evidence.trust import (Claim, EvidenceError, Status, TrustVector,
                                                  failed, unverified, verified)
@@ -194,6 +194,7 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
         vector.add(failed("freshness", why), required=True)
         vector.add(failed("key_binding", why), required=True)
     vector.require("report_data")
+    vector.add(_suite_claim(resp), required=True)
     vector.extend(config_claims)
     vector.require(*[c.name for c in config_claims if c.status is not Status.UNVERIFIED])
 
@@ -221,6 +222,17 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
                    required=trust.require_measurement)
     return AttestationResult(vector=vector, response=resp, config=config, report_data=rd,
                              expectation=expect)
+
+
+def _suite_claim(resp: protocol.AttestResponse) -> Claim:
+    """The HPKE suite the Keep names must be one keepbook knows, and its key a key of that suite:
+    the channel key is sealed with it (the key is bound by the report data, the suite's name is
+    relayed by the host — a swapped name fails here, not as an internal error when sealing)."""
+    try:
+        sealing.check_public_key(resp.hpke_suite, resp.hpke_public_key)
+    except sealing.SealingError as exc:
+        return failed("hpke_suite", f"the Keep's channel key cannot be used: {exc}")
+    return verified("hpke_suite", f"the channel key is sealed with HPKE {resp.hpke_suite} (RFC 9180)")
 
 
 def _whose_root(vector: TrustVector, sim_trust: SimRootTrust | None) -> str:

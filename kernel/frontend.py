@@ -213,7 +213,7 @@ class Frontend:
                 self._display({"application/json": result.vector.to_json(),
                                "text/plain": json.dumps(result.vector.to_json(), indent=1)})
             else:
-                self._show_vector(result.vector, m.args.explain)
+                self._show_vector(result.vector, m.args.explain, result.fingerprint)
         elif m.name == "upload":
             await self._upload(m.args.path, m.args.name)
         elif m.name == "audit":
@@ -225,8 +225,8 @@ class Frontend:
         else:
             raise mg.MagicError(f"%{m.name} is not available in this version of keepbook")
 
-    def _show_vector(self, tv: TrustVector, explain: bool = False) -> None:
-        self._display(show.trust_vector_bundle(tv, explain))
+    def _show_vector(self, tv: TrustVector, explain: bool = False, fingerprint: str | None = None) -> None:
+        self._display(show.trust_vector_bundle(tv, explain, fingerprint))
 
     @staticmethod
     def _save_attestation(result: Any, path: str) -> str:

@@ -93,7 +93,7 @@ def _owner_attest(args: argparse.Namespace) -> tuple[AttestationResult, str]:
 
 def seal_main(argv: list[str]) -> int:
     from keepbook.keep.shared import sealing
-    from keepbook.keep.shared.policy import OutputPolicy, PolicyError
+    from keepbook.keep.shared.policy import MIN_ROWS_NOTICE, OutputPolicy, PolicyError
     from keepbook.kernel.client import KeepError
 
     ap = argparse.ArgumentParser(
@@ -141,17 +141,22 @@ def seal_main(argv: list[str]) -> int:
         alg, pub = dataset_sealer.owner_public(key)
         name = dataset_format.check_name(args.name or __import__("os").path.basename(args.data))
         out = args.output or args.data + ".sealed"
+        digests: list[str] = []
         with open(args.data, "rb") as src, open(out, "wb") as dst:
             for piece in dataset_sealer.seal_stream(src, name=name, recipient=recipient, suite=suite,
-                                              owner_key=key, policy=policy,
-                                              chunk_size=args.chunk_size):
+                                                    owner_key=key, policy=policy,
+                                                    chunk_size=args.chunk_size, digest=digests.append):
                 dst.write(piece)
     except (OSError, dataset_format.DatasetError, PolicyError, KeepError) as exc:
         print(f"keepbook seal: {exc}", file=sys.stderr)
         return 1
     print(f"sealed {args.data} → {out}\n  name /data/{name}, suite {suite}\n  owner "
           f"{dataset_format.fingerprint(alg, pub)}\n  policy {parsed.digest()} ({parsed.source})\n"
-          f"  Keep profile {cfg.profile}, backend {cfg.backend}, {result.vector.label}")
+          f"  Keep profile {cfg.profile}, backend {cfg.backend}, {result.vector.label}\n"
+          f"  digest {digests[0]} — keyed with this dataset's own key: the Keep's audit log "
+          "shows the same digest when it opened exactly this data")
+    if parsed.min_rows:
+        print(f"note: {MIN_ROWS_NOTICE}")
     return 0
 
 

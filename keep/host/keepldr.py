@@ -97,7 +97,7 @@ async def pump(keep_id: str, up_frames: "FrameReader", up_writer: "asyncio.Strea
                 # Tell the manager at once instead of leaving it waiting for a reply.  A bad
                 # body leaves the framing intact; a bad header (413) does not, so stop there.
                 log(keep_id, "protocol-error", reason=exc.reason)
-                write_frame(up_writer, protocol.ErrorBody(status=exc.status, reason=exc.reason))
+                write_frame(up_writer, protocol.ErrorBody.of(exc.status, exc.reason))
                 await up_writer.drain()
                 if exc.status == 413:
                     break

@@ -55,6 +55,7 @@ from typing import Any, Sequence
 from aiohttp import web
 
 from keepbook.keep.shared import protocol
+from keepbook.keep.shared import connection_guard
 from keepbook.keep.shared.cbor_http import cbor_response, error_middleware, error_response, read_message
 from keepbook.keep.host import backends as backends_mod
 from keepbook.keep.host import quotas as quotas_mod
@@ -163,6 +164,7 @@ class KeepManager:
         self.keeps: dict[str, KeepRecord] = {}
         #: vendor collateral the operator keeps (--collateral-dir), attached to attest answers
         self.collateral = collateral
+        self.guard: connection_guard.ConnectionGuard | None = None  # set by serve()
 
     def log_quietly(self, event: str, **detail: Any) -> None:
         """For background work, where no request can carry the log's failure to anyone."""
@@ -208,6 +210,8 @@ class KeepManager:
             return error_response(401, "wrong bearer token for this keep manager")
         request["owner"] = digest
         request["principal"] = principal
+        if self.guard is not None:  # a token-bearing connection is no longer "pending"
+            self.guard.admit(request.transport)
         return await handler(request)
 
     async def _body(self, request: web.Request, cls: type[protocol.Message]) -> Any:
@@ -534,15 +538,19 @@ async def serve(args: argparse.Namespace) -> None:
     mgr = KeepManager(backends=offered, launcher=args.launcher, log=log, pool=args.pool,
                       pool_backends=pool_backends, roster=roster, sim_roots=roots)
     mgr.collateral = open_cache(args.collateral_dir, mgr.log_quietly)
-    runner = web.AppRunner(mgr.app(), access_log=None, handle_signals=False)
+    app = mgr.app()
+    app[connection_guard.BODY_IDLE] = args.body_timeout
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     ssl_ctx = None
     if args.tls_cert:
         ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_ctx.load_cert_chain(args.tls_cert, args.tls_key)
-    site = web.TCPSite(runner, args.host, args.port, ssl_context=ssl_ctx, shutdown_timeout=2)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    # behind the slowloris guard: pending (not yet token-bearing) connections bounded in number
+    # and in time, bodies read with a limit on silence (keep/shared/connection_guard.py)
+    server, mgr.guard, port = await connection_guard.serve(
+        runner, args.host, args.port, ssl_context=ssl_ctx, header_s=args.header_timeout,
+        max_pending=args.max_pending)
     url = f"{'https' if ssl_ctx else 'http'}://{args.host}:{port}"
     log("keepmgr-listening", url=url, backends=list(mgr.backends))
     print(f"keepbook keepmgr: listening on {url}", flush=True)
@@ -560,6 +568,7 @@ async def serve(args: argparse.Namespace) -> None:
         asyncio.create_task(_watch_parent(args.parent_pid, stop))
     await stop.wait()
     log("keepmgr-stopping")
+    server.close()
     await runner.cleanup()
 
 
@@ -610,6 +619,15 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
     ap.add_argument("--log-file", help="lifecycle log (JSON lines); default stderr")
     ap.add_argument("--ready-file", help="write {url, pid, token_file} here once listening")
     ap.add_argument("--parent-pid", type=int, help="exit when this process exits")
+    ap.add_argument("--header-timeout", type=float, default=connection_guard.HEADER_S, metavar="S",
+                    help="close a connection that has not sent a request with a valid token "
+                         f"within S seconds (default {connection_guard.HEADER_S:g})")
+    ap.add_argument("--body-timeout", type=float, default=connection_guard.BODY_IDLE_S, metavar="S",
+                    help="refuse a request whose body stops arriving for S seconds (default "
+                         f"{connection_guard.BODY_IDLE_S:g})")
+    ap.add_argument("--max-pending", type=int, default=connection_guard.MAX_PENDING, metavar="N",
+                    help="at most N connections without a valid token at once; one more closes "
+                         f"the oldest (default {connection_guard.MAX_PENDING})")
     ap.add_argument("--pool", type=int, default=_env_int(POOL_ENV, 0), metavar="N",
                     help=f"keep N booted, empty Keeps per backend ready for the next create, "
                          f"refilled in the background (0-{MAX_POOL}; default ${POOL_ENV} or 0).  "

@@ -242,6 +242,19 @@ class PythonSession:
             self._soften(cell, "interrupt")
             return True
 
+    def stop(self) -> bool:
+        """Stop the running cell now, without the cooperative grace (the Keep's files passed
+        its limit): the turn is cancelled, so the session and its files are lost."""
+        with self._cv:
+            cell = self._cell
+            if cell is None or cell.done.is_set():
+                return False
+            self._soften(cell, "interrupt")
+            cell.hard = cell.hard or "interrupt"
+            cell.cancel.set()
+            self._cv.notify_all()
+            return True
+
     def _soften(self, cell: _Cell, why: str) -> None:
         """Under ``_cv``: ask the guest to stop; the watcher stops it hard after grace_s."""
         if cell.soft is None:

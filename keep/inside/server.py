@@ -30,12 +30,14 @@ from keepbook.keep.shared.cbor_http import cbor_response, error_middleware, erro
 from keepbook.keep.inside import audit_log
 from keepbook.keep.inside import dataset_opener
 from keepbook.keep.shared import dataset_format
-from keepbook.keep.shared import measurement, protocol
+from keepbook.keep.shared.audit_format import PAGE_BYTES
+from keepbook.keep.shared import connection_guard, measurement, protocol
 from keepbook.keep.shared.framing import FrameReader, write_frame
 from keepbook.keep.shared.handshake import Handshake, Role
 from keepbook.keep.shared.policy import OutputPolicy, PolicyError
 from keepbook.keep.inside import vm_guest
-from keepbook.keep.inside.cells import Busy, Cells
+from keepbook.keep.inside.cells import AUDIT_FULL, AuditFull, Busy, Cells
+from keepbook.keep.inside.storage import Storage, StorageFull
 from keepbook.keep.inside.identity import KeepIdentity, KeepKeys
 
 LISTEN_HOST = os.environ.get("KEEPBOOK_KEEP_LISTEN", "127.0.0.1")
@@ -65,11 +67,14 @@ class Wasmldr:
         self.identity: KeepIdentity | None = None
         self.cells: Cells | None = None
         self.runner: web.AppRunner | None = None
+        self.server: asyncio.AbstractServer | None = None
+        self.guard: connection_guard.ConnectionGuard | None = None
         self.client_spki: bytes | None = None
         self.closed = asyncio.Event()
         self.keys: KeepKeys | None = None
         self.audit: audit_log.AuditLog | None = None
         self.data_root: str | None = None
+        self.storage: Storage | None = None
         self._upload_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ control pipe
@@ -101,7 +106,7 @@ class Wasmldr:
             else:
                 reply = await self.provision(msg)
         except protocol.ProtocolError as exc:
-            reply = protocol.ErrorBody(status=exc.status, reason=exc.reason)
+            reply = protocol.ErrorBody.of(exc.status, exc.reason)
         except Exception as exc:
             reply = protocol.ErrorBody(status=500, reason=f"Keep internal error ({type(exc).__name__})")
         self.handshake.send(reply)
@@ -135,9 +140,10 @@ class Wasmldr:
         self.data_root = _private_dir()
         os.makedirs(os.path.join(self.data_root, "data"), mode=0o700)
         os.makedirs(os.path.join(self.data_root, "staging"), mode=0o700)
+        self.storage = Storage([_SCRATCH or "", self.data_root], config.limits["memory_bytes"])
         self.cells = Cells(config, debug_log=self.debug_log,
                            data_dir=os.path.join(self.data_root, "data"),
-                           audit=self.audit.append, policy=policy)
+                           audit=self.audit.append, policy=policy, storage=self.storage)
         return protocol.Reply(ok=True, content={"profile": config.profile})
 
     async def provision(self, msg: protocol.ProvisionRequest) -> protocol.ProvisionResponse:
@@ -155,9 +161,10 @@ class Wasmldr:
         app.router.add_post("/v1/audit", self.audit_export)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, LISTEN_HOST, LISTEN_PORT, ssl_context=ctx, shutdown_timeout=1)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        # TLS is started by the guard on each accepted connection, so a connection that never
+        # completes its handshake is counted and closed (keep/shared/connection_guard.py)
+        self.server, self.guard, port = await connection_guard.serve(
+            self.runner, LISTEN_HOST, LISTEN_PORT, ssl_context=ctx)
         self.lifecycle("channel-open")
         return protocol.ProvisionResponse(endpoint=f"https://{LISTEN_HOST}:{port}",
                                           server_cert=cert_der)
@@ -195,7 +202,7 @@ class Wasmldr:
 
         pumping = asyncio.create_task(pump())
         await asyncio.sleep(0)  # a busy Keep says so before any response starts
-        if not queue.empty() and isinstance(queue._queue[0], Busy):  # type: ignore[attr-defined]
+        if not queue.empty() and isinstance(queue._queue[0], (Busy, AuditFull)):  # type: ignore[attr-defined]
             raise protocol.ProtocolError(str(queue.get_nowait()), 409)
         resp = web.StreamResponse(status=200, headers={"Content-Type": protocol.CBOR_SEQ})
         await resp.prepare(request)
@@ -235,10 +242,17 @@ class Wasmldr:
 
 
     async def audit_export(self, request: web.Request) -> web.Response:
+        """One page of the audit log (an empty body: the first)."""
         assert self.audit is not None
-        exp = self.audit.export()
+        body = await connection_guard.read_body(request, protocol.MAX_CONTROL_BYTES)
+        ask = protocol.AuditRequest()
+        if body:
+            if request.headers.get("Content-Type", "").split(";")[0].strip() != protocol.CBOR:
+                raise protocol.ProtocolError(f"wrong content type: send {protocol.CBOR}", 415)
+            ask = protocol.AuditRequest.from_cbor(body)  # type: ignore[assignment]
+        exp = self.audit.export(ask.start, min(ask.max_bytes or PAGE_BYTES, PAGE_BYTES))
         return cbor_response(protocol.AuditExport(entries=exp["entries"], head=exp["head"],
-                                          signature=exp["signature"]))
+                                                  signature=exp["signature"], start=exp["start"]))
 
     async def upload(self, request: web.Request) -> web.Response:
         """A sealed dataset, streamed: decrypted chunk by chunk into a private staging file,
@@ -248,6 +262,8 @@ class Wasmldr:
         if ctype != "application/octet-stream":
             raise protocol.ProtocolError(f"wrong content type {ctype or '(none)'!r}: send the sealed "
                                          "dataset as application/octet-stream", 415)
+        if self.audit is not None and self.audit.full:
+            raise protocol.ProtocolError(AUDIT_FULL + "; it takes no more datasets", 409)
         alias = request.query.get("name") or None
         if alias is not None:
             try:
@@ -271,17 +287,20 @@ class Wasmldr:
                 self._admit(info, dataset_policy)
                 os.chmod(staging, 0o400)
                 os.rename(staging, final)
-            except (dataset_format.DatasetError, PolicyError) as exc:
+            except (dataset_format.DatasetError, PolicyError, StorageFull) as exc:
                 self.audit.append("upload-refused", {"reason": str(exc)[:512]})  # type: ignore[union-attr]
                 raise protocol.ProtocolError(f"sealed dataset refused: {exc}; nothing was "
                                              "exposed under /data") from None
             finally:
                 if os.path.exists(staging):
                     os.unlink(staging)
-        self.cells.enforcer.tighten(dataset_policy)
         entry = {"name": name, "bytes": info.bytes, "digest": info.digest, "owner": info.owner,
                  "policy_digest": dataset_policy.digest(), "suite": info.suite}
-        self.audit.append("dataset", entry)  # type: ignore[union-attr]
+        if not self.audit.append("dataset", entry):  # type: ignore[union-attr]
+            os.chmod(final, 0o600)
+            os.unlink(final)  # nothing is opened that the log cannot record
+            raise protocol.ProtocolError(AUDIT_FULL + "; the dataset was not opened", 409)
+        self.cells.enforcer.tighten(dataset_policy)
         return cbor_response(protocol.Reply(ok=True, content={
             **entry, "path": f"/data/{name}", "policy": self.cells.enforcer.policy.summary()}))
 
@@ -304,13 +323,15 @@ class Wasmldr:
         size = 0
         try:
             while True:
-                piece = await request.content.readany()
+                piece = await connection_guard.read_piece(request)
                 if piece:
                     batch.append(piece)
                     size += len(piece)
                 if size >= UPLOAD_BATCH or (not piece and batch):
                     if pending is not None:
                         await pending
+                    if self.storage is not None:  # staged plaintext counts against the Keep's limit
+                        await asyncio.to_thread(self.storage.reserve, size)
                     pending = asyncio.ensure_future(asyncio.to_thread(consume, batch))
                     batch, size = [], 0
                 if not piece:
@@ -391,14 +412,14 @@ async def serve(backend: str, ctrl_in: int, ctrl_out: int) -> None:
             try:
                 msg = await frames.read()
             except protocol.ProtocolError as exc:
-                keep.send(protocol.ErrorBody(status=exc.status, reason=exc.reason))
+                keep.send(protocol.ErrorBody.of(exc.status, exc.reason))
                 return
             if msg is None:
                 return  # keepldr went away: the Keep ends with it
             try:
                 reply = await keep.handle(msg)
             except protocol.ProtocolError as exc:  # refused before it was handled
-                reply = protocol.ErrorBody(status=exc.status, reason=exc.reason)
+                reply = protocol.ErrorBody.of(exc.status, exc.reason)
             keep.send(reply)
             await writer.drain()
 
@@ -417,6 +438,8 @@ async def serve(backend: str, ctrl_in: int, ctrl_out: int) -> None:
         keep.cells.close()
     if keep.data_root:
         shutil.rmtree(keep.data_root, ignore_errors=True)
+    if keep.server:
+        keep.server.close()
     if keep.runner:
         await keep.runner.cleanup()
     try:

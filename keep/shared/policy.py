@@ -12,20 +12,23 @@ never filters anything (it could not be trusted to).  The format (``docs/profile
     errors = "full"              # "full" traceback, or "type": exception type + opaque id
     cell_bytes = 8388608         # per cell; 0 = no budget
     session_bytes = 0            # per Keep session; 0 = no budget
+    introspection = "full"       # completion/inspection: "none" (the Keep's own vocabulary
+                                 # only), "names" (session names, never values), "full"
 
     [release]                    # keep.release(value, note=...) in the guest
     required = false             # true: nothing but released values leaves
     types = ["number", "text", "list", "mapping", "table", "figure"]
     max_bytes = 65536            # per released value (its JSON encoding)
-    min_rows = 0                 # tables must show >= min_rows contributing rows per row ...
-    count_column = "n"           # ... in this column
+    min_rows = 0                 # tables must show >= min_rows rows per row in ... (counts the
+    count_column = "n"           # ... cell itself reports: see MIN_ROWS_NOTICE)
 
     [data]                       # rules for sealed datasets carrying this policy
     profiles = ["debug", "staging", "production"]   # profiles the data may be opened in
     owners = []                  # accepted owner key fingerprints ("sha256:<hex>"); [] = any
 
-Every key is optional; missing keys come from the Keep profile's default.  A dataset's policy
-can only tighten the Keep's (:meth:`OutputPolicy.meet`).
+Every key is optional; missing keys come from the Keep profile's default (``introspection``:
+"none" where ``release.required`` is true, else "full").  A dataset's policy can only tighten
+the Keep's (:meth:`OutputPolicy.meet`).
 """
 
 from __future__ import annotations
@@ -45,7 +48,15 @@ from keepbook.keep.shared.facts import PROFILES
 OUTPUT_KINDS = ("stream", "display_data", "execute_result")
 RELEASE_TYPES = ("number", "text", "list", "mapping", "table", "figure")
 ERROR_LEVELS = ("full", "type")
+#: what completion and inspection may show, weakest first (``meet`` takes the earlier)
+INTROSPECTION_LEVELS = ("none", "names", "full")
 MAX_POLICY_BYTES = 256 * 1024
+#: the longest note a release may carry (``keep.release(value, note=...)``)
+NOTE_MAX_CHARS = 200
+#: said wherever min_rows is shown, until a trusted aggregate query replaces it (issue 16)
+MIN_ROWS_NOTICE = ("min_rows checks the row counts the analyst's own code reports in the count "
+                   "column; keepbook does not track where rows come from, so a cell that lies "
+                   "gets its table out — it restrains honest mistakes, not a hostile analyst")
 
 
 class PolicyError(ValueError):
@@ -64,6 +75,7 @@ class OutputPolicy:
     release_max_bytes: int = 1024 * 1024
     min_rows: int = 0
     count_column: str = "n"
+    introspection: str = "full"
     data_profiles: tuple[str, ...] = PROFILES
     data_owners: tuple[str, ...] = ()
     source: str = "default"
@@ -76,7 +88,7 @@ class OutputPolicy:
             raise PolicyError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
         if profile == "production":
             return cls(kinds=(), mime=("text/plain", "text/html", "image/png"), errors="type",
-                       release_required=True, release_max_bytes=64 * 1024,
+                       release_required=True, release_max_bytes=64 * 1024, introspection="none",
                        source="production default")
         return cls(source=f"{profile} default")
 
@@ -106,7 +118,8 @@ class OutputPolicy:
             if not isinstance(raw[name], dict):
                 raise PolicyError(f"{source}: {name} must be a [{name}] table")
         out, rel, data = raw.get("output", {}), raw.get("release", {}), raw.get("data", {})
-        _known(source, "output", out, {"kinds", "mime", "errors", "cell_bytes", "session_bytes"})
+        _known(source, "output", out, {"kinds", "mime", "errors", "cell_bytes", "session_bytes",
+                                       "introspection"})
         _known(source, "release", rel, {"required", "types", "max_bytes", "min_rows", "count_column"})
         _known(source, "data", data, {"profiles", "owners"})
         kw: dict[str, Any] = {"source": f"{source} over the {profile} default"}
@@ -117,6 +130,11 @@ class OutputPolicy:
             for m in kw["mime"]:
                 if m != "*" and (m.count("/") != 1 or m.startswith("/") or len(m) > 128):
                     raise PolicyError(f"{source}: output.mime: {m!r} is not a MIME type or pattern")
+        if "introspection" in out:
+            if out["introspection"] not in INTROSPECTION_LEVELS:
+                raise PolicyError(f"{source}: output.introspection must be one of "
+                                  f"{', '.join(map(repr, INTROSPECTION_LEVELS))}")
+            kw["introspection"] = out["introspection"]
         if "errors" in out:
             if out["errors"] not in ERROR_LEVELS:
                 raise PolicyError(f"{source}: output.errors must be \"full\" or \"type\"")
@@ -128,6 +146,8 @@ class OutputPolicy:
             if not isinstance(rel["required"], bool):
                 raise PolicyError(f"{source}: release.required must be true or false")
             kw["release_required"] = rel["required"]
+            if rel["required"] and "introspection" not in out:
+                kw["introspection"] = "none"  # completion/inspection must not undo the rule
         if "types" in rel:
             kw["release_types"] = _choices(source, "release.types", rel["types"], RELEASE_TYPES)
         if "max_bytes" in rel:
@@ -163,6 +183,7 @@ class OutputPolicy:
             release_max_bytes=min(self.release_max_bytes, other.release_max_bytes),
             min_rows=max(self.min_rows, other.min_rows),
             count_column=other.count_column if other.min_rows >= self.min_rows else self.count_column,
+            introspection=min(self.introspection, other.introspection, key=INTROSPECTION_LEVELS.index),
             data_profiles=self.data_profiles, data_owners=self.data_owners,
             source=f"{self.source} ∧ {other.source}")
 
@@ -175,7 +196,8 @@ class OutputPolicy:
                 "release_required": self.release_required,
                 "release_types": list(self.release_types),
                 "release_max_bytes": self.release_max_bytes, "min_rows": self.min_rows,
-                "count_column": self.count_column}
+                "count_column": self.count_column, "introspection": self.introspection,
+                **({"min_rows_notice": MIN_ROWS_NOTICE} if self.min_rows else {})}
 
     def allows_mime(self, mime: str) -> bool:
         for pat in self.mime:
@@ -311,7 +333,9 @@ def check_value(value: Any) -> tuple[str, dict[str, str], int | None]:
         if not raw.startswith(b"\x89PNG\r\n\x1a\n"):
             raise ValueError("a figure release must carry a PNG image")
         return t, {"image/png": png, "text/plain": "<released figure>"}, None
-    raise ValueError(f"unknown release type {t!r}")
+    # the type's name is not repeated: the cell chose it (a class may be named after data)
+    raise ValueError("keep.release takes numbers, text, lists, mappings, tables (pandas, numpy) "
+                     "and matplotlib figures; this is none of them")
 
 
 def _render_table(cols: list, index: list, rows: list) -> dict[str, str]:
@@ -335,7 +359,7 @@ def rows_problem(value: dict, min_rows: int, count_column: str) -> str | None:
     j = cols.index(count_column)
     small = [r[j] for r in value["rows"]
              if isinstance(r[j], bool) or not isinstance(r[j], (int, float)) or r[j] < min_rows]
-    if small:
-        return (f"{len(small)} row(s) aggregate fewer than {min_rows} contributing rows "
-                f"(column {count_column!r}); group more coarsely")
+    if small:  # how many: not said — a number computed from the data is not a policy notice
+        return (f"a row reports fewer than {min_rows} contributing rows (column "
+                f"{count_column!r}); group more coarsely")
     return None
