@@ -225,7 +225,15 @@ def substitute(line: str, params: Mapping[str, Any]) -> str:
                             else m.group(0), line)
 
 
+def _line_magic_name(line: str) -> str:
+    word = line.strip()[1:].split(None, 1)
+    return word[0] if word else ""
+
+
 def parse_cell(code: str, params: Mapping[str, Any] | None = None) -> Cell:
+    """Split a cell: leading keepbook line magics (run by the kernel), a keepbook cell magic,
+    or the rest — Python for the Keep's IPython shell, which also runs IPython's own magics
+    (``%time``, ``%matplotlib inline``, ``%%timeit``...) and says so for those it does not know."""
     if params:
         lines = [substitute(ln, params) if ln.lstrip().startswith("%") else ln
                  for ln in code.splitlines()]
@@ -240,9 +248,10 @@ def parse_cell(code: str, params: Mapping[str, Any] | None = None) -> Cell:
             words = shlex.split(head)
         except ValueError as exc:
             raise MagicError(f"%%{head}: {exc}") from None
-        if not words or words[0] not in CELL_MAGICS:
-            raise MagicError(f"unknown cell magic %%{words[0] if words else ''}; "
-                             f"known: %%{', %%'.join(CELL_MAGICS)}")
+        if not words:
+            raise MagicError("empty cell magic: write %%NAME on the first line")
+        if words[0] not in CELL_MAGICS:  # IPython's (%%time, %%capture, ...): the Keep runs it
+            return Cell([], None, "\n".join(lines[i:]))
         name = words[0]
         body = "\n".join(lines[i + 1:])
         if name == "python":
@@ -259,7 +268,7 @@ def parse_cell(code: str, params: Mapping[str, Any] | None = None) -> Cell:
     magics: list[LineMagic] = []
     while i < len(lines):
         s = lines[i].strip()
-        if s.startswith("%") and not s.startswith("%%"):
+        if s.startswith("%") and not s.startswith("%%") and _line_magic_name(s) in LINE_MAGICS:
             magics.append(parse_line_magic(s))
             i += 1
         elif not s or s.startswith("#"):
@@ -273,15 +282,21 @@ def complete_magic(code: str, cursor_pos: int) -> tuple[list[str], int, int] | N
     """Completion for magic names and %keep subcommands; None when not in a magic."""
     line_start = code.rfind("\n", 0, cursor_pos) + 1
     prefix = code[line_start:cursor_pos]
+    from keepbook.kernel.completion import magic_names
+
     if prefix.startswith("%%"):
         word = prefix[2:]
         if " " in word:
             return None
-        return ([f"%%{m}" for m in CELL_MAGICS if m.startswith(word)], line_start, cursor_pos)
+        return ([f"%%{m}" for m in magic_names("cell") if m.startswith(word)], line_start,
+                cursor_pos)
     if prefix.startswith("%"):
         parts = prefix[1:].split(" ")
         if len(parts) == 1:
-            return ([f"%{m}" for m in LINE_MAGICS if m.startswith(parts[0])], line_start, cursor_pos)
+            return ([f"%{m}" for m in magic_names("line") if m.startswith(parts[0])], line_start,
+                    cursor_pos)
+        if parts[0] not in LINE_MAGICS:
+            return None  # an IPython magic's arguments: the Keep's shell completes them
         if parts[0] == "keep" and len(parts) == 2:
             start = cursor_pos - len(parts[1])
             return ([s for s in KEEP_SUBCOMMANDS if s.startswith(parts[1])], start, cursor_pos)

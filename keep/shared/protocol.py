@@ -749,7 +749,10 @@ class Request(Message):
     args: dict | None = None
 
 
-EVENT_KINDS = ("stream", "display_data", "execute_result", "error", "notice", "status", "heartbeat")
+EVENT_KINDS = ("stream", "display_data", "execute_result", "error", "notice", "status", "heartbeat",
+               # IPython's display machinery in the Keep: update_display(), clear_output(), and
+               # the pager's "page" payload (obj?), as ipykernel sends them
+               "update_display_data", "clear_output", "page")
 #: While a cell runs, the Keep sends a ``heartbeat`` event whenever it has been silent this long,
 #: so a client can tell a busy Keep from one that stopped answering.
 HEARTBEAT_S = 0.5
