@@ -19,9 +19,9 @@ from pathlib import Path
 
 from keepbook.keep.shared import guest_packages
 
-GUEST_ROOT = "/opt/keepbook"  # where the guest sees the folder
+GUEST_ROOT = "/opt/keep"  # where the guest sees the folder
 GUEST_SITE = f"{GUEST_ROOT}/site"  # on the guest's sys.path
-GUEST_PACKAGE = "_keepbook_guest"  # keepbook's own guest modules, as the guest imports them
+GUEST_PACKAGE = "_keep_guest"  # keepbook's own guest modules, as the guest imports them
 
 _lock = threading.Lock()
 _staged: Path | None = None

@@ -109,7 +109,7 @@ def test_error_has_guest_traceback(session):
     (err,) = rec.of("error")
     assert err["ename"] == "ZeroDivisionError"
     text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(err["traceback"]))  # IPython's colours
-    assert "Cell In[" in text and "return 1 / 0" in text and "_keepbook_guest" not in text
+    assert "Cell In[" in text and "return 1 / 0" in text and "_keep_guest" not in text
 
 
 def test_input_raises_clear_error(session):

@@ -1,6 +1,6 @@
 """The in-guest half of keepbook's Python session.  NOT imported on the host.
 
-Staged into the Keep (``keep/inside/guest_site.py``) as package ``_keepbook_guest`` and
+Staged into the Keep (``keep/inside/guest_site.py``) as package ``_keep_guest`` and
 imported in each fresh CPython-in-Wasm session by the first turn, which calls :func:`install`.
 It sets up, before the user's first cell:
 
