@@ -99,12 +99,48 @@ def _attest_parser() -> _Parser:
     return p
 
 
+#: in a Wasm or compiled cell, the lines after this one are the program's standard input
+STDIN_SEPARATOR = "%%stdin"
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or "\0" in text:
+        raise argparse.ArgumentTypeError(f"--env takes NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _split_stdin(name: str, args: argparse.Namespace, body: str) -> tuple[str, str | None]:
+    """The cell's program text and, after a ``%%stdin`` line, its standard input text (ending
+    with a newline, as a text file does: notebooks drop a cell's last newline)."""
+    lines = body.split("\n")
+    cut = next((i for i, ln in enumerate(lines) if ln.strip() == STDIN_SEPARATOR), None)
+    if cut is None:
+        if args.stdin == "-":
+            raise MagicError(f"%%{name} --stdin -: the program's input is the cell text after a "
+                             f"line {STDIN_SEPARATOR}, and this cell has no such line")
+        return body, None
+    if args.stdin not in (None, "-"):
+        raise MagicError(f"%%{name}: --stdin {args.stdin} and a {STDIN_SEPARATOR} line both give "
+                         f"the program's input; keep one")
+    text = "\n".join(lines[cut + 1:])
+    return "\n".join(lines[:cut]), text if not text or text.endswith("\n") else text + "\n"
+
+
 def _run_parser(name: str) -> _Parser:
     p = _Parser(prog=f"%%{name}", add_help=False)
     p.add_argument("--invoke", nargs="+", metavar=("NAME", "ARG"),
                    help="call this export with numeric arguments instead of _start")
     p.add_argument("--timeout", type=_positive_float)
     p.add_argument("--fuel", type=int, help="instruction budget (Wasm fuel)")
+    p.add_argument("--arg", action="append", default=[], dest="argv", metavar="A",
+                   help="a command-line argument for the program (repeatable; --arg=-v for one "
+                        "that starts with '-')")
+    p.add_argument("--env", action="append", default=[], type=_env_pair, metavar="K=V",
+                   help="an environment variable for the program (repeatable)")
+    p.add_argument("--stdin", metavar="FILE|-",
+                   help="standard input: a file on this machine, or - for the cell text after "
+                        f"a line {STDIN_SEPARATOR}")
     if name == "wasm":
         p.add_argument("--file", help="path to a .wasm file (else base64 in the cell body)")
     if name in ("c", "cpp", "zig", "rust"):
@@ -140,6 +176,7 @@ class CellMagic:
     body: str
     invoke: str | None = None
     invoke_args: list = field(default_factory=list)
+    stdin_text: str | None = None  # the cell text after a %%stdin line
 
 
 @dataclass
@@ -264,7 +301,8 @@ def parse_cell(code: str, params: Mapping[str, Any] | None = None) -> Cell:
                 invoke_args = [_number(a) for a in args.invoke[1:]]
             except argparse.ArgumentTypeError as exc:
                 raise MagicError(f"%%{name}: {exc}") from None
-        return Cell([], CellMagic(name, args, body, invoke, invoke_args), "")
+        body, stdin_text = _split_stdin(name, args, body)
+        return Cell([], CellMagic(name, args, body, invoke, invoke_args, stdin_text), "")
     magics: list[LineMagic] = []
     while i < len(lines):
         s = lines[i].strip()

@@ -73,3 +73,16 @@ def test_tab_completes_magics_options_and_values(line, expected):
     assert set(matches) == expected
     assert end == len(line) and line[start:end] in {"sim-", "p", "--man", "--ex", "%ke", "%tim",
                                                     "%%tim", "%%wa"}
+
+
+def test_wasi_options_of_wasm_and_compiled_cells():
+    cell = mg.parse_cell("%%wat --arg a --arg=-b --env K=V=W --stdin -\n(module)\n%%stdin\nin")
+    m = cell.cell_magic
+    assert m.args.argv == ["a", "-b"] and m.args.env == [("K", "V=W")]
+    assert m.body == "(module)" and m.stdin_text == "in\n"
+    with pytest.raises(mg.MagicError, match="NAME=VALUE"):
+        mg.parse_cell("%%c --env NOVALUE\nint main(){}")
+    with pytest.raises(mg.MagicError, match="has no such line"):
+        mg.parse_cell("%%c --stdin -\nint main(){}")
+    with pytest.raises(mg.MagicError, match="keep one"):
+        mg.parse_cell("%%c --stdin in.txt\nint main(){}\n%%stdin\nx")
