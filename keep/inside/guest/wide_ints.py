@@ -31,6 +31,8 @@ import builtins
 import sys
 import warnings
 
+from . import after_import
+
 _CELL_FILES = ("<timed exec>", "<timed eval>", "<magic-timeit>")
 _DEFAULT_INT_NAMES = {"int", "int_", "l", "long", "int0"}
 _DEFAULT_UINT_NAMES = {"uint", "L", "ulong", "uint0"}
@@ -262,43 +264,6 @@ def _patch_numpy_random(random):
             setattr(random, name, _creating(name, getattr(random, name)))
 
 
-# ---------------------------------------------------------------------------- numpy's import
-
-class _AfterImport:
-    """A meta path finder that patches a module right after it is first executed."""
-
-    hooks = {"numpy": _patch_numpy, "numpy.random": _patch_numpy_random}
-
-    @classmethod
-    def find_spec(cls, name, path=None, target=None):
-        hook = cls.hooks.get(name)
-        if hook is None:
-            return None
-        for finder in sys.meta_path:
-            if finder is cls or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is not None and spec.loader is not None:
-                spec.loader = _Loader(spec.loader, hook)
-                return spec
-        return None
-
-
-class _Loader:
-    def __init__(self, loader, hook):
-        self._loader, self._hook = loader, hook
-
-    def __getattr__(self, name):
-        return getattr(self._loader, name)
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module):
-        self._loader.exec_module(module)
-        self._hook(module)
-
-
 # ---------------------------------------------------------------------------- the cell's text
 
 def _dtype_call(value):
@@ -412,7 +377,8 @@ class _Transformer(ast.NodeTransformer):
 
 def install():
     """Before the first cell: patch numpy when (and if) it is imported; the cell helpers."""
-    sys.meta_path.insert(0, _AfterImport)
+    after_import.register("numpy", _patch_numpy)
+    after_import.register("numpy.random", _patch_numpy_random)
     builtins.__keep_dtype__ = _dtype_call
     builtins.__keep_alias__ = _alias
     builtins.__keep_method__ = _method
