@@ -196,3 +196,27 @@ def test_exit_ends_session_and_next_cell_is_fresh(code):
         assert rec.of("error")[0]["ename"] == "NameError"
     finally:
         s.close()
+
+
+def test_sklearn_sample_images_are_in_the_keep(session):
+    from keepbook.keep.shared import guest_data
+
+    if not guest_data.files():
+        pytest.skip("scikit-learn's sample images are not cached: run `keepbook warm` where "
+                    "PyPI can be reached")
+    status, rec = run(session, "from sklearn.datasets import load_sample_images\n"
+                               "[img.shape for img in load_sample_images().images]")
+    assert status["ok"], rec.events
+    assert rec.of("execute_result")[0]["data"]["text/plain"] == "[(427, 640, 3), (427, 640, 3)]"
+
+
+def test_only_the_listed_packages_are_imported_from_the_staged_folder(session):
+    from keepbook.keep.shared import guest_packages
+
+    run(session, "import matplotlib.pyplot as plt\nplt.plot([1]);\n%time 1")
+    status, rec = run(session, "import sys\nsorted({m.split('.')[0] for m, v in "
+                               "list(sys.modules.items()) if '/opt/keep/site/' in "
+                               "str(getattr(v, '__file__', ''))})")
+    loaded = eval(rec.of("execute_result")[0]["data"]["text/plain"])
+    tops = {rel.split("/")[0].removesuffix(".py") for rel, _ in guest_packages.files()}
+    assert set(loaded) - {"_keep_guest", "_keep_driver"} <= tops and "IPython" in loaded
