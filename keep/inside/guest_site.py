@@ -22,9 +22,11 @@ from keepbook.keep.shared import guest_packages
 GUEST_ROOT = "/opt/keep"  # where the guest sees the folder
 GUEST_SITE = f"{GUEST_ROOT}/site"  # on the guest's sys.path
 GUEST_PACKAGE = "_keep_guest"  # keepbook's own guest modules, as the guest imports them
+GUEST_PYCACHE = "/opt/keep-pycache"  # sys.pycache_prefix in the guest (see pycache_dir)
 
 _lock = threading.Lock()
 _staged: Path | None = None
+_pycache: Path | None = None
 
 
 class StagingFailed(RuntimeError):
@@ -73,6 +75,21 @@ def host_dir() -> Path:
         _staged = root
         atexit.register(_remove, root)
         return root
+
+
+def pycache_dir() -> Path:
+    """Where the guest's compiled bytecode of the staged files is kept, once per process.
+
+    Compiling IPython's sources is most of a session's start (≈1 s of ≈1.2 s).  A pooled Keep
+    fills this folder while it waits for its client (``pysession.warm``, before any cell: the
+    bytecode is made by the Keep's own interpreter from the measured sources); sessions read it
+    through a read-only grant.  A Keep that was not prewarmed simply compiles as it imports."""
+    global _pycache
+    with _lock:
+        if _pycache is None or not _pycache.is_dir():
+            _pycache = Path(tempfile.mkdtemp(prefix="keepbook-pycache-"))
+            atexit.register(_remove, _pycache)
+        return _pycache
 
 
 def _remove(root: Path) -> None:

