@@ -1,8 +1,9 @@
 """The read-only folder the Keep's Python imports from: keepbook's guest modules and the
 third-party files listed in ``guest_packages.py`` (IPython and what it imports).  Inside the Keep.
 
-Staged once per Keep process into a private temporary folder, granted to every Python session
-of the Keep read-only at :data:`GUEST_ROOT`, and removed when the process exits.  Each file is
+Staged once per Keep process into a private folder (inside the Keep's own folder, which its
+loader removes even when the Keep is killed), granted to every Python session of the Keep
+read-only at :data:`GUEST_ROOT`, and removed when the process exits.  Each file is
 read once; the digest of the bytes written must equal the one that went into the Keep's
 measurement, else staging fails closed (a file changed after the Keep was measured).
 """
@@ -33,6 +34,12 @@ class StagingFailed(RuntimeError):
     """The guest's files could not be staged as measured."""
 
 
+def _keep_dir() -> str | None:
+    """The Keep's own folder, made and removed by its loader (also when the Keep is killed)."""
+    given = os.environ.get("KEEPBOOK_KEEP_DIR")
+    return given if given and os.path.isdir(given) else None
+
+
 def _guest_modules() -> list[tuple[str, bytes]]:
     pkg = resources.files("keepbook.keep.inside.guest")
     out = []
@@ -54,7 +61,7 @@ def host_dir() -> Path:
     with _lock:
         if _staged is not None and _staged.is_dir():
             return _staged
-        root = Path(tempfile.mkdtemp(prefix="keepbook-pysite-"))
+        root = Path(tempfile.mkdtemp(prefix="keepbook-pysite-", dir=_keep_dir()))
         try:
             h = guest_packages.hasher()
             for rel, path in guest_packages.files():
@@ -87,7 +94,7 @@ def pycache_dir() -> Path:
     global _pycache
     with _lock:
         if _pycache is None or not _pycache.is_dir():
-            _pycache = Path(tempfile.mkdtemp(prefix="keepbook-pycache-"))
+            _pycache = Path(tempfile.mkdtemp(prefix="keepbook-pycache-", dir=_keep_dir()))
             atexit.register(_remove, _pycache)
         return _pycache
 
