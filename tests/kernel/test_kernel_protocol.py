@@ -33,8 +33,9 @@ class KeepbookKernelTests(jkt.KernelTests):
                           {"text": "%%wa", "matches": {"%%wat", "%%wasm"}},
                           {"text": "%keep st", "matches": {"status"}}]
     complete_code_samples = ["1 + 1", "%keep status", "x = [1,\n 2]"]
-    incomplete_code_samples = ["def f(x):", "x = [1,"]
-    invalid_code_samples = ["1 +* 2", "def (:"]
+    incomplete_code_samples = ["def f(x):", "x = [1,", "for i in range(3):\n    print(i)"]
+    # as IPython answers (an unclosed "(" is incomplete, not invalid: "def (:" is incomplete)
+    invalid_code_samples = ["1 +* 2", "x = )", "return return"]
     code_generate_error = '%%wat\n(module (func (export "_start") unreachable))'
     code_execute_result = [
         {"code": '%%wat --invoke add 2 3\n(module (func (export "add") (param i32 i32) (result i32) '
