@@ -1,7 +1,7 @@
 """The Jupyter messages for the events of IPython's display machinery in the Keep: a display
-with a ``display_id``, ``update_display``, ``clear_output`` and the pager's ``page`` payload
-(``obj?``).  Kept apart from kernel.py so the front-ends share it: ``publish`` returns False for
-the kinds it does not handle."""
+with a ``display_id``, ``update_display``, ``clear_output`` and the pager's ``page`` (``obj?``),
+which ipykernel returns as a payload of the execute reply.  Kept apart from the front end so its
+cell path stays short: :func:`publish` returns False for the kinds it does not handle."""
 
 from __future__ import annotations
 
@@ -34,11 +34,10 @@ def publish(event: protocol.Event, send: Send, payloads: list[dict]) -> bool:
         send("display_data", {"data": jupyter_mime(c.get("data")),
                               "metadata": c.get("metadata") or {}, "transient": transient(c)})
     elif event.kind == "update_display_data":
-        if not transient(c):
-            return True  # an update without an id has nothing to update
-        send("update_display_data", {"data": jupyter_mime(c.get("data")),
-                                     "metadata": c.get("metadata") or {},
-                                     "transient": transient(c)})
+        if transient(c):  # an update without an id has nothing to update
+            send("update_display_data", {"data": jupyter_mime(c.get("data")),
+                                         "metadata": c.get("metadata") or {},
+                                         "transient": transient(c)})
     elif event.kind == "clear_output":
         send("clear_output", {"wait": c.get("wait") is True})
     elif event.kind == "page":
