@@ -16,12 +16,19 @@ import time
 
 import _host
 
-STATE = {"quiet": False, "last_flush": 0.0}
+STATE = {"quiet": False, "last_flush": 0.0, "errored": False}
 
 
 def send(msg):
     answer = _host.call(json.dumps(msg, separators=(",", ":"), default=str).encode("utf-8"))
     _obey(answer)
+
+
+def send_error(ename, evalue, traceback):
+    """An error of the running cell (remembered: a cell whose error could not be formatted
+    still reports one, see driver.run_cell)."""
+    STATE["errored"] = True
+    send({"op": "error", "ename": ename, "evalue": evalue, "traceback": traceback})
 
 
 def poll():

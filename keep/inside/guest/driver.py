@@ -208,10 +208,19 @@ def run_cell(code):
     from .shell import KeepExit
 
     door.STATE["quiet"] = False
+    door.STATE["errored"] = False
     door.STATE["last_flush"] = time.monotonic()
     shell = _STATE["shell"]
     try:
-        shell.run_cell(code, store_history=True, silent=False)
+        result = shell.run_cell(code, store_history=True, silent=False)
+        failure = result.error_before_exec or result.error_in_exec
+        if failure is not None and not door.STATE["errored"] \
+                and not isinstance(failure, KeepExit):
+            # IPython could not format it (e.g. out of memory) and only printed a fallback:
+            # the cell still failed, and says so
+            _flush_streams()
+            door.send_error(type(failure).__name__, str(failure),
+                            [f"{type(failure).__name__}: {failure}"])
     except KeepExit as e:  # exit() outside the user's code (e.g. a post-execute hook)
         code = e.args[0] if e.args else None
         _send({"op": "exit", "code": code if isinstance(code, (int, str)) else None})
@@ -221,8 +230,7 @@ def run_cell(code):
         except BaseException:
             pass
         door.STATE["quiet"] = False
-        _send({"op": "error", "ename": type(e).__name__, "evalue": str(e),
-               "traceback": [f"{type(e).__name__}: {e}"]})
+        door.send_error(type(e).__name__, str(e), [f"{type(e).__name__}: {e}"])
     finally:
         try:
             _flush_streams()

@@ -263,14 +263,12 @@ class KeepShell(InteractiveShell):
 
     def _showtraceback(self, etype, evalue, stb):
         door.flush_streams()
-        door.send({"op": "error", "ename": str(etype.__name__), "evalue": str(evalue),
-                   "traceback": [str(line) for line in stb]})
+        door.send_error(str(etype.__name__), str(evalue), [str(line) for line in stb])
 
     def show_usage_error(self, exc):
         """A UsageError (an unknown magic, a refused one) is a clear error naming it."""
         door.flush_streams()
-        door.send({"op": "error", "ename": "UsageError", "evalue": str(exc),
-                   "traceback": [f"UsageError: {exc}"]})
+        door.send_error("UsageError", str(exc), [f"UsageError: {exc}"])
 
     def system(self, cmd):
         words = cmd.split()
