@@ -61,6 +61,7 @@ def host_dir() -> Path:
     with _lock:
         if _staged is not None and _staged.is_dir():
             return _staged
+        guest_packages.require()
         root = Path(tempfile.mkdtemp(prefix="keepbook-pysite-", dir=_keep_dir()))
         try:
             h = guest_packages.hasher()

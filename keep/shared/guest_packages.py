@@ -46,23 +46,40 @@ def _wanted(rel: PurePosixPath) -> bool:
     return parts[:3] == ("IPython", "utils", "themes") and rel.suffix == ".json"
 
 
+def _distribution(name: str) -> "metadata.Distribution | None":
+    try:
+        return metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def missing() -> list[str]:
+    """The distributions the Keep's Python needs that are not installed here (a Keep image
+    without the Python engine has none of them; its measurement says so)."""
+    return [name for name in DISTRIBUTIONS if _distribution(name) is None]
+
+
 @functools.lru_cache(maxsize=1)
 def files() -> tuple[tuple[str, Path], ...]:
     """(path inside the guest's site folder, installed file) for every file the Keep stages."""
     out: dict[str, Path] = {}
     for name in DISTRIBUTIONS:
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            raise GuestPackagesMissing(
-                f"the Keep's Python needs the package {name!r}, which is not installed "
-                f"(reinstall keepbook: pip install keepbook)") from None
-        for f in dist.files or ():
+        dist = _distribution(name)
+        for f in (dist.files or ()) if dist is not None else ():
             rel = PurePosixPath(f.as_posix())
             if _wanted(rel):
                 out[rel.as_posix()] = Path(str(dist.locate_file(f)))
     out.update(guest_data.files())  # package data the image lacks (sklearn's sample images)
     return tuple(sorted(out.items()))
+
+
+def require() -> None:
+    """Raise, naming them, when distributions the Keep's Python needs are not installed."""
+    absent = missing()
+    if absent:
+        raise GuestPackagesMissing(
+            f"the Keep's Python needs {', '.join(absent)}, which {'is' if len(absent) == 1 else 'are'}"
+            f" not installed beside keepbook (reinstall keepbook: pip install keepbook)")
 
 
 def versions() -> dict[str, str]:
@@ -90,6 +107,8 @@ def add(h: "hashlib._Hash", rel: str, data: bytes) -> None:
 def digest() -> str:
     """SHA-384 over every staged file's guest path and bytes (hex)."""
     h = hasher()
+    for name in missing():
+        add(h, f"absent:{name}", b"")
     for rel, path in files():
         add(h, rel, path.read_bytes())
     return h.hexdigest()

@@ -34,3 +34,22 @@ def test_staged_folder_holds_the_listed_files_and_the_guest_package():
     extra = staged - listed
     assert extra and all(x.startswith(guest_site.GUEST_PACKAGE + "/") for x in extra)
     assert "IPython/core/interactiveshell.py" in listed
+
+
+def test_a_keep_without_the_packages_is_measured_and_refuses_python(monkeypatch):
+    """A Keep image without the Python engine (docs/keep-image.md) lacks IPython too: its
+    measurement still computes (and differs), and staging says what is missing."""
+    measured = measurement.measurement.__wrapped__()
+    real = guest_packages._distribution
+    monkeypatch.setattr(guest_packages, "_distribution",
+                        lambda name: None if name == "ipython" else real(name))
+    guest_packages.files.cache_clear()
+    monkeypatch.setattr(guest_packages, "digest", guest_packages.digest.__wrapped__)
+    try:
+        assert guest_packages.missing() == ["ipython"]
+        assert measurement.measurement.__wrapped__() != measured
+        monkeypatch.setattr(guest_site, "_staged", None)
+        with pytest.raises(guest_packages.GuestPackagesMissing, match="needs ipython"):
+            guest_site.host_dir()
+    finally:
+        guest_packages.files.cache_clear()
