@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import threading
 import time
 from typing import Any, AsyncIterator, Callable
@@ -55,6 +56,8 @@ class Cells:
         self.limits = config.limits
         self.data_dir = data_dir
         self.storage = storage  # the Keep's files, counted against its limits (storage.py)
+        # each Wasm run's scratch folder: beside data/ in the Keep's private folder
+        self.scratch_root = os.path.dirname(data_dir) if data_dir else None
         self.audit: Audit = audit or (lambda kind, data: None)
         # The output policy is enforced here, in the Keep, on every event (never in the kernel).
         self.enforcer = Enforcer(policy or OutputPolicy.parse(config.policy, config.profile),
@@ -73,7 +76,7 @@ class Cells:
             from keepbook.keep.inside.runtime import WasmRuntime
 
             self._wasm = WasmRuntime(memory_bytes=self.limits["memory_bytes"],
-                                     data_dir=self.data_dir)
+                                     data_dir=self.data_dir, scratch_root=self.scratch_root)
         return self._wasm
 
     def python(self) -> Any:
@@ -119,10 +122,13 @@ class Cells:
         if self._debug_log:
             self._debug_log(f"cell {req.cell_id} ({req.kind}) digest {digest[:23]} starting")
         if req.kind == "wasm":
+            from keepbook.keep.inside.runtime import WasiInput
+
             engine = self.wasm()
             self._running = engine
             return engine.run(req.module, invoke=req.invoke, args=list(req.args or []),
-                              emit=emit, timeout_s=timeout, fuel=fuel, output_bytes=out_cap)
+                              emit=emit, timeout_s=timeout, fuel=fuel, output_bytes=out_cap,
+                              wasi=WasiInput.of(req.argv, req.env, req.stdin))
         engine = self.python()
         self._running = engine
         return engine.run(req.code or "", emit=emit, timeout_s=timeout, output_bytes=out_cap)

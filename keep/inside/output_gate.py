@@ -151,10 +151,12 @@ class CellGate:
         if p.release_required:
             return self._withhold("release.required", "only values passed to "
                                   "keep.release(value, note=...) leave this Keep")
-        if kind not in p.kinds:
-            return self._withhold(f"output.kinds ({kind})", f"{kind} output is not allowed to "
-                                  "leave this Keep")
-        if kind in ("display_data", "execute_result"):
+        # an update, a clear or a pager page is display output: the same rules apply
+        rule_kind = _DISPLAY_LIKE.get(kind, kind)
+        if rule_kind not in p.kinds:
+            return self._withhold(f"output.kinds ({rule_kind})", f"{rule_kind} output is not "
+                                  "allowed to leave this Keep")
+        if rule_kind in ("display_data", "execute_result") and kind != "clear_output":
             data = content.get("data") if isinstance(content.get("data"), dict) else {}
             kept = {m: v for m, v in data.items() if self.p.allows_mime(str(m))}
             if not kept:  # the output's own MIME names are not repeated: they are the cell's
@@ -262,6 +264,10 @@ class CellGate:
                                             "nothing leaves that the log cannot record")
         meta = {"keepbook": {"released": True, "type": rtype, "note": note, "digest": digest}}
         return notices + [("display_data", {"data": rendered, "metadata": meta})]
+
+
+_DISPLAY_LIKE = {"update_display_data": "display_data", "clear_output": "display_data",
+                 "page": "display_data"}
 
 
 def _digest(value: Any) -> str:

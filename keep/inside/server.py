@@ -278,7 +278,7 @@ class Wasmldr:
                 finally:
                     os.close(fd)
                 name = alias or info.name
-                final = os.path.join(self.data_root, "data", name)
+                final = os.path.join(self.data_root, "data", *name.split("/"))
                 if os.path.exists(final):
                     raise dataset_format.DatasetError(f"/data/{name} exists already: upload it --as "
                                                 "another name")
@@ -286,6 +286,7 @@ class Wasmldr:
                                                     f"the owner's policy of {name}")
                 self._admit(info, dataset_policy)
                 os.chmod(staging, 0o400)
+                os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)  # %upload DIR
                 os.rename(staging, final)
             except (dataset_format.DatasetError, PolicyError, StorageFull) as exc:
                 self.audit.append("upload-refused", {"reason": str(exc)[:512]})  # type: ignore[union-attr]

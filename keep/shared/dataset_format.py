@@ -76,10 +76,18 @@ def dataset_key_name(suite: str) -> str:
     return f"dataset/{suite}"
 
 
+#: a dataset may sit in folders under /data (``%upload DIR``): at most this many levels
+MAX_NAME_PARTS = 16
+
+
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    """A dataset's name: its path under /data, ``/``-separated parts of 1-64 letters, digits,
+    '.', '_' or '-', each starting with a letter or digit (so no '..', no absolute path)."""
+    parts = name.split("/") if isinstance(name, str) else []
+    if not parts or len(parts) > MAX_NAME_PARTS or not all(NAME_RE.match(p) for p in parts):
         raise DatasetError(f"dataset name {name!r} is not allowed: use 1-64 letters, digits, "
-                           "'.', '_' or '-', starting with a letter or digit")
+                           "'.', '_' or '-', starting with a letter or digit (in folders: up to "
+                           f"{MAX_NAME_PARTS} such parts joined by '/')")
     return name
 
 

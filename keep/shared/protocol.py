@@ -732,6 +732,11 @@ class DebugLog(Message):
 CELL_KINDS = ("wasm", "python")
 
 
+MAX_WASI_ITEMS = 1024  # arguments, or environment variables, of one WASI program
+MAX_WASI_TEXT = 64 * 1024  # characters of one argument, name or value
+MAX_STDIN_BYTES = 16 * 1024 * 1024
+
+
 @dataclass
 class RunRequest(Message):
     MSG: ClassVar[str] = "run"
@@ -745,6 +750,10 @@ class RunRequest(Message):
         "args": F((list,), required=False, max_len=64),
         "timeout_s": F((int, float), required=False),
         "fuel": F((int,), required=False, max_len=2**63 - 1),
+        # a WASI program's command line after its name, environment and standard input
+        "argv": F((list,), required=False, max_len=MAX_WASI_ITEMS),
+        "env": F((list,), required=False, max_len=MAX_WASI_ITEMS),
+        "stdin": F((bytes,), required=False, max_len=MAX_STDIN_BYTES),
     }
     cell_id: str
     kind: str
@@ -754,6 +763,9 @@ class RunRequest(Message):
     args: list | None = None
     timeout_s: float | None = None
     fuel: int | None = None
+    argv: list | None = None
+    env: list | None = None
+    stdin: bytes | None = None
 
     def _check(self) -> None:
         if self.kind == "wasm" and self.module is None:
@@ -765,6 +777,18 @@ class RunRequest(Message):
                 raise ProtocolError(f"run.args[{i}]: expected a number, got {type(a).__name__}")
         if self.timeout_s is not None and not 0 < float(self.timeout_s) <= 7 * 24 * 3600:
             raise ProtocolError("run.timeout_s must be between 0 and one week")
+        if self.kind != "wasm" and (self.argv or self.env or self.stdin):
+            raise ProtocolError("run: argv, env and stdin are for wasm cells only")
+        for i, a in enumerate(self.argv or []):
+            if not isinstance(a, str) or len(a) > MAX_WASI_TEXT or "\0" in a:
+                raise ProtocolError(f"run.argv[{i}]: expected text without NUL, at most "
+                                    f"{MAX_WASI_TEXT} characters")
+        for i, pair in enumerate(self.env or []):
+            if not (isinstance(pair, list) and len(pair) == 2 and all(
+                    isinstance(x, str) and len(x) <= MAX_WASI_TEXT and "\0" not in x for x in pair)
+                    and pair[0] and "=" not in pair[0]):
+                raise ProtocolError(f"run.env[{i}]: expected [NAME, VALUE] (text, NAME not empty "
+                                    f"and without '=', no NUL)")
 
 
 @dataclass
@@ -780,7 +804,10 @@ class Request(Message):
     args: dict | None = None
 
 
-EVENT_KINDS = ("stream", "display_data", "execute_result", "error", "notice", "status", "heartbeat")
+EVENT_KINDS = ("stream", "display_data", "execute_result", "error", "notice", "status", "heartbeat",
+               # IPython's display machinery in the Keep: update_display(), clear_output(), and
+               # the pager's "page" payload (obj?), as ipykernel sends them
+               "update_display_data", "clear_output", "page")
 #: While a cell runs, the Keep sends a ``heartbeat`` event whenever it has been silent this long,
 #: so a client can tell a busy Keep from one that stopped answering.
 HEARTBEAT_S = 0.5

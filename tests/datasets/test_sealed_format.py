@@ -131,10 +131,15 @@ def test_oversized_frame_is_refused_at_the_header():
     assert "exceeds the limit" in refused([struct.pack(">cI", b"C", 2**31)])
 
 
-@pytest.mark.parametrize("name", ["../etc", ".hidden", "a/b", "", "x" * 65])
+@pytest.mark.parametrize("name", ["../etc", ".hidden", "a/../b", "/abs", "a//b", "a/", "", "x" * 65,
+                                  "/".join("d" * 17)])
 def test_bad_names(name):
     with pytest.raises(dataset_format.DatasetError):
         dataset_format.check_name(name)
+
+
+def test_names_may_sit_in_folders():  # %upload DIR keeps the notebook's relative paths
+    assert dataset_format.check_name("data/2024/q1.csv") == "data/2024/q1.csv"
 
 
 def test_seal_spec(tmp_path):

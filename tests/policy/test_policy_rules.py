@@ -212,3 +212,28 @@ def test_tightening_applies_to_a_running_cell():
 def test_malformed_releases_are_refused(value):
     with pytest.raises(ValueError):
         check_value(value)
+
+
+# ------------------------------------------------------------------ IPython's display events
+
+
+@pytest.mark.parametrize("kind,content", [
+    ("update_display_data", {"data": {"text/plain": "v2"}, "metadata": {},
+                             "transient": {"display_id": "d"}}),
+    ("clear_output", {"wait": False}),
+    ("page", {"data": {"text/plain": "Type: list"}, "start": 0}),
+])
+def test_display_updates_clears_and_pages_are_display_output(kind, content):
+    out = gate(profile="production").filter(kind, content)
+    assert [k for k, _ in out] == ["notice"] and "release.required" in notices(out)[0]
+    assert gate(profile="staging").filter(kind, content) == [(kind, content)]
+    no_display = gate('[output]\nkinds = ["stream"]\n', profile="staging").filter(kind, content)
+    assert "output.kinds (display_data)" in notices(no_display)[0]
+
+
+def test_an_update_keeps_to_the_allowed_mime_types():
+    g = gate('[output]\nmime = ["text/plain"]\n', profile="staging")
+    out = g.filter("update_display_data", {"data": {"text/html": "<b>x</b>", "text/plain": "x"},
+                                           "metadata": {}, "transient": {"display_id": "d"}})
+    assert out == [("update_display_data", {"data": {"text/plain": "x"}, "metadata": {},
+                                            "transient": {"display_id": "d"}})]
