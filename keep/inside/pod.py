@@ -29,6 +29,46 @@ def accept_control(listen: str, port: int) -> socket.socket:
     return conn
 
 
+def _copy_in(conn: socket.socket, fd: int) -> None:
+    try:
+        while data := conn.recv(1 << 16):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+    except OSError:
+        pass
+    finally:
+        os.close(fd)  # the wasmldr reads the end of its control pipe: the Keep ends
+
+
+def _copy_out(fd: int, conn: socket.socket) -> None:
+    try:
+        while data := os.read(fd, 1 << 16):
+            conn.sendall(data)
+    except OSError:
+        pass
+    finally:
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def relay_through_pipes(conn: socket.socket) -> None:
+    """Make the connection the wasmldr's stdin/stdout — through pipes, as its keepldr's would
+    be (asyncio's pipe transports take a socket's readability for the peer's close)."""
+    import threading
+
+    down_r, down_w = os.pipe()
+    up_r, up_w = os.pipe()
+    os.dup2(down_r, 0)
+    os.dup2(up_w, 1)
+    os.close(down_r)
+    os.close(up_w)
+    threading.Thread(target=_copy_in, args=(conn, down_w), daemon=True).start()
+    threading.Thread(target=_copy_out, args=(up_r, conn), daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="keepbook-keep-pod", description=__doc__)
     ap.add_argument("--backend", required=True)
@@ -43,10 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"keepbook Keep pod: {exc}", file=sys.stderr)
         return 2
     conn = accept_control(args.listen, args.control_port)
-    # The wasmldr's control pipe is its stdin/stdout: hand it the connection there.
-    os.dup2(conn.fileno(), 0)
-    os.dup2(conn.fileno(), 1)
-    conn.close()
+    relay_through_pipes(conn)
     os.environ[LISTEN_ENV] = args.listen
     os.environ[PORT_ENV] = str(args.channel_port)
     from keepbook.keep.inside import server  # reads the listen address at import
