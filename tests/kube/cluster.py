@@ -220,7 +220,8 @@ class FakeCluster:
         """Every version the API server stored of one object (None: deleted)."""
         def read():
             assert self.k is not None
-            obj = self.k.objects.get((resource, ns, name))
+            obj = next((o for key, o in self.k.objects.items() if key == (resource, ns, name)),
+                       None)
             return [] if obj is None else [None if v is None else json.loads(json.dumps(v.raw))
                                            for v in obj.history]
         return self.call(read)
