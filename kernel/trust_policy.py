@@ -15,6 +15,8 @@ TOML, from ``--trust-policy FILE``, ``$KEEPBOOK_TRUST_POLICY`` or
                                     # an snp Keep: the launch measurement computed from the
                                     # Keep image this machine builds (kernel/launch_measurement.py)
     snp_ovmf = "/usr/share/ovmf/OVMF.amdsev.fd"   # the AmdSev OVMF the host boots snp Keeps with
+    keep_container = "REPOSITORY@sha256:…"         # the image coco-* Keep pods must run: the
+                                    # client requires the init-data digest computed from it
     allow_debug = false             # refuse evidence from a TEE in debug mode
     accepted_tcb_status = ["UpToDate"]
     cca_platform_keys = ["~/cca/cpak.pem"]   # Arm CCA: the platform keys you trust (a file
@@ -24,7 +26,7 @@ TOML, from ``--trust-policy FILE``, ``$KEEPBOOK_TRUST_POLICY`` or
 
     [reference]                     # what a hardware Keep's evidence must show (each one given
     measurement = "hex…"            # becomes a required claim); same keys as `keepbook verify
-    host_data = "hex…"              # --policy`: measurement, host_data, mrsigner, rtmrs,
+    host_data = "hex…"              # --policy`: measurement, host_data, mrconfigid, mrsigner, rtmrs,
     min_tcb = { snp = 8, microcode = 115 }   # min_tcb, vmpl, allow_smt, allow_migration_agent
     vmpl = 0
 """
@@ -43,6 +45,7 @@ from keepbook.keep.shared.evidence.certs import parse_fingerprint
 from keepbook.keep.shared.evidence.public_keys import load_public_keys
 from keepbook.keep.shared.evidence.reference import KEYS as REFERENCE_KEYS, parse_reference
 from keepbook.keep.shared.evidence.trust import EvidenceError, ReferenceValues
+from keepbook.keep.shared.pod_keep import ImageRef
 
 
 class TrustPolicyError(ValueError):
@@ -71,6 +74,9 @@ class TrustPolicy:
     snp_ovmf: str = ""     # "" = $KEEPBOOK_SNP_OVMF or /usr/share/ovmf/OVMF.amdsev.fd
     #: Arm CCA platform keys the user trusts: file paths, or PEM / JWK text
     cca_platform_keys: tuple[str, ...] = ()
+    #: the Keep container image a coco-* Keep pod must run (REPOSITORY@sha256:…); "" = the
+    #: published one pinned in keep/container/published.toml
+    keep_container: str = ""
     #: the [reference] table, checked at load (read-only)
     reference: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     source: str = "built-in default"
@@ -94,6 +100,7 @@ class TrustPolicy:
     def required_reference_claims(self) -> list[str]:
         """Claims the [reference] table asks to be verified."""
         names = {"measurement": "measurement", "host_data": "host_data", "mrsigner": "mrsigner",
+                 "mrconfigid": "mrconfigid",
                  "rtmrs": "rtmrs", "min_tcb": "tcb", "vmpl": "vmpl",
                  "personalization": "personalization", "rems": "rems"}
         return [claim for key, claim in names.items() if key in self.reference]
@@ -142,6 +149,11 @@ class TrustPolicy:
                 parse_fingerprint(fp)
             except ValueError as exc:
                 raise TrustPolicyError(f"trust policy {source}: simulated_roots: {exc}") from None
+        if kwargs.get("keep_container"):
+            try:
+                ImageRef.parse(kwargs["keep_container"])
+            except ValueError as exc:
+                raise TrustPolicyError(f"trust policy {source}: keep_container: {exc}") from None
         bad = set(kwargs.get("accept_profiles", [])) - set(PROFILES)
         if bad:
             raise TrustPolicyError(f"trust policy {source}: unknown profile(s) {', '.join(sorted(bad))}")

@@ -18,12 +18,20 @@ class BackendSpec:
     """A backend as this host offers it: the shared facts plus whether this host can run it."""
 
     facts: facts_mod.Backend
+    #: (available, note) as the launcher found it at start (a pod backend: does the cluster
+    #: have its runtime class? keep/host/kube_launcher.py)
+    known: tuple[bool, str] | None = None
 
     @property
     def name(self) -> str:
         return self.facts.name
 
     def availability(self) -> tuple[bool, str]:
+        if self.known is not None:
+            return self.known
+        if self.facts.pod:
+            return False, ("a Kubernetes pod (Confidential Containers): offered by "
+                           "`keepbook keepmgr --launcher kubernetes` (docs/deploy.md)")
         if self.facts.vm:
             from keepbook.keep.host import vm
 

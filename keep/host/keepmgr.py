@@ -50,7 +50,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from aiohttp import web
 
@@ -58,10 +58,11 @@ from keepbook.keep.shared import protocol
 from keepbook.keep.shared import connection_guard
 from keepbook.keep.shared.cbor_http import cbor_response, error_middleware, error_response, read_message
 from keepbook.keep.host import backends as backends_mod
+from keepbook.keep.host import kube_launcher
 from keepbook.keep.host import quotas as quotas_mod
 from keepbook.keep.host import sim_roots as sim_roots_mod
 from keepbook.keep.host import users as users_mod
-from keepbook.keep.shared.facts import VM_BACKENDS
+from keepbook.keep.shared.facts import POD_BACKENDS, VM_BACKENDS
 from keepbook.keep.host.collateral_cache import CollateralCache, open_cache
 from keepbook.keep.shared.framing import FrameReader, write_frame
 from keepbook.keep.shared.handshake import Handshake, Role, State
@@ -80,7 +81,14 @@ POOL_ENV = "KEEPBOOK_KEEPMGR_POOL"  # default of --pool (so an embedded manager 
 
 def start_timeout(backend: str) -> float:
     """How long a Keep may take to answer its start: a VM Keep boots first."""
-    return VM_BOOT_TIMEOUT_S + 5.0 if backend in VM_BACKENDS else START_TIMEOUT_S
+    booted = backend in VM_BACKENDS or backend in POD_BACKENDS  # a pod's Kata VM boots too
+    return VM_BOOT_TIMEOUT_S + 5.0 if booted else START_TIMEOUT_S
+
+
+def loader_grace(backend: str) -> float:
+    """How long a Keep's loader may take to end after its pipe closes: a pod's loader deletes
+    the pod, its Service and NetworkPolicy through the cluster's API first."""
+    return 5.0 if backend in POD_BACKENDS else 1.0
 
 
 class Log:
@@ -132,23 +140,25 @@ class KeepManager:
                  launcher: str = "subprocess", log: Log | None = None, pool: int = 0,
                  pool_backends: list[str] | None = None, roster: users_mod.Roster | None = None,
                  sim_roots: dict[str, sim_roots_mod.AnnouncedRoot] | None = None,
-                 collateral: CollateralCache | None = None):
+                 collateral: CollateralCache | None = None,
+                 loader_args: Callable[[str], list[str]] | None = None):
         self.backends = {b.name: b for b in backends}
         if not 0 <= pool <= MAX_POOL:
             raise ValueError(f"--pool must be between 0 and {MAX_POOL}, got {pool}")
         unknown = [b for b in pool_backends or [] if b not in self.backends]
         if unknown:
             raise ValueError(f"--pool-backends names backends not offered here: {', '.join(unknown)}")
-        vms = [b for b in pool_backends or [] if b in VM_BACKENDS]
+        vms = [b for b in pool_backends or [] if b in VM_BACKENDS or b in POD_BACKENDS]
         if vms:
-            raise ValueError(f"--pool-backends: {', '.join(vms)} Keeps are not pooled (each VM is "
-                             "sized from its create request's memory limit)")
+            raise ValueError(f"--pool-backends: {', '.join(vms)} Keeps are not pooled (each VM or "
+                             "pod is sized from its create request's memory limit)")
         self.pool_size = pool
         # Default: every offered process backend this host can run now (hardware ones only
         # where present).
         self.pool_backends = (list(pool_backends) if pool_backends is not None else
                               [n for n, b in self.backends.items()
-                               if n not in VM_BACKENDS and b.availability()[0]]) if pool else []
+                               if n not in VM_BACKENDS and n not in POD_BACKENDS
+                               and b.availability()[0]]) if pool else []
         self._pool: dict[str, list[KeepRecord]] = {b: [] for b in self.pool_backends}
         self._refills: dict[str, asyncio.Task] = {}
         self._stopping = False
@@ -160,6 +170,8 @@ class KeepManager:
         self._hold_ids = itertools.count()
         self.sim_roots = dict(sim_roots or {})
         self.launcher = launcher
+        #: extra options for a backend's loader (the kubernetes launcher's namespace, image …)
+        self.loader_args = loader_args or (lambda backend: [])
         self.log = log or Log(None)
         self.keeps: dict[str, KeepRecord] = {}
         #: vendor collateral the operator keeps (--collateral-dir), attached to attest answers
@@ -257,7 +269,7 @@ class KeepManager:
             rec = self._take_pooled(req.backend)
             pooled = rec is not None
             if rec is None:
-                rec = await self._spawn(req.backend)
+                rec = await self._spawn(req.backend, user=request["principal"].name)
             else:
                 self._schedule_refill(req.backend, POOL_REFILL_DELAY_S)
         finally:
@@ -338,7 +350,7 @@ class KeepManager:
         return hold
 
     # ------------------------------------------------------------------ keepldr processes, pool
-    async def _spawn(self, backend: str, prewarm: bool = False) -> KeepRecord:
+    async def _spawn(self, backend: str, prewarm: bool = False, user: str = "") -> KeepRecord:
         """Start a keepldr (which starts the Keep's wasmldr).  Not yet anyone's, not started.
         ``prewarm``: a pooled Keep, which may pay its one-time start-up costs before it says it
         has booted (it has time; a Keep started for a waiting client has not)."""
@@ -346,6 +358,7 @@ class KeepManager:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "keepbook.keep.host.keepldr", "--backend", backend,
             "--keep-id", keep_id, "--launcher", self.launcher, *(["--prewarm"] if prewarm else []),
+            *self.loader_args(backend), *(["--user", user] if user and backend in POD_BACKENDS else []),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=None, start_new_session=True, env=backends_mod.env_for_wasmldr())
         info = protocol.KeepInfo(id=keep_id, backend=backend, profile="staging",
@@ -502,7 +515,7 @@ class KeepManager:
             try:
                 if rec.proc.stdin:
                     rec.proc.stdin.close()
-                await asyncio.wait_for(rec.proc.wait(), 1.0)
+                await asyncio.wait_for(rec.proc.wait(), loader_grace(rec.info.backend))
             except (asyncio.TimeoutError, ConnectionError):
                 pass
             if rec.proc.returncode is None:
@@ -533,10 +546,12 @@ async def serve(args: argparse.Namespace) -> None:
     log = Log(Path(args.log_file) if args.log_file else None)
     names = [n for n in args.backends.split(",") if n] if args.backends else None
     pool_backends = [n for n in args.pool_backends.split(",") if n] if args.pool_backends else None
-    offered = backends_mod.offered(names)
+    kube = args.launcher == kube_launcher.LAUNCHER
+    offered = await kube_launcher.offered(args) if kube else backends_mod.offered(names)
     roots = await announce_sim_roots(offered)
     mgr = KeepManager(backends=offered, launcher=args.launcher, log=log, pool=args.pool,
-                      pool_backends=pool_backends, roster=roster, sim_roots=roots)
+                      pool_backends=pool_backends, roster=roster, sim_roots=roots,
+                      loader_args=kube_launcher.loader_args(args) if kube else None)
     mgr.collateral = open_cache(args.collateral_dir, mgr.log_quietly)
     app = mgr.app()
     app[connection_guard.BODY_IDLE] = args.body_timeout
@@ -615,7 +630,8 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
                          "file (making its missing token files) and list its quotas")
     ap.add_argument("--tls-cert", help="serve the API over TLS with this certificate (PEM)")
     ap.add_argument("--tls-key", help="private key for --tls-cert (PEM)")
-    ap.add_argument("--launcher", choices=("subprocess", "systemd-run"), default="subprocess")
+    ap.add_argument("--launcher", choices=("subprocess", "systemd-run", kube_launcher.LAUNCHER),
+                    default="subprocess")
     ap.add_argument("--log-file", help="lifecycle log (JSON lines); default stderr")
     ap.add_argument("--ready-file", help="write {url, pid, token_file} here once listening")
     ap.add_argument("--parent-pid", type=int, help="exit when this process exits")
@@ -640,6 +656,7 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
                          "Intel PCS TCB info / QE identity / issuer chains / CRLs (raw bodies or "
                          "dcap-qvl collateral JSON), found by FMSPC; AMD CRLs.  Signed by the "
                          "vendor: clients verify it.  Re-read when a file changes")
+    kube_launcher.add_arguments(ap)
     return ap
 
 
@@ -697,6 +714,10 @@ def main(argv: list[str] | None = None) -> int:
                   "use --launcher subprocess, or run under a user systemd instance "
                   "(`systemctl --user status`)", file=sys.stderr)
             return 2
+    problem = kube_launcher.check(args)
+    if problem:
+        print(f"keepmgr: {problem}", file=sys.stderr)
+        return 2
     if args.show_sim_roots:
         return show_setup(args)
     try:

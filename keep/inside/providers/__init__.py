@@ -6,6 +6,8 @@
   SNP_GET_EXT_REPORT;
 * ``tdx``, ``cca``: configfs-tsm (CCA: the ``arm_cca_guest`` provider, Linux ≥ 6.13);
 * ``sgx``: Gramine's ``/dev/attestation`` pseudo-files;
+* ``coco-snp``/``coco-tdx`` (a Keep pod in a Kata confidential VM): as ``snp``/``tdx``, from the
+  guest's report interface where the container sees it (docs/deploy.md says what the pod needs);
 * ``sim-snp``/``sim-tdx``/``sim-sgx``/``sim-cca``: :mod:`keepbook.keep.inside.simulated_tee`.
 
 ``root`` is prepended to every device path, so tests run against a fake directory tree.
@@ -33,6 +35,7 @@ def get_provider(backend: str, *, root: str | os.PathLike = "/"):
     r = Path(root)
     if facts.backend(backend).simulated:
         return SimulatedProvider(backend)
+    backend = {"coco-snp": "snp", "coco-tdx": "tdx"}.get(backend, backend)  # same TEE interface
     if backend in ("snp", "tdx", "cca"):
         if ConfigfsTsmProvider.available(r):
             return ConfigfsTsmProvider(root=r, expect=facts.backend(backend).evidence)

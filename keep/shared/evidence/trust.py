@@ -205,6 +205,7 @@ class ReferenceValues:
     report_data: bytes | None = None
     measurement: bytes | None = None          # SNP MEASUREMENT, TDX MRTD, SGX MRENCLAVE, CCA RIM
     host_data: bytes | None = None            # SNP HOST_DATA
+    mrconfigid: bytes | None = None           # TDX MRCONFIGID (48 bytes)
     mrsigner: bytes | None = None             # SGX MRSIGNER
     rtmrs: Sequence[bytes | None] | None = None  # TDX RTMR0..3
     allow_debug: bool = False
