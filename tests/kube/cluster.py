@@ -78,6 +78,7 @@ class FakeCluster:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
+        self.errors: list[Exception] = []   # what went wrong in the node's double
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     # ------------------------------------------------------------------ lifecycle
@@ -91,6 +92,8 @@ class FakeCluster:
         if self._loop and self._stop:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
+        if self.errors:
+            raise RuntimeError(f"the node's test double failed: {self.errors!r}")
 
     def call(self, fn, *args):
         """Run ``fn(*args)`` in the mock's loop (its objects are not thread-safe)."""
@@ -117,7 +120,10 @@ class FakeCluster:
             async with aiohttp.ClientSession(base_url=self.url) as http:
                 self.http = http
                 while not self._stop.is_set():
-                    await self._tick()
+                    try:
+                        await self._tick()
+                    except Exception as exc:   # the double must not die silently mid-test
+                        self.errors.append(exc)
                     try:
                         await asyncio.wait_for(self._stop.wait(), 0.05)
                     except asyncio.TimeoutError:
@@ -134,9 +140,13 @@ class FakeCluster:
                                                        "namespace": "keepbook"}}]}))
 
     # ------------------------------------------------------------------ the node's double
-    async def _patch(self, path: str, body: dict[str, Any]) -> None:
+    async def _patch(self, path: str, body: dict[str, Any], *, gone_ok: bool = False) -> None:
+        """``gone_ok``: the object may have been deleted since the double looked (a closing
+        Keep's loader deletes its pod while the double reports the container's exit)."""
         async with self.http.patch(path, json=body, headers={
                 "Content-Type": "application/merge-patch+json"}) as resp:
+            if gone_ok and resp.status == 404:
+                return
             assert resp.status < 300, (path, resp.status, await resp.text())
 
     async def _tick(self) -> None:
@@ -158,13 +168,14 @@ class FakeCluster:
                     self.seen[name].append("running")
             elif name in self.procs and self.procs[name].returncode is not None \
                     and self.seen[name][-1] == "running":
-                await self._set_status(ns, name, "Succeeded", terminated=self.procs[name].returncode)
+                await self._set_status(ns, name, "Succeeded", terminated=self.procs[name].returncode,
+                                       gone_ok=True)
                 self.seen[name].append("exited")
 
     async def _set_status(self, ns: str, name: str, phase: str, *, running: bool = False,
                           waiting: tuple[str, str] | None = None,
                           terminated: int | None = None, reason: str = "",
-                          message: str = "") -> None:
+                          message: str = "", gone_ok: bool = False) -> None:
         state: dict[str, Any] = {"waiting": {"reason": "ContainerCreating"}}
         if running:
             state = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
@@ -177,7 +188,8 @@ class FakeCluster:
              "restartCount": 0}]}
         if reason:
             status.update(reason=reason, message=message)
-        await self._patch(f"/api/v1/namespaces/{ns}/pods/{name}/status", {"status": status})
+        await self._patch(f"/api/v1/namespaces/{ns}/pods/{name}/status", {"status": status},
+                          gone_ok=gone_ok)
 
     async def _schedule(self, ns: str, name: str, pod: dict[str, Any]) -> None:
         await self._set_status(ns, name, "Pending")
