@@ -69,7 +69,7 @@ def upload_receipt(path: str, r: dict) -> str:
     return (f"Uploaded {path} → {r['path']} in the Keep ({r['bytes']} bytes, sealed and verified in "
             f"the Keep)\n  digest {r['digest']}\n  owner  {r['owner']}\n"
             f"  owner's policy {r['policy_digest']} — now in force with the Keep's (release required: "
-            f"{policy.get('release_required')}, min rows: {policy.get('min_rows')})\n")
+            f"{policy.get('release_required')}, release mode: {policy.get('release_mode')})\n")
 
 
 def audit_dir() -> Path:

@@ -12,7 +12,7 @@ import json
 import os
 from typing import Any, Callable
 
-from keepbook.keep.shared.policy import OutputPolicy, check_value, rows_problem
+from keepbook.keep.shared.policy import OutputPolicy, check_value
 
 #: exception names shown as they are; any other (cell-defined) class is shown as "Exception",
 #: so an exception's class name cannot carry data past an ``errors = "type"`` policy.
@@ -167,10 +167,6 @@ class CellGate:
         if len(encoded) > p.release_max_bytes:
             return self._withhold("release.max_bytes", f"the value is {len(encoded)} bytes, over "
                                   f"the limit of {p.release_max_bytes} per release", "release", digest)
-        if p.min_rows and rtype == "table":
-            why = rows_problem(value, p.min_rows, p.count_column)
-            if why:
-                return self._withhold("release.min_rows", why, "release", digest)
         rendered = {m: v for m, v in rendered.items() if p.allows_mime(m)}
         if not rendered:
             return self._withhold("output.mime", "no allowed MIME type can show this value",

