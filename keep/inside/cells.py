@@ -11,6 +11,8 @@ from typing import Any, AsyncIterator, Callable
 
 from keepbook.keep.shared import protocol
 from keepbook.keep.inside.output_gate import Enforcer
+from keepbook.keep.inside.review import ReviewQueue
+from keepbook.keep.inside.trusted import TrustedQueries
 from keepbook.keep.shared.policy import OutputPolicy
 
 Emit = Callable[[str, dict], None]
@@ -42,14 +44,17 @@ def python_engine_present() -> bool:
 class Cells:
     def __init__(self, config: protocol.KeepConfig, debug_log: Callable[[str], None] | None = None,
                  data_dir: str | None = None, audit: Audit | None = None,
-                 policy: OutputPolicy | None = None):
+                 policy: OutputPolicy | None = None, reviews: ReviewQueue | None = None):
         self.config = config
         self.limits = config.limits
         self.data_dir = data_dir
         self.audit: Audit = audit or (lambda kind, data: None)
         # The output policy is enforced here, in the Keep, on every event (never in the kernel).
-        self.enforcer = Enforcer(policy or OutputPolicy.parse(config.policy, config.profile),
-                                 config.profile, self.audit)
+        keep_policy = policy or OutputPolicy.parse(config.policy, config.profile)
+        self.enforcer = Enforcer(keep_policy, config.profile, self.audit)
+        # the trusted side: keep.dp / keep.query answers and owner review, outside the guest
+        self.trusted = TrustedQueries(keep_policy, audit=self.audit, strict=self._strict)
+        self.reviews = reviews
         self._wasm: Any = None
         self._python: Any = None
         self._running: Any = None
@@ -77,6 +82,10 @@ class Cells:
             self._python = PythonSession(memory_bytes=self.limits["memory_bytes"],
                                          data_dir=self.data_dir)
         return self._python
+
+    def _strict(self) -> bool:
+        """Are outputs restricted (production, or only released values leave)?"""
+        return self.config.profile == "production" or self.enforcer.policy.release_required
 
     def interrupt(self) -> bool:
         engine = self._running
