@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Subcommands with their own full parsers get the rest of the line untouched.
     passthrough = {"keepmgr": cmd_keepmgr, "verify": cmd_verify, "bench": cmd_bench,
-                   "seal": cmd_seal, "audit": cmd_audit, "review": cmd_review, "keep-evidence": cmd_keep_evidence,
-                   "image": cmd_image}
+                   "seal": cmd_seal, "audit": cmd_audit, "review": cmd_review,
+                   "keep-evidence": cmd_keep_evidence, "image": cmd_image}
     if argv and argv[0] in passthrough:
         return passthrough[argv[0]](argv[1:])
     ap = argparse.ArgumentParser(prog="keepbook", description="A Jupyter kernel for confidential computing.")
