@@ -5,7 +5,9 @@ is (Σεᵢ, Σδᵢ)-differentially private for it, also when each query was ch
 answers before it and the session stops at the owner's budget (Dwork & Roth 2014, Thm. 3.16;
 Rogers, Roth, Ullman, Vadhan 2016: basic composition holds for privacy *filters*).  The sums are
 kept exactly (as fractions of the floats OpenDP reports), so rounding never lets a query past
-the limit.  A budget is keyed by the dataset's content digest, not its name: the same data
+the limit — except for :data:`SLACK`: decimal shares such as ε = 0.1 are not exact in binary
+(ten of them add up to 1.0000000000000000555), so a charge may pass the total by at most a
+billionth of it, which changes no guarantee anyone can measure (e^(10⁻⁹·ε) ≈ 1).  A budget is keyed by the dataset's content digest, not its name: the same data
 uploaded twice under two names shares one budget."""
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
+
+
+#: how far (relative to the total) exact sums of binary floats may pass the owner's budget
+SLACK = Fraction(1, 10**9)
 
 
 class BudgetExceeded(Exception):
@@ -28,7 +34,8 @@ class Budget:
     queries: int = 0
 
     def remaining(self) -> tuple[float, float]:
-        return float(self.epsilon - self.spent_epsilon), float(self.delta - self.spent_delta)
+        return (max(0.0, float(self.epsilon - self.spent_epsilon)),
+                max(0.0, float(self.delta - self.spent_delta)))
 
     def summary(self) -> dict:
         left_e, left_d = self.remaining()
@@ -63,7 +70,8 @@ class Accountant:
             raise ValueError("a charge must spend ε > 0 and δ ≥ 0")
         with self._lock:
             b = self.budgets[key]
-            if b.spent_epsilon + e > b.epsilon or b.spent_delta + d > b.delta:
+            if b.spent_epsilon + e > b.epsilon * (1 + SLACK) or \
+                    b.spent_delta + d > b.delta * (1 + SLACK):
                 left_e, left_d = b.remaining()
                 raise BudgetExceeded(
                     f"the privacy budget is spent: this query asks ε={float(e):g}, δ={float(d):g} "
