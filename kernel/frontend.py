@@ -29,6 +29,8 @@ from keepbook.kernel.client import AttestationRefused, KeepError
 from keepbook.kernel.trust_policy import TrustPolicyError
 
 COMPILED = ("c", "cpp", "zig", "rust")
+#: how often the front end asks about releases waiting for the data owner (between cells)
+REVIEW_POLL_S = 2.0
 
 
 class Screen(Protocol):
@@ -72,6 +74,10 @@ class Frontend:
         self.params: dict[str, Any] = {}  # the notebook's parameters (papermill), for magic lines
         self._python_started: set[str] = set()
         self._shown_error: dict | None = None  # the error this action already showed
+        #: releases waiting for the data owner: (Keep id, request id) → the display to update
+        self._pending: dict[tuple[str, int], str] = {}
+        self._watcher: asyncio.Task | None = None
+        self._owners: dict[tuple, Any] = {}  # %review: one verified owner session per Keep
 
     # ------------------------------------------------------------------ user actions
     async def execute(self, code: str) -> Outcome:
@@ -136,6 +142,7 @@ class Frontend:
         """Run one action; every failure becomes one shown error and an :class:`Outcome`."""
         self._shown_error = None
         try:
+            await self.refresh_reviews()
             out = await act()
             return out if isinstance(out, Outcome) else Outcome()
         except mg.MagicError as exc:
@@ -187,7 +194,11 @@ class Frontend:
             name = c.get("name") if c.get("name") in ("stdout", "stderr") else "stdout"
             self._stream(str(c.get("text", "")), name)
         elif event.kind == "display_data":
-            self._display(show.jupyter_mime(c.get("data")), c.get("metadata") or {})
+            review = ((c.get("metadata") or {}).get("keepbook") or {}).get("review")
+            if isinstance(review, dict) and isinstance(review.get("id"), int) and self.agent.current:
+                self._pending_release(self.agent.current.id, review["id"], c)
+            else:
+                self._display(show.jupyter_mime(c.get("data")), c.get("metadata") or {})
         elif event.kind == "execute_result":
             outcome.result = {"data": show.jupyter_mime(c.get("data")), "metadata": c.get("metadata") or {}}
             self.screen.publish("execute_result", dict(outcome.result))
@@ -198,6 +209,120 @@ class Frontend:
                         [f"{c.get('ename', 'Error')}: {c.get('evalue', '')}"])
         elif event.kind == "notice":
             self._remark(str(c.get("text", "")))
+
+    # ------------------------------------------------------------------ releases under review
+    def _pending_release(self, keep_id: str, rid: int, content: dict) -> None:
+        """Show "waiting for review" as a display that is updated in place once decided."""
+        display_id = f"keepbook-review-{keep_id}-{rid}"
+        self._pending[(keep_id, rid)] = display_id
+        self.screen.publish("display_data", {"data": show.jupyter_mime(content.get("data")),
+                                             "metadata": content.get("metadata") or {},
+                                             "transient": {"display_id": display_id}})
+        self._watch()
+
+    async def refresh_reviews(self) -> int:
+        """Ask the Keep how the owner decided the releases shown as pending; update each decided
+        one in place — the approved value, or the owner's reason.  How many were updated."""
+        session = self.agent.current
+        mine = sorted(rid for (k, rid) in self._pending if session is not None and k == session.id)
+        if not mine or session is None or not session.handshake.channel_open or self.agent.running_cell:
+            return 0
+        try:
+            reply = await session.open_channel("ask about releases under review").request(
+                "reviews", {"ids": mine}, timeout=10.0)
+        except KeepError:
+            return 0
+        updated = 0
+        for r in reply.get("reviews") or []:
+            key = (session.id, r.get("id"))
+            if key not in self._pending or r.get("state") == "pending":
+                continue
+            display_id = self._pending.pop(key)
+            if r.get("state") == "approved" and isinstance(r.get("data"), dict):
+                data, meta = show.jupyter_mime(r["data"]), r.get("metadata") or {}
+            elif r.get("state") == "approved":  # approved, but the Keep's rules withheld it now
+                data, meta = {"text/plain": str(r.get("notice") or "approved, but withheld")}, {}
+            else:
+                data, meta = show.rejected_release(int(r["id"]), str(r.get("reason") or "")), {}
+            self.screen.publish("update_display_data", {"data": data, "metadata": meta,
+                                                        "transient": {"display_id": display_id}})
+            updated += 1
+        return updated
+
+    def _watch(self) -> None:
+        """While releases wait for review, look every few seconds (between cells)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._watcher is None or self._watcher.done():
+            self._watcher = loop.create_task(self._watch_loop())
+
+    async def _watch_loop(self) -> None:
+        while self._pending:
+            await asyncio.sleep(REVIEW_POLL_S)
+            try:
+                await self.refresh_reviews()
+            except Exception:
+                return  # a watcher never takes the notebook down; the next cell asks again
+
+    # ------------------------------------------------------------------ the owner's review
+    async def _review_magic(self, m: mg.LineMagic) -> None:
+        """%review: the data owner reviews from a notebook (their own key, expectations and
+        attestation; the same requests as `keepbook review`)."""
+        from keepbook.kernel.owner_review import ReviewError, describe
+
+        owner = await self._owner_session(m.args)
+        try:
+            if m.sub is None or m.sub == "list":
+                requests = await owner.list()
+                decide = self._decider(owner) if m.sub is None else None
+                self._display(show.review_bundle(requests, decide))
+            elif m.sub == "show":
+                self._stream(describe(await owner.show(m.args.id)) + "\n")
+            else:
+                shown = await owner.show(m.args.id)
+                decision = "approve" if m.sub == "approve" else "reject"
+                done = await owner.decide(m.args.id, decision, shown["value_digest"],
+                                          " ".join(m.args.reason))
+                self._stream(f"#{m.args.id} {done.get('state')} (you are {owner.owner})\n")
+        except ReviewError as exc:
+            raise KeepError(str(exc)) from None
+        await self.refresh_reviews()
+
+    async def _owner_session(self, args: Any) -> Any:
+        from keepbook.kernel import dataset_sealer, owner_cli
+        from keepbook.kernel.owner_review import OwnerSession
+
+        session = self.agent.require_current()
+        keep_id = args.keep_id or session.id
+        key = (keep_id, args.owner_key, args.profile, args.keep_fingerprint, args.allow_simulated,
+               args.trust_policy)
+        if key not in self._owners:
+            try:
+                owner_key = dataset_sealer.load_or_create_owner_key(args.owner_key)[0]
+                expect = owner_cli.owner_expectation(args)
+            except SystemExit as exc:
+                raise KeepError(str(exc)) from None
+            except Exception as exc:
+                raise KeepError(f"%review: {exc}") from None
+            self._owners[key] = await OwnerSession.attest(session.manager, keep_id, expect, owner_key)
+        return self._owners[key]
+
+    def _decider(self, owner: Any) -> Any:
+        """The widget's buttons: send the decision on the loop that owns the owner session."""
+        loop = asyncio.get_running_loop()
+
+        def decide(rid: int, decision: str, reason: str, done: Any) -> None:
+            async def go() -> None:
+                try:
+                    shown = await owner.show(rid)
+                    r = await owner.decide(rid, decision, shown["value_digest"], reason)
+                    done(f"#{rid} {r.get('state')}")
+                except Exception as exc:
+                    done(f"not sent: {exc}")
+            asyncio.run_coroutine_threadsafe(go(), loop)
+        return decide
 
     # ------------------------------------------------------------------ line magics
     async def _line_magic(self, m: mg.LineMagic) -> None:
@@ -216,6 +341,8 @@ class Frontend:
                 self._show_vector(result.vector, m.args.explain)
         elif m.name == "upload":
             await self._upload(m.args.path, m.args.name)
+        elif m.name == "review":
+            await self._review_magic(m)
         elif m.name == "audit":
             await self._ensure_keep()
             log = await self.agent.audit()
@@ -260,6 +387,9 @@ class Frontend:
                 self._remark(announced)
         elif m.sub == "status":
             self._display(show.status_bundle(await self.agent.status()))
+            budgets = await self.agent.budgets()
+            if budgets:
+                self._display(show.budget_bundle(budgets))
         elif m.sub == "list":
             keeps = await self.agent.list()
             current = self.agent.current.id if self.agent.current else None

@@ -15,9 +15,10 @@ from typing import Any, Mapping
 from keepbook.keep.shared import facts, sizes
 from keepbook.keep.shared.evidence.certs import format_fingerprint, parse_fingerprint
 
-LINE_MAGICS = ("keep", "attest", "upload", "audit")
+LINE_MAGICS = ("keep", "attest", "upload", "audit", "review")
 CELL_MAGICS = ("wat", "wasm", "c", "cpp", "zig", "rust", "python")
 KEEP_SUBCOMMANDS = ("new", "status", "list", "close")
+REVIEW_SUBCOMMANDS = ("list", "show", "approve", "reject")
 
 
 class MagicError(ValueError):
@@ -99,6 +100,24 @@ def _attest_parser() -> _Parser:
     return p
 
 
+def _review_parser() -> _Parser:
+    """``%review``: the data owner's review from a notebook, with the owner's own expectations
+    (the options of `keepbook seal` and `keepbook review`)."""
+    p = _Parser(prog="%review", add_help=False)
+    p.add_argument("command", nargs="?", choices=REVIEW_SUBCOMMANDS,
+                   help="without one: the review widget")
+    p.add_argument("id", nargs="?", type=int)
+    p.add_argument("reason", nargs="*", help="reject: why (the analyst sees it)")
+    p.add_argument("--keep", dest="keep_id", help="the Keep to review (default: this notebook's)")
+    p.add_argument("--owner-key", help="your owner key (default: $KEEPBOOK_OWNER_KEY or "
+                   "~/.config/keepbook/owner-key.pem)")
+    p.add_argument("--profile", default="production", choices=facts.PROFILES)
+    p.add_argument("--keep-fingerprint", metavar="FP")
+    p.add_argument("--allow-simulated", action="store_true")
+    p.add_argument("--trust-policy")
+    return p
+
+
 def _run_parser(name: str) -> _Parser:
     p = _Parser(prog=f"%%{name}", add_help=False)
     p.add_argument("--invoke", nargs="+", metavar=("NAME", "ARG"),
@@ -177,6 +196,16 @@ def parse_line_magic(line: str) -> LineMagic:
         p.add_argument("path")
         p.add_argument("--as", dest="name")
         return LineMagic("upload", p.parse_args(rest))
+    if name == "review":
+        args = _review_parser().parse_args(rest)
+        if args.command in ("show", "approve", "reject") and args.id is None:
+            raise MagicError(f"%review {args.command} needs the request number: %review "
+                             f"{args.command} N")
+        if args.command == "reject" and not " ".join(args.reason).strip():
+            raise MagicError("%review reject N REASON: the analyst sees your reason; give one")
+        if args.command != "reject" and args.reason:
+            raise MagicError(f"%review {args.command or ''}: unexpected {' '.join(args.reason)!r}")
+        return LineMagic("review", args, args.command)
     if name == "audit":
         p = _Parser(prog="%audit", add_help=False)
         p.add_argument("--save", metavar="FILE", help="where to save the verified log "
