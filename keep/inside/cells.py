@@ -51,10 +51,11 @@ class Cells:
         self.audit: Audit = audit or (lambda kind, data: None)
         # The output policy is enforced here, in the Keep, on every event (never in the kernel).
         keep_policy = policy or OutputPolicy.parse(config.policy, config.profile)
-        self.enforcer = Enforcer(keep_policy, config.profile, self.audit)
         # the trusted side: keep.dp / keep.query answers and owner review, outside the guest
         self.trusted = TrustedQueries(keep_policy, audit=self.audit, strict=self._strict)
         self.reviews = reviews
+        self.enforcer = Enforcer(keep_policy, config.profile, self.audit, reviews=reviews,
+                                 datasets=self._dataset_refs)
         self._wasm: Any = None
         self._python: Any = None
         self._running: Any = None
@@ -80,8 +81,13 @@ class Cells:
             from keepbook.keep.inside.pysession import PythonSession
 
             self._python = PythonSession(memory_bytes=self.limits["memory_bytes"],
-                                         data_dir=self.data_dir)
+                                         data_dir=self.data_dir, queries=self.trusted.answer)
         return self._python
+
+    def _dataset_refs(self) -> list:
+        from keepbook.keep.inside.review import DatasetRef
+
+        return [DatasetRef(d.name, d.digest, d.owner) for d in self.trusted.datasets.values()]
 
     def _strict(self) -> bool:
         """Are outputs restricted (production, or only released values leave)?"""
@@ -103,8 +109,7 @@ class Cells:
         timeout = float(req.timeout_s or self.limits["timeout_s"])
         out_cap = int(self.limits["output_bytes"])
         fuel = req.fuel if req.fuel is not None else self.limits.get("fuel")
-        body = req.module if req.kind == "wasm" else (req.code or "").encode()
-        digest = "sha256:" + hashlib.sha256(body or b"").hexdigest()
+        digest = _cell_digest(req)
         self.audit("cell", {"cell_id": req.cell_id, "cell_kind": req.kind, "digest": digest})
         if self._debug_log:
             self._debug_log(f"cell {req.cell_id} ({req.kind}) digest {digest[:23]} starting")
@@ -124,7 +129,7 @@ class Cells:
             raise Busy("a cell is already running in this Keep")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        gate = self.enforcer.cell()
+        gate = self.enforcer.cell(source=req.code or "", digest=_cell_digest(req))
 
         def emit(kind: str, content: dict) -> None:
             if self._debug_log and kind != "status":  # debug profile only: details to the host
@@ -178,6 +183,14 @@ class Cells:
                 return {"status": "unavailable"}  # no completions without an engine
             fn = getattr(self.python(), op)
             return fn(code, pos)
+        if op == "reviews":
+            ids = args.get("ids")
+            if not isinstance(ids, list) or len(ids) > 1000 or \
+                    not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                raise protocol.ProtocolError("reviews: needs 'ids', a list of request numbers")
+            return {"reviews": self.enforcer.review_outcomes(ids)}
+        if op == "budget":
+            return {"budgets": self.trusted.budgets()}
         if op == "policy":
             return {"policy": self.enforcer.policy.summary(), "source": self.enforcer.policy.source,
                     "digest": self.enforcer.policy.digest()}
@@ -194,6 +207,12 @@ class Cells:
                     engine.close()
             except Exception:
                 pass
+
+
+def _cell_digest(req: protocol.RunRequest) -> str:
+    """The digest of the cell's own code (the analyst's: no withheld content)."""
+    body = req.module if req.kind == "wasm" else (req.code or "").encode()
+    return "sha256:" + hashlib.sha256(body or b"").hexdigest()
 
 
 def _brief(content: dict) -> str:

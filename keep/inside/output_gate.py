@@ -10,9 +10,13 @@ import builtins
 import hashlib
 import json
 import os
-from typing import Any, Callable
+import threading
+from typing import TYPE_CHECKING, Any, Callable
 
 from keepbook.keep.shared.policy import OutputPolicy, check_value
+
+if TYPE_CHECKING:
+    from keepbook.keep.inside.review import DatasetRef, ReviewQueue
 
 #: exception names shown as they are; any other (cell-defined) class is shown as "Exception",
 #: so an exception's class name cannot carry data past an ``errors = "type"`` policy.
@@ -35,24 +39,64 @@ def withheld_notice(rule: str, why: str) -> Notice:
 class Enforcer:
     """One per Keep: the effective policy and the session's byte budget."""
 
-    def __init__(self, policy: OutputPolicy, profile: str, audit: AuditHook | None = None):
+    def __init__(self, policy: OutputPolicy, profile: str, audit: AuditHook | None = None,
+                 reviews: "ReviewQueue | None" = None,
+                 datasets: "Callable[[], list[DatasetRef]] | None" = None):
         self.policy = policy
         self.profile = profile
         self.session_used = 0
         self.audit = audit or (lambda kind, entry: None)
+        self.reviews = reviews            # [release] mode = "review": the owner decides
+        self.datasets = datasets or list  # the datasets in the Keep (their owners review)
+        self._lock = threading.Lock()
 
     def tighten(self, other: OutputPolicy) -> None:
         self.policy = self.policy.meet(other)
 
-    def cell(self) -> "CellGate":
-        return CellGate(self)
+    def cell(self, source: str = "", digest: str = "") -> "CellGate":
+        return CellGate(self, source, digest)
+
+    def review_outcomes(self, ids: list[int]) -> list[dict]:
+        """How the owners decided releases ``ids`` (the analyst asks): an approved value is
+        released here — charged to the session's byte budget once, the first time."""
+        out: list[dict] = []
+        for rid in ids:
+            r = self.reviews.get(rid) if self.reviews is not None else None
+            if r is None:
+                continue
+            if r.state == "pending":
+                out.append({"id": rid, "state": "pending"})
+            elif r.state == "rejected":
+                out.append({"id": rid, "state": "rejected", "reason": r.reason})
+            else:
+                out.append(self._deliver(r))
+        return out
+
+    def _deliver(self, r: Any) -> dict:
+        meta = {"keepbook": {"released": True, "type": r.rtype, "note": r.note,
+                             "digest": r.digest, "review": {"id": r.id, "state": "approved"}}}
+        with self._lock:
+            if not r.delivered:
+                size = len(json.dumps(r.value, sort_keys=True, separators=(",", ":")))
+                p = self.policy
+                if p.session_bytes and self.session_used + size > p.session_bytes:
+                    why = f"the output budget of {p.session_bytes} bytes for this Keep session is spent"
+                    return {"id": r.id, "state": "approved",
+                            "notice": withheld_notice("output.session_bytes", why)[1]["text"]}
+                self.session_used += size
+                r.delivered = True
+                self.audit("release", {"digest": r.digest, "type": r.rtype, "bytes": size,
+                                       "note": r.note, "review": r.id})
+        return {"id": r.id, "state": "approved", "data": r.rendered, "metadata": meta}
 
 
 class CellGate:
     """Every event of one cell passes :meth:`filter`; it returns what may leave the Keep."""
 
-    def __init__(self, enforcer: Enforcer):
+    def __init__(self, enforcer: Enforcer, source: str = "", digest: str = ""):
         self.e = enforcer
+        self.source = source    # the cell's code: what a reviewing owner reads
+        self.digest = digest
         self.used = 0
         self.withheld = 0
         self._noticed: set[str] = set()
@@ -92,6 +136,8 @@ class CellGate:
     def filter(self, kind: str, content: dict) -> list[Notice]:
         if kind == "release":
             return self._release(content)
+        if kind == "answer":  # made by the Keep's trusted side (keep/inside/trusted.py)
+            return self._answer(content)
         if kind == "notice":  # the Keep's own remarks, never cell data
             return [(kind, content)]
         if kind == "error":
@@ -171,12 +217,56 @@ class CellGate:
         if not rendered:
             return self._withhold("output.mime", "no allowed MIME type can show this value",
                                   "release", digest)
+        if p.release_mode == "review":
+            return self._review(value, rendered, rtype, note, digest)
         rule = self._charge(len(encoded))
         if rule:
             return self._withhold(rule, self._budget_why(rule), "release", digest)
         self.e.audit("release", {"digest": digest, "type": rtype, "bytes": len(encoded),
                                  "note": note[:512], **({"rows": rows} if rows is not None else {})})
         meta = {"keepbook": {"released": True, "type": rtype, "note": note[:512], "digest": digest}}
+        return [("display_data", {"data": rendered, "metadata": meta})]
+
+
+    def _review(self, value: Any, rendered: dict, rtype: str, note: str, digest: str) -> list[Notice]:
+        """``[release] mode = "review"``: queue the value for its data owners; the analyst sees
+        "pending", updated in place once they decide (Enforcer.review_outcomes)."""
+        if self.e.reviews is None:
+            return self._withhold("release.mode", "this Keep cannot queue releases for review",
+                                  "release", digest)
+        req = self.e.reviews.submit(value=value, rendered=rendered, rtype=rtype, note=note,
+                                    source=self.source, cell_digest=self.digest,
+                                    datasets=self.e.datasets())
+        if isinstance(req, str):
+            return self._withhold("release.mode", req, "release", digest)
+        text = f"⏳ release #{req.id} is waiting for the data owner's review"
+        return [("display_data", {"data": {"text/plain": text},
+                                  "metadata": {"keepbook": {"review": {"id": req.id,
+                                                                       "state": "pending"}}}})]
+
+    def _answer(self, content: dict) -> list[Notice]:
+        """A keep.dp / keep.query answer the trusted side computed and labelled: rendered here
+        like a release, counted against the byte budgets (not subject to review: the owner's
+        [dp] and [query] rules are what allows it)."""
+        value, note = content.get("value"), str(content.get("note") or "")
+        try:
+            rtype, rendered, _ = check_value(value)
+        except ValueError:
+            return self._withhold("answer", "the trusted side made no showable answer", "answer",
+                                  _digest(value))
+        encoded = json.dumps(value, sort_keys=True, separators=(",", ":"))
+        rendered = {m: v for m, v in rendered.items() if self.p.allows_mime(m)}
+        if not rendered:
+            return self._withhold("output.mime", "no allowed MIME type can show this answer",
+                                  "answer", _digest(value))
+        rule = self._charge(len(encoded))
+        if rule:
+            return self._withhold(rule, self._budget_why(rule), "answer", _digest(value))
+        meta = {"keepbook": {"released": True, "type": rtype, "note": note,
+                             **{k: v for k, v in (content.get("keepbook") or {}).items()
+                                if k in ("dp", "query")}}}
+        if "text/plain" in rendered:
+            rendered["text/plain"] = f"{rendered['text/plain']}\n  [{note}]"
         return [("display_data", {"data": rendered, "metadata": meta})]
 
 

@@ -109,10 +109,12 @@ class PythonSession:
     :meth:`interrupt` may be called from any thread."""
 
     def __init__(self, *, memory_bytes: int = DEFAULT_MEMORY, data_dir: str | None = None,
-                 grace_s: float = GRACE_S):
+                 grace_s: float = GRACE_S, queries: Callable[[Any], Any] | None = None):
         self.memory_bytes = memory_bytes
         self.data_dir = data_dir
         self.grace_s = grace_s
+        #: the Keep's trusted side answers keep.dp / keep.query (keep/inside/trusted.py)
+        self.queries = queries
         self._session: Any = None
         self._lost: str | None = None  # why the previous session ended, to announce
         self._generation = 0
@@ -211,6 +213,8 @@ class PythonSession:
                     cell.emit("execute_result", {"data": data, "metadata": meta})
                 else:
                     cell.emit("display_data", {"data": data, "metadata": meta})
+        elif op == "query":
+            return self._query(cell, msg.get("query"))
         elif op == "release":
             # checked and rendered by the Keep's policy gate (keep/shared/policy.py), never here
             if cell.charge(len(frame)):
@@ -230,6 +234,26 @@ class PythonSession:
             cell.delivered = True  # once, as one SIGINT would be
             return b"I" if cell.soft == "interrupt" else b"D"
         return b"."
+
+    def _query(self, cell: _Cell, query: Any) -> bytes:
+        """keep.dp / keep.query: the guest only described the query; the trusted side answers it
+        here, outside the interpreter.  The answer goes to the output gate as the Keep's own
+        ``answer`` event and back to the guest (post-processing: DP holds for what it does
+        next); a refusal becomes the Keep's notice."""
+        if self.queries is None:
+            answer = {"ok": False, "reason": "this Keep answers no trusted queries"}
+        else:
+            got = self.queries(query)
+            if got.ok:
+                cell.emit("answer", got.release)
+                answer = {"ok": True, "value": got.value}
+            else:
+                cell.emit("notice", {"text": got.reason, "reason": "refused"})
+                answer = {"ok": False, "reason": got.reason}
+        if cell.soft is not None and not cell.delivered:
+            cell.delivered = True
+            answer["signal"] = "I" if cell.soft == "interrupt" else "D"
+        return json.dumps(answer).encode()
 
     # ------------------------------------------------------------------ running a cell
 

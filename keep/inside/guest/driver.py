@@ -302,8 +302,9 @@ def release(value, note=None):
     """Ask the Keep to release ``value`` to the notebook, with a note saying why.
 
     The Keep (not this interpreter) checks it against the data owner's output policy — type,
-    size, contributing rows for tables, byte budgets — and either shows it or shows
-    "withheld by policy: <rule>".  In the production profile this is the only way out."""
+    size, byte budgets — and either shows it or shows "withheld by policy: <rule>"; under
+    ``[release] mode = "review"`` it waits for the data owner's approval and returns at once.
+    In the production profile this is the only way out besides keep.dp and keep.query."""
     if note is not None and not isinstance(note, str):
         raise TypeError("keep.release(): note must be text")
     _flush_streams()
@@ -311,11 +312,99 @@ def release(value, note=None):
     return None
 
 
+# ---------------------------------------------------------------------------- trusted queries
+# keep.dp.* and keep.query only *describe* a query (keep/shared/queries.py) and send it through
+# the door; the Keep's trusted side — its own process, not this interpreter — evaluates it on the
+# sealed dataset and releases the answer itself.  What comes back here is the same answer.
+
+def _ask(query):
+    _flush_streams()
+    raw = _host.call(json.dumps({"op": "query", "query": query}, separators=(",", ":"),
+                                allow_nan=False).encode("utf-8"))
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        _obey(raw)
+        raise RuntimeError("the Keep answered no query")
+    signal = answer.get("signal")
+    if signal:
+        _obey(signal.encode())
+    if not answer.get("ok"):
+        raise PermissionError(answer.get("reason") or "refused by the Keep")
+    return answer.get("value")
+
+
+def _bounds(bounds):
+    return None if bounds is None else [float(b) for b in bounds]
+
+
+def _dp(fn, dataset, column=None, *, epsilon, bounds=None, **extra):
+    query = {"kind": "dp", "fn": fn, "dataset": dataset, "epsilon": epsilon}
+    if column is not None:
+        query["column"] = column
+    if bounds is not None:
+        query["bounds"] = _bounds(bounds)
+    query.update({k: v for k, v in extra.items() if v is not None})
+    return _ask(query)
+
+
+class _DP:
+    """keep.dp: differentially private answers, computed by the Keep (OpenDP) on a dataset
+    sealed with ``[data] access = "queries"``; each spends ``epsilon`` of the owner's budget."""
+
+    @staticmethod
+    def count(dataset, *, epsilon):
+        """How many rows the dataset has (noisy)."""
+        return _dp("count", dataset, epsilon=epsilon)
+
+    @staticmethod
+    def sum(dataset, column, *, bounds, epsilon):
+        """The sum of a column, each value clamped into ``bounds`` (chosen without the data)."""
+        return _dp("sum", dataset, column, epsilon=epsilon, bounds=bounds)
+
+    @staticmethod
+    def mean(dataset, column, *, bounds, epsilon):
+        return _dp("mean", dataset, column, epsilon=epsilon, bounds=bounds)
+
+    @staticmethod
+    def variance(dataset, column, *, bounds, epsilon):
+        return _dp("variance", dataset, column, epsilon=epsilon, bounds=bounds)
+
+    @staticmethod
+    def histogram(dataset, column, *, epsilon, categories=None, bins=None):
+        """Counts per category (the rest as '(other)'), or per bin between numeric edges."""
+        return _dp("histogram", dataset, column, epsilon=epsilon,
+                   categories=list(categories) if categories is not None else None,
+                   bins=[float(b) for b in bins] if bins is not None else None)
+
+    @staticmethod
+    def quantile(dataset, column, q=0.5, *, bounds, epsilon, candidates=100):
+        return _dp("quantile", dataset, column, epsilon=epsilon, bounds=bounds, q=float(q),
+                   candidates=int(candidates))
+
+
+def query(dataset, by, *, count=True, sum=(), mean=()):
+    """Group ``dataset`` by ``by`` and count / sum / average, computed by the Keep on the
+    dataset itself; groups smaller than the owner's minimum are not shown."""
+    value = _ask({"kind": "aggregate", "dataset": dataset,
+                  "by": [by] if isinstance(by, str) else list(by), "count": bool(count),
+                  "sum": [sum] if isinstance(sum, str) else list(sum),
+                  "mean": [mean] if isinstance(mean, str) else list(mean)})
+    try:
+        import pandas as pd
+    except ImportError:
+        return value
+    return pd.DataFrame(value["rows"], columns=value["columns"], index=value["index"])
+
+
 def _make_keep_module():
-    mod = types.ModuleType("keep", "keepbook helpers inside the Keep: display(), release().")
+    mod = types.ModuleType("keep", "keepbook helpers inside the Keep: display(), release(), "
+                           "dp.*, query().")
     mod.__path__ = []
     mod.display = display
     mod.release = release
+    mod.dp = _DP()
+    mod.query = query
     mod.show_figures = _show_figures
     sys.modules["keep"] = mod
     return mod
