@@ -85,6 +85,21 @@ def describe(kind: str, d: dict) -> str:
     if kind == "error":
         eid = f" id {d.get('error_id')}" if d.get("error_id") else ""
         return f"error{eid} shown as {d.get('shown')} ({short(d.get('digest'))})"
+    if kind == "review-request":
+        return (f"release #{d.get('id')} queued for review: {d.get('type')} {short(d.get('value_digest'))}"
+                f", note {d.get('note')!r}, datasets {', '.join(d.get('datasets') or [])}")
+    if kind == "review-decision":
+        why = f" ({d.get('reason')})" if d.get("reason") else ""
+        return f"release #{d.get('id')}: {d.get('decision')} by {short(d.get('owner'))}{why} → {d.get('state')}"
+    if kind == "owner-refused":
+        return f"owner request refused: {d.get('reason')}"
+    if kind == "dp-charge":
+        return (f"DP {d.get('query')}: spent ε={d.get('epsilon')}, δ={d.get('delta')}; "
+                f"ε={d.get('remaining_epsilon'):.6g} left")
+    if kind == "query":
+        return f"threshold query {d.get('query')}: {d.get('groups_shown')} groups of ≥ {d.get('min_group')} rows"
+    if kind == "query-refused":
+        return f"trusted query refused: {d.get('reason')}"
     if kind == "upload-refused":
         return f"dataset refused: {d.get('reason')}"
     return ", ".join(f"{k}={v}" for k, v in d.items())
