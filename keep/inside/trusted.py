@@ -132,6 +132,9 @@ class TrustedQueries:
         column = table.column(q.column) if q.column else table.column(table.columns[0])
         try:
             plan = dp_engine.plan(q, ds.policy.dp_rows_per_person)
+        except ImportError:
+            return self._refuse("keep.dp", "this Keep has no OpenDP (the VM Keep image does not "
+                                "carry it yet): no differentially private answers here")
         except ValueError as exc:
             return self._refuse("keep.dp", f"OpenDP could not build this query: {exc}")
         try:
