@@ -98,8 +98,9 @@ class ReviewQueue:
                                 rtype=rtype, note=note, source=source, cell_digest=cell_digest,
                                 datasets=tuple(datasets))
             self.requests[req.id] = req
-        self.audit("review-request", {"id": req.id, "value_digest": req.digest, "type": rtype,
-                                      "note": note, "cell_digest": cell_digest,
+        # no value digest and no note: the analyst reads this log, and a digest of a value not
+        # (yet) released is a brute-force oracle; the owner sees both over their own channel
+        self.audit("review-request", {"id": req.id, "type": rtype, "cell_digest": cell_digest,
                                       "datasets": [d.name for d in datasets],
                                       "owners": sorted(req.owners)})
         return req
@@ -179,7 +180,7 @@ class ReviewQueue:
                 target.state, target.decided_by = "approved", req.owner
         self.audit("review-decision", {"id": target.id, "owner": req.owner,
                                        "decision": args["decision"], "reason": args.get("reason", ""),
-                                       "value_digest": target.digest, "state": target.state})
+                                       "state": target.state})
         return {"request": target.summary()}
 
     @staticmethod

@@ -86,8 +86,8 @@ def describe(kind: str, d: dict) -> str:
         eid = f" id {d.get('error_id')}" if d.get("error_id") else ""
         return f"error{eid} shown as {d.get('shown')} ({short(d.get('digest'))})"
     if kind == "review-request":
-        return (f"release #{d.get('id')} queued for review: {d.get('type')} {short(d.get('value_digest'))}"
-                f", note {d.get('note')!r}, datasets {', '.join(d.get('datasets') or [])}")
+        return (f"release #{d.get('id')} queued for review: a {d.get('type')} from cell "
+                f"{short(d.get('cell_digest'))}, datasets {', '.join(d.get('datasets') or [])}")
     if kind == "review-decision":
         why = f" ({d.get('reason')})" if d.get("reason") else ""
         return f"release #{d.get('id')}: {d.get('decision')} by {short(d.get('owner'))}{why} → {d.get('state')}"

@@ -205,3 +205,12 @@ def test_no_owner_no_review():
     why = keep.queue.submit(value={"type": "number", "value": 1}, rendered={}, rtype="number",
                             note="", source="", cell_digest="", datasets=[])
     assert isinstance(why, str) and "no owner can review" in why
+
+
+def test_the_audit_log_holds_no_digest_or_note_of_a_value_not_released(world):
+    """The analyst reads the audit log: a pending or rejected value leaves no digest there."""
+    keep, owner, req = world
+    ask(keep, owner, "decide", {"id": req.id, "decision": "reject", "reason": "no",
+                                "value_digest": req.digest})
+    logged = repr(keep.log)
+    assert req.digest not in logged and "mean age" not in logged and "42.5" not in logged
