@@ -98,6 +98,10 @@ class _MainThreadScreen:
         elif kind == "update_display_data":
             update_display(c.get("data") or {}, raw=True, metadata=c.get("metadata") or None,
                            display_id=(c.get("transient") or {}).get("display_id"))
+        elif kind == "clear_output":
+            from IPython.display import clear_output
+
+            clear_output(wait=c.get("wait") is True)
         elif kind == "error":
             # the action's last error is raised (IPython shows it as the cell's error); an
             # earlier one, if a cell reported several, is printed when the next arrives
@@ -218,6 +222,10 @@ class KeepMagics(Magics):
         except mg.MagicError as exc:
             raise UsageError(str(exc)) from None
         outcome = self._run(self.frontend.python(cell, args.timeout))
+        for page in outcome.payload:  # obj? in the cell: the pager, as IPython shows it
+            from IPython.core import page as pager
+
+            pager.page(page["data"])
         self._raise(outcome)
         if outcome.result is not None:
             return KeepResult(outcome.result["data"], outcome.result["metadata"])

@@ -34,7 +34,9 @@ def cmd_warm(args: argparse.Namespace) -> int:
 
     steps = [("Python engine (CPython in Wasm)", "keepbook.keep.inside.pysession"),
              ("C/C++/Zig → wasm32-wasi libraries", "keepbook.kernel.compilers"),
-             ("simulated vendor roots", "keepbook.keep.inside.simulated_tee.vendor")]
+             ("simulated vendor roots", "keepbook.keep.inside.simulated_tee.vendor"),
+             ("package data for the Keep's Python (sklearn sample images; PyPI once)",
+              "keepbook.keep.shared.guest_data")]
     for label, module in steps:
         t = time.time()
         try:

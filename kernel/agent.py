@@ -276,14 +276,16 @@ class ClientAgent:
 
     async def events(self, kind: str, *, module: bytes | None = None, code: str | None = None,
                      invoke: str | None = None, args: list | None = None,
-                     timeout_s: float | None = None, fuel: int | None = None
-                     ) -> AsyncIterator[protocol.Event]:
+                     timeout_s: float | None = None, fuel: int | None = None,
+                     argv: list | None = None, env: list | None = None,
+                     stdin: bytes | None = None) -> AsyncIterator[protocol.Event]:
         """Run one cell in the current Keep (attesting and provisioning first if needed) and
         yield its events as they arrive; the last one is its ``status``."""
         session = self.require_current()
         req = protocol.RunRequest(cell_id=uuid.uuid4().hex[:12], kind=kind,
                                   module=bytes(module) if module is not None else None, code=code,
-                                  invoke=invoke, args=args, timeout_s=timeout_s, fuel=fuel)
+                                  invoke=invoke, args=args, timeout_s=timeout_s, fuel=fuel,
+                                  argv=argv or None, env=env or None, stdin=stdin or None)
         try:
             req.validate()
         except protocol.ProtocolError as exc:
@@ -427,7 +429,7 @@ class ClientAgent:
                     await asyncio.sleep(0.1)
             else:  # the Keep's own counts are authoritative
                 out["cells_run"] = keep.get("cells_run", out["cells_run"])
-                out["bytes_released"] = keep.get("bytes_out", 0)
+                out["bytes_released"] = keep.get("bytes_released", 0)
                 out["busy"] = keep.get("busy", False)
         out["manager"] = session.manager.url
         return out

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from keepbook.keep.shared import facts, measurement, protocol, vm_image
+from keepbook.keep.shared import facts, measurement, protocol, sealing, vm_image
 from keepbook.keep.shared.evidence import carried
 from keepbook.keep.shared.evidence.trust import (Claim, EvidenceError, Status, TrustVector,
                                                  failed, unverified, verified)
 from keepbook.kernel.sim_trust import OWN_LABEL, SimRootTrust
-from keepbook.kernel import launch_measurement
+from keepbook.kernel import coco_reference, launch_measurement
 from keepbook.kernel.trust_policy import TrustPolicy
 
 
@@ -157,6 +157,17 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
         # a VM Keep on hardware: the measurement it must show, computed from our own image
         reference.measurement, launch_claim = launch_measurement.expected_launch(
             backend, trust.snp_ovmf or None)
+    pod_claims: list[Claim] = []
+    pod_field: str | None = None
+    if spec is not None and spec.pod:
+        # a Keep pod: the init-data digest computed from what we expect, required; on hardware,
+        # the Kata guest's launch measurement from the trust policy, required too
+        pod_field, value, init_claim = coco_reference.expected_init_data(backend, trust)
+        pod_claims.append(init_claim)
+        if pod_field is not None and value is not None:
+            setattr(reference, pod_field, value)
+        if spec.hardware and reference.measurement is None and trust.require_measurement:
+            pod_claims.append(coco_reference.missing_measurement(backend))
     if expected_protection != "hardware" and reference.measurement is None:
         # a process-based Keep runs this installation's keepbook code: that is its reference
         reference.measurement = measurement.measurement(facts.measurement_length(resp.evidence_kind))
@@ -194,16 +205,22 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
         vector.add(failed("freshness", why), required=True)
         vector.add(failed("key_binding", why), required=True)
     vector.require("report_data")
+    vector.add(_suite_claim(resp), required=True)
     vector.extend(config_claims)
     vector.require(*[c.name for c in config_claims if c.status is not Status.UNVERIFIED])
 
     # 5. The protection level against the trust policy.
-    if spec is not None and spec.vm and resp.evidence_kind == "nil":
+    if spec is not None and (spec.vm or spec.pod) and resp.evidence_kind == "nil":
         vector.boundary = "VM"  # its own VM, but nothing protects it: NO PROTECTION (VM)
+    if spec is not None and spec.vm and resp.evidence_kind == "nil":
         image = _unless_required(_image_claim(config), trust.require_measurement)
         # required (with require_measurement) whenever there is a local image to compare
         vector.add(image, required=trust.require_measurement
                    and image.status is not Status.UNVERIFIED)
+    for claim in pod_claims:  # the init-data binding: required whenever it can be checked
+        vector.add(claim, required=claim.status is not Status.UNVERIFIED)
+    if pod_field is not None and resp.evidence_kind != "nil":
+        vector.require(pod_field)
     vector.add(_protection_claim(vector, resp.evidence_kind, trust, _whose_root(vector, sim_trust)),
                required=True)
 
@@ -213,7 +230,7 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
         if expected_protection == "hardware":  # the TCB judged with the collateral carried along
             vector.require(*carried.required_on_hardware(resp.evidence_kind))
         vector.require(*trust.required_reference_claims())  # each reference value given
-        vm_on_hardware = spec is not None and spec.vm and spec.hardware
+        vm_on_hardware = spec is not None and (spec.vm or spec.pod) and spec.hardware
         if trust.require_measurement and (expected_protection != "hardware" or vm_on_hardware):
             vector.require("measurement")  # VM Keeps on hardware too: computed from the image
     if launch_claim is not None:
@@ -221,6 +238,17 @@ def verify_attestation(resp: protocol.AttestResponse, expect: Expectation) -> At
                    required=trust.require_measurement)
     return AttestationResult(vector=vector, response=resp, config=config, report_data=rd,
                              expectation=expect)
+
+
+def _suite_claim(resp: protocol.AttestResponse) -> Claim:
+    """The HPKE suite the Keep names must be one keepbook knows, and its key a key of that suite:
+    the channel key is sealed with it (the key is bound by the report data, the suite's name is
+    relayed by the host — a swapped name fails here, not as an internal error when sealing)."""
+    try:
+        sealing.check_public_key(resp.hpke_suite, resp.hpke_public_key)
+    except sealing.SealingError as exc:
+        return failed("hpke_suite", f"the Keep's channel key cannot be used: {exc}")
+    return verified("hpke_suite", f"the channel key is sealed with HPKE {resp.hpke_suite} (RFC 9180)")
 
 
 def _whose_root(vector: TrustVector, sim_trust: SimRootTrust | None) -> str:
@@ -253,6 +281,11 @@ def _protection_claim(vector: TrustVector, evidence_kind: str, trust: TrustPolic
     if prot == "simulated":
         return verified("protection", f"SIMULATED: signed by the {whose} — no hardware protection "
                                       "(allow_simulated)", root=whose)
+    chain = vector.get("chain")
+    if prot == "hardware" and chain is not None and chain.detail.get("platform_key") == "user-supplied":
+        return verified("protection", "hardware TEE evidence signed by a platform key from your "
+                                      "trust policy (user-supplied: keepbook pins no vendor root "
+                                      "for it)")
     if prot == "hardware":
         return verified("protection", "hardware TEE evidence chained to a pinned vendor root")
     if prot == "none":

@@ -283,12 +283,40 @@ class Channel:
             raise KeepError(f"the Keep refused the dataset ({status}): {reason_of(raw)}")
         return protocol.Reply.from_cbor(raw).content
 
-    async def audit(self) -> protocol.AuditExport:
-        raw = await self.post("/v1/audit", b"", "the audit log export", CONTROL_TIMEOUT_S)
+    async def audit(self, page_bytes: int | None = None) -> protocol.AuditExport:
+        """The whole audit log, page by page (of at most ``page_bytes``, if given), up to the
+        head the first page signed."""
+        first = await self._audit_page(0, page_bytes)
+        want = first.head.get("count")
+        if not isinstance(want, int) or want < 0:
+            raise KeepError("the Keep's audit export breaks the protocol: the head has no count")
+        pages, have = [first.entries], len(_entries(first))
+        while have < want:
+            page = await self._audit_page(have, page_bytes)
+            items = _entries(page)
+            if (page.start or 0) != have or not items:
+                raise KeepError(f"the Keep's audit export breaks the protocol: asked for entries "
+                                f"from {have}, got {len(items)} from {page.start}")
+            take = items[:want - have]
+            pages.append(b"".join(raw for raw, _ in take))
+            have += len(take)
+        return protocol.AuditExport(entries=b"".join(pages), head=first.head,
+                                    signature=first.signature, start=0)
+
+    async def _audit_page(self, start: int, page_bytes: int | None) -> protocol.AuditExport:
+        raw = await self.post("/v1/audit", protocol.AuditRequest(start=start, max_bytes=page_bytes).to_cbor(),
+                              "the audit log export", CONTROL_TIMEOUT_S)
         try:
             return protocol.AuditExport.from_cbor(raw)  # type: ignore[return-value]
         except protocol.ProtocolError as exc:
             raise KeepError(f"the Keep's audit export breaks the protocol: {exc.reason}") from None
+
+
+def _entries(page: protocol.AuditExport) -> list[tuple[bytes, Any]]:
+    try:
+        return protocol.decode_sequence(page.entries, what="audit entry")
+    except protocol.ProtocolError as exc:
+        raise KeepError(f"the Keep's audit export breaks the protocol: {exc.reason}") from None
 
 
 class _UploadConnection:

@@ -10,14 +10,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keepbook.keep.shared import protocol, sealing
-from keepbook.keep.shared.dataset_format import DEFAULT_CHUNK, FORMAT, FRAME, MAX_CHUNK, TAG, DatasetError, check_name, chunk_aad, chunk_nonce, frame, key_info, sig_message
+from keepbook.keep.shared.dataset_format import (DEFAULT_CHUNK, FORMAT, FORMAT_FAMILY, FRAME, MAX_CHUNK, TAG, DatasetError,
+                                                check_name, chunk_aad, chunk_nonce, content_mac,
+                                                digest_text, frame, key_info, sig_message)
 
 
 # ---------------------------------------------------------------------- owner keys
@@ -83,7 +85,7 @@ class Sealer:
         self._owner_key = owner_key
         self._header_hash = hashlib.sha256(header).digest()
         self._aead = AESGCM(dek)
-        self._plain = hashlib.sha256()
+        self._plain = content_mac(dek)
         self._size = self._index = 0
         self._final = False
 
@@ -112,19 +114,27 @@ class Sealer:
         self._final = final
         return end
 
+    @property
+    def digest(self) -> str:
+        """The keyed content digest (complete once the final chunk is sealed): the owner finds
+        the same text in the Keep's audit log when it opened this dataset."""
+        return digest_text(self._plain)
+
     def trailer_frame(self) -> bytes:
         """The owner's signature over header, plaintext digest, size and chunk count."""
         if not self._final:
             raise DatasetError("stream: the trailer before the final chunk")
         digest = self._plain.digest()
         sig = sign(self._owner_key, sig_message(self._header_hash, digest, self._size, self._index))
-        return frame(b"S", protocol.dumps({"plaintext_sha256": digest, "bytes": self._size,
+        return frame(b"S", protocol.dumps({"plaintext_mac": digest, "bytes": self._size,
                                            "chunks": self._index, "signature": sig}))
 
 
 def seal_stream(src: BinaryIO, *, name: str, recipient: bytes, suite: str, owner_key: Any,
-                policy: bytes = b"", chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]:
-    """Yield the sealed dataset frame by frame; reads ``src`` one chunk at a time."""
+                policy: bytes = b"", chunk_size: int = DEFAULT_CHUNK,
+                digest: Callable[[str], None] | None = None) -> Iterator[bytes]:
+    """Yield the sealed dataset frame by frame; reads ``src`` one chunk at a time.  At the end,
+    ``digest(text)`` gets the keyed content digest."""
     sealer = Sealer(name=name, recipient=recipient, suite=suite, owner_key=owner_key,
                     policy=policy, chunk_size=chunk_size)
     yield sealer.header_frame
@@ -138,6 +148,8 @@ def seal_stream(src: BinaryIO, *, name: str, recipient: bytes, suite: str, owner
             break
         chunk = nxt
     yield sealer.trailer_frame()
+    if digest is not None:
+        digest(sealer.digest)
 
 
 # ---------------------------------------------------------------------- files and seal specs
@@ -147,7 +159,7 @@ def is_sealed_file(path: str | os.PathLike) -> bool:
     """Does this file start like a sealed dataset?"""
     with open(path, "rb") as fh:
         head = fh.read(FRAME.size + 4096)
-    return len(head) > FRAME.size and head[:1] == b"H" and FORMAT.encode() in head
+    return len(head) > FRAME.size and head[:1] == b"H" and FORMAT_FAMILY.encode() in head
 
 
 def read_chunks(path: str | os.PathLike, size: int = DEFAULT_CHUNK) -> Iterator[bytes]:

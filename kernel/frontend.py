@@ -18,15 +18,19 @@ import json
 import os
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from keepbook.keep.shared import protocol
 from keepbook.keep.shared.evidence.trust import TrustVector
+from keepbook.keep.shared.dataset_format import DatasetError
+from keepbook.kernel import completion, data_folder, ipython_events
 from keepbook.kernel import magics as mg
 from keepbook.kernel import presenting as show
 from keepbook.kernel.agent import NEW_KEEP_DEFAULTS, ClientAgent
 from keepbook.kernel.client import AttestationRefused, KeepError
 from keepbook.kernel.trust_policy import TrustPolicyError
+from keepbook.kernel.wasi_input import wasi_input
 
 COMPILED = ("c", "cpp", "zig", "rust")
 #: how often the front end asks about releases waiting for the data owner (between cells)
@@ -50,11 +54,13 @@ class Outcome:
     traceback: list[str] = field(default_factory=list)
     #: the cell's value as the Keep rendered it (``execute_result`` content), if any
     result: dict | None = None
+    #: execute-reply payloads, as ipykernel sends them (``obj?``: a ``page``)
+    payload: list[dict] = field(default_factory=list)
 
     def reply(self, execution_count: int) -> dict:
         if self.ok:
-            return {"status": "ok", "execution_count": execution_count, "payload": [],
-                    "user_expressions": {}}
+            return {"status": "ok", "execution_count": execution_count,
+                    "payload": self.payload, "user_expressions": {}}
         return {"status": "error", "execution_count": execution_count, "ename": self.ename,
                 "evalue": self.evalue, "traceback": self.traceback}
 
@@ -78,11 +84,14 @@ class Frontend:
         self._pending: dict[tuple[str, int], str] = {}
         self._watcher: asyncio.Task | None = None
         self._owners: dict[tuple, Any] = {}  # %review: one verified owner session per Keep
+        self._cell_code = ""  # the running cell's text (for the data-folder hint)
 
     # ------------------------------------------------------------------ user actions
     async def execute(self, code: str) -> Outcome:
         """A whole keepbook-kernel cell: leading ``%line`` magics, then a ``%%cell`` magic or
         Python for the Keep."""
+        self._cell_code = code
+
         async def act() -> Outcome:
             params = mg.parse_parameters(code)
             if params is not None:  # kept by the kernel, for `{name}` in magic lines
@@ -123,10 +132,11 @@ class Frontend:
             matches, start, end = hit
         else:
             reply = await self.agent.ask_if_open("complete", {"code": code, "cursor_pos": cursor_pos})
-            ok = bool(reply) and isinstance(reply.get("matches"), list)
-            matches = reply["matches"] if ok else []
-            start = reply.get("cursor_start", cursor_pos) if ok else cursor_pos
-            end = reply.get("cursor_end", cursor_pos) if ok else cursor_pos
+            if not (reply and isinstance(reply.get("matches"), list)):
+                return completion.complete_offline(code, cursor_pos)  # no Keep session (yet)
+            matches = reply["matches"]
+            start = reply.get("cursor_start", cursor_pos)
+            end = reply.get("cursor_end", cursor_pos)
         return {"status": "ok", "matches": matches, "cursor_start": start, "cursor_end": end,
                 "metadata": {}}
 
@@ -190,15 +200,17 @@ class Frontend:
     def _show(self, event: protocol.Event, outcome: Outcome) -> None:
         """One Keep event as output (the Keep's policy already decided it may leave)."""
         c = event.content
+        meta = c.get("metadata") if event.kind == "display_data" else None
+        label = meta.get("keepbook") if isinstance(meta, dict) else None
+        review = label.get("review") if isinstance(label, dict) else None
+        if isinstance(review, dict) and isinstance(review.get("id"), int) and self.agent.current:
+            self._pending_release(self.agent.current.id, review["id"], c)  # updated in place
+            return
+        if ipython_events.publish(event, self.screen.publish, outcome.payload):
+            return
         if event.kind == "stream":
             name = c.get("name") if c.get("name") in ("stdout", "stderr") else "stdout"
             self._stream(str(c.get("text", "")), name)
-        elif event.kind == "display_data":
-            review = ((c.get("metadata") or {}).get("keepbook") or {}).get("review")
-            if isinstance(review, dict) and isinstance(review.get("id"), int) and self.agent.current:
-                self._pending_release(self.agent.current.id, review["id"], c)
-            else:
-                self._display(show.jupyter_mime(c.get("data")), c.get("metadata") or {})
         elif event.kind == "execute_result":
             outcome.result = {"data": show.jupyter_mime(c.get("data")), "metadata": c.get("metadata") or {}}
             self.screen.publish("execute_result", dict(outcome.result))
@@ -207,6 +219,9 @@ class Frontend:
             self._error(str(c.get("ename", "Error")), str(c.get("evalue", "")),
                         [str(x) for x in tb] if isinstance(tb, list) and tb else
                         [f"{c.get('ename', 'Error')}: {c.get('evalue', '')}"])
+            hint = data_folder.hint(c, self._cell_code, Path.cwd())
+            if hint:  # a file next to the notebook, not in the Keep
+                self._stream(hint + "\n", "stderr")
         elif event.kind == "notice":
             self._remark(str(c.get("text", "")))
 
@@ -338,7 +353,7 @@ class Frontend:
                 self._display({"application/json": result.vector.to_json(),
                                "text/plain": json.dumps(result.vector.to_json(), indent=1)})
             else:
-                self._show_vector(result.vector, m.args.explain)
+                self._show_vector(result.vector, m.args.explain, result.fingerprint)
         elif m.name == "upload":
             await self._upload(m.args.path, m.args.name)
         elif m.name == "review":
@@ -352,8 +367,8 @@ class Frontend:
         else:
             raise mg.MagicError(f"%{m.name} is not available in this version of keepbook")
 
-    def _show_vector(self, tv: TrustVector, explain: bool = False) -> None:
-        self._display(show.trust_vector_bundle(tv, explain))
+    def _show_vector(self, tv: TrustVector, explain: bool = False, fingerprint: str | None = None) -> None:
+        self._display(show.trust_vector_bundle(tv, explain, fingerprint))
 
     @staticmethod
     def _save_attestation(result: Any, path: str) -> str:
@@ -400,9 +415,12 @@ class Frontend:
             self._stream(f"Keep {await self.agent.close(m.args.id)} closed.\n")
 
     async def _upload(self, path: str, name: str | None) -> None:
-        """%upload PATH [--as NAME]: sealed to the attested Keep, streamed; read-only at /data."""
+        """%upload PATH [--as NAME]: sealed to the attested Keep, streamed; read-only at /data.
+        A folder goes whole: its files keep their paths under /data/FOLDER."""
         await self._ensure_keep()
         await self._ensure_attested()
+        if Path(path).expanduser().is_dir():
+            return await self._upload_folder(Path(path).expanduser(), name)
         try:
             size: int | None = os.path.getsize(os.path.expanduser(path))
         except OSError:
@@ -415,6 +433,28 @@ class Frontend:
             raise
         bar.done(f"uploaded {path}")
         self._stream(show.upload_receipt(path, receipt))
+
+    async def _upload_folder(self, folder: Path, name: str | None) -> None:
+        try:
+            files = data_folder.folder_files(folder, name)
+        except DatasetError as exc:
+            raise KeepError(str(exc)) from None
+        total = sum(f.stat().st_size for f, _ in files)
+        bar = self._progress(f"uploading {folder} ({len(files)} files)", total=total)
+        done = 0
+        try:
+            for file, dataset in files:
+                await self.agent.upload(file, dataset,
+                                        progress=lambda sent, b=done: bar.update(b + sent))
+                done += file.stat().st_size
+        except BaseException:
+            bar.done(f"upload of {folder} failed after {done:,} bytes", ok=False)
+            raise
+        top = files[0][1].split("/")[0]
+        bar.done(f"uploaded {folder}")
+        self._stream(f"Sealed {len(files)} files ({total:,} bytes) to the Keep under /data/{top}/ "
+                     f"(read-only; the Keep's Python runs in /data, so paths like "
+                     f"{files[0][1]} work unchanged)\n")
 
     # ------------------------------------------------------------------ Keeps made and attested
     async def _ensure_keep(self) -> None:
@@ -449,7 +489,8 @@ class Frontend:
         if bar:
             bar.done(f"compiled {len(module):,} bytes of Wasm")
         return await self._run_in_keep("wasm", module=module, invoke=m.invoke, args=m.invoke_args,
-                                       timeout_s=m.args.timeout, fuel=m.args.fuel)
+                                       timeout_s=m.args.timeout, fuel=m.args.fuel,
+                                       **wasi_input(m))
 
     def _compile(self, m: mg.CellMagic) -> bytes:
         """Client-side: turn the cell into a Wasm module.  Compile errors stop here — nothing sent."""

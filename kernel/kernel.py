@@ -7,12 +7,12 @@ control thread, is handed over to that loop."""
 from __future__ import annotations
 
 import asyncio
-import codeop
 from typing import Any
 
 from ipykernel.kernelbase import Kernel
 
 from keepbook import __version__
+from keepbook.kernel import completion
 from keepbook.kernel.agent import ClientAgent
 from keepbook.kernel.frontend import Frontend
 
@@ -73,18 +73,7 @@ class KeepbookKernel(Kernel):
         self.session.send(stream, "interrupt_reply", {"status": "ok"}, parent, ident=ident)
 
     async def do_is_complete(self, code: str) -> dict:
-        stripped = code.strip()
-        if not stripped or stripped.startswith("%%"):
-            return {"status": "complete" if not stripped.startswith("%%") or code.endswith("\n\n")
-                    else "incomplete", "indent": ""}
-        lines = [ln for ln in code.splitlines() if not ln.strip().startswith("%")]
-        try:  # compile only — never executes anything on the host
-            compiled = codeop.compile_command("\n".join(lines), symbol="exec")
-        except (SyntaxError, ValueError, OverflowError):
-            return {"status": "invalid"}
-        if compiled is None:
-            return {"status": "incomplete", "indent": "    " if code.rstrip().endswith(":") else ""}
-        return {"status": "complete"}
+        return completion.is_complete(code)  # IPython's parser; nothing runs on the host
 
     async def do_complete(self, code: str, cursor_pos: int) -> dict:
         """Magics here; names from the Keep's session only once it is attested and provisioned,

@@ -118,12 +118,48 @@ def _review_parser() -> _Parser:
     return p
 
 
+#: in a Wasm or compiled cell, the lines after this one are the program's standard input
+STDIN_SEPARATOR = "%%stdin"
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or "\0" in text:
+        raise argparse.ArgumentTypeError(f"--env takes NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _split_stdin(name: str, args: argparse.Namespace, body: str) -> tuple[str, str | None]:
+    """The cell's program text and, after a ``%%stdin`` line, its standard input text (ending
+    with a newline, as a text file does: notebooks drop a cell's last newline)."""
+    lines = body.split("\n")
+    cut = next((i for i, ln in enumerate(lines) if ln.strip() == STDIN_SEPARATOR), None)
+    if cut is None:
+        if args.stdin == "-":
+            raise MagicError(f"%%{name} --stdin -: the program's input is the cell text after a "
+                             f"line {STDIN_SEPARATOR}, and this cell has no such line")
+        return body, None
+    if args.stdin not in (None, "-"):
+        raise MagicError(f"%%{name}: --stdin {args.stdin} and a {STDIN_SEPARATOR} line both give "
+                         f"the program's input; keep one")
+    text = "\n".join(lines[cut + 1:])
+    return "\n".join(lines[:cut]), text if not text or text.endswith("\n") else text + "\n"
+
+
 def _run_parser(name: str) -> _Parser:
     p = _Parser(prog=f"%%{name}", add_help=False)
     p.add_argument("--invoke", nargs="+", metavar=("NAME", "ARG"),
                    help="call this export with numeric arguments instead of _start")
     p.add_argument("--timeout", type=_positive_float)
     p.add_argument("--fuel", type=int, help="instruction budget (Wasm fuel)")
+    p.add_argument("--arg", action="append", default=[], dest="argv", metavar="A",
+                   help="a command-line argument for the program (repeatable; --arg=-v for one "
+                        "that starts with '-')")
+    p.add_argument("--env", action="append", default=[], type=_env_pair, metavar="K=V",
+                   help="an environment variable for the program (repeatable)")
+    p.add_argument("--stdin", metavar="FILE|-",
+                   help="standard input: a file on this machine, or - for the cell text after "
+                        f"a line {STDIN_SEPARATOR}")
     if name == "wasm":
         p.add_argument("--file", help="path to a .wasm file (else base64 in the cell body)")
     if name in ("c", "cpp", "zig", "rust"):
@@ -159,6 +195,7 @@ class CellMagic:
     body: str
     invoke: str | None = None
     invoke_args: list = field(default_factory=list)
+    stdin_text: str | None = None  # the cell text after a %%stdin line
 
 
 @dataclass
@@ -254,7 +291,15 @@ def substitute(line: str, params: Mapping[str, Any]) -> str:
                             else m.group(0), line)
 
 
+def _line_magic_name(line: str) -> str:
+    word = line.strip()[1:].split(None, 1)
+    return word[0] if word else ""
+
+
 def parse_cell(code: str, params: Mapping[str, Any] | None = None) -> Cell:
+    """Split a cell: leading keepbook line magics (run by the kernel), a keepbook cell magic,
+    or the rest — Python for the Keep's IPython shell, which also runs IPython's own magics
+    (``%time``, ``%matplotlib inline``, ``%%timeit``...) and says so for those it does not know."""
     if params:
         lines = [substitute(ln, params) if ln.lstrip().startswith("%") else ln
                  for ln in code.splitlines()]
@@ -269,9 +314,10 @@ def parse_cell(code: str, params: Mapping[str, Any] | None = None) -> Cell:
             words = shlex.split(head)
         except ValueError as exc:
             raise MagicError(f"%%{head}: {exc}") from None
-        if not words or words[0] not in CELL_MAGICS:
-            raise MagicError(f"unknown cell magic %%{words[0] if words else ''}; "
-                             f"known: %%{', %%'.join(CELL_MAGICS)}")
+        if not words:
+            raise MagicError("empty cell magic: write %%NAME on the first line")
+        if words[0] not in CELL_MAGICS:  # IPython's (%%time, %%capture, ...): the Keep runs it
+            return Cell([], None, "\n".join(lines[i:]))
         name = words[0]
         body = "\n".join(lines[i + 1:])
         if name == "python":
@@ -284,11 +330,12 @@ def parse_cell(code: str, params: Mapping[str, Any] | None = None) -> Cell:
                 invoke_args = [_number(a) for a in args.invoke[1:]]
             except argparse.ArgumentTypeError as exc:
                 raise MagicError(f"%%{name}: {exc}") from None
-        return Cell([], CellMagic(name, args, body, invoke, invoke_args), "")
+        body, stdin_text = _split_stdin(name, args, body)
+        return Cell([], CellMagic(name, args, body, invoke, invoke_args, stdin_text), "")
     magics: list[LineMagic] = []
     while i < len(lines):
         s = lines[i].strip()
-        if s.startswith("%") and not s.startswith("%%"):
+        if s.startswith("%") and not s.startswith("%%") and _line_magic_name(s) in LINE_MAGICS:
             magics.append(parse_line_magic(s))
             i += 1
         elif not s or s.startswith("#"):
@@ -302,15 +349,21 @@ def complete_magic(code: str, cursor_pos: int) -> tuple[list[str], int, int] | N
     """Completion for magic names and %keep subcommands; None when not in a magic."""
     line_start = code.rfind("\n", 0, cursor_pos) + 1
     prefix = code[line_start:cursor_pos]
+    from keepbook.kernel.completion import magic_names
+
     if prefix.startswith("%%"):
         word = prefix[2:]
         if " " in word:
             return None
-        return ([f"%%{m}" for m in CELL_MAGICS if m.startswith(word)], line_start, cursor_pos)
+        return ([f"%%{m}" for m in magic_names("cell") if m.startswith(word)], line_start,
+                cursor_pos)
     if prefix.startswith("%"):
         parts = prefix[1:].split(" ")
         if len(parts) == 1:
-            return ([f"%{m}" for m in LINE_MAGICS if m.startswith(parts[0])], line_start, cursor_pos)
+            return ([f"%{m}" for m in magic_names("line") if m.startswith(parts[0])], line_start,
+                    cursor_pos)
+        if parts[0] not in LINE_MAGICS:
+            return None  # an IPython magic's arguments: the Keep's shell completes them
         if parts[0] == "keep" and len(parts) == 2:
             start = cursor_pos - len(parts[1])
             return ([s for s in KEEP_SUBCOMMANDS if s.startswith(parts[1])], start, cursor_pos)

@@ -148,17 +148,20 @@ def seal_main(argv: list[str]) -> int:
         alg, pub = dataset_sealer.owner_public(key)
         name = dataset_format.check_name(args.name or __import__("os").path.basename(args.data))
         out = args.output or args.data + ".sealed"
+        digests: list[str] = []
         with open(args.data, "rb") as src, open(out, "wb") as dst:
             for piece in dataset_sealer.seal_stream(src, name=name, recipient=recipient, suite=suite,
-                                              owner_key=key, policy=policy,
-                                              chunk_size=args.chunk_size):
+                                                    owner_key=key, policy=policy,
+                                                    chunk_size=args.chunk_size, digest=digests.append):
                 dst.write(piece)
     except (OSError, dataset_format.DatasetError, PolicyError, KeepError) as exc:
         print(f"keepbook seal: {exc}", file=sys.stderr)
         return 1
     print(f"sealed {args.data} → {out}\n  name /data/{name}, suite {suite}\n  owner "
           f"{dataset_format.fingerprint(alg, pub)}\n  policy {parsed.digest()} ({parsed.source})\n"
-          f"  Keep profile {cfg.profile}, backend {cfg.backend}, {result.vector.label}")
+          f"  Keep profile {cfg.profile}, backend {cfg.backend}, {result.vector.label}\n"
+          f"  digest {digests[0]} — keyed with this dataset's own key: the Keep's audit log "
+          "shows the same digest when it opened exactly this data")
     return 0
 
 

@@ -54,10 +54,14 @@ def widget_bundle(widget_factory: Callable[[], Any], text: str, html_text: str) 
     return data
 
 
-def trust_vector_bundle(tv: TrustVector, explain: bool = False) -> dict:
-    text = tv.to_text() + ("\n\nEvidence fields:\n" + ui.fields_text(tv) if explain else "")
-    return widget_bundle(lambda: ui.trust_vector_widget(tv, explain), text,
-                         ui.trust_vector_html(tv, explain))
+def trust_vector_bundle(tv: TrustVector, explain: bool = False, fingerprint: str | None = None) -> dict:
+    """The trust vector; under a verified one, the Keep fingerprint the analyst reads out to
+    the data owner (``keepbook seal --keep-fingerprint``)."""
+    fingerprint = fingerprint if tv.ok else None
+    text = tv.to_text() + ("\n" + ui.fingerprint_text(fingerprint) if fingerprint else "")
+    text += "\n\nEvidence fields:\n" + ui.fields_text(tv) if explain else ""
+    return widget_bundle(lambda: ui.trust_vector_widget(tv, explain, fingerprint), text,
+                         ui.trust_vector_html(tv, explain, fingerprint))
 
 
 def status_bundle(status: dict) -> dict:

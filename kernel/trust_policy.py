@@ -15,12 +15,18 @@ TOML, from ``--trust-policy FILE``, ``$KEEPBOOK_TRUST_POLICY`` or
                                     # an snp Keep: the launch measurement computed from the
                                     # Keep image this machine builds (kernel/launch_measurement.py)
     snp_ovmf = "/usr/share/ovmf/OVMF.amdsev.fd"   # the AmdSev OVMF the host boots snp Keeps with
+    keep_container = "REPOSITORY@sha256:…"         # the image coco-* Keep pods must run: the
+                                    # client requires the init-data digest computed from it
     allow_debug = false             # refuse evidence from a TEE in debug mode
     accepted_tcb_status = ["UpToDate"]
+    cca_platform_keys = ["~/cca/cpak.pem"]   # Arm CCA: the platform keys you trust (a file
+                                    # path — relative to this file — or the PEM / JWK text
+                                    # itself); keepbook pins no Arm root, so a hardware CCA
+                                    # Keep needs one of these
 
     [reference]                     # what a hardware Keep's evidence must show (each one given
     measurement = "hex…"            # becomes a required claim); same keys as `keepbook verify
-    host_data = "hex…"              # --policy`: measurement, host_data, mrsigner, rtmrs,
+    host_data = "hex…"              # --policy`: measurement, host_data, mrconfigid, mrsigner, rtmrs,
     min_tcb = { snp = 8, microcode = 115 }   # min_tcb, vmpl, allow_smt, allow_migration_agent
     vmpl = 0
 """
@@ -36,8 +42,10 @@ from typing import Any, Mapping
 
 from keepbook.keep.shared.facts import PROFILES
 from keepbook.keep.shared.evidence.certs import parse_fingerprint
+from keepbook.keep.shared.evidence.public_keys import load_public_keys
 from keepbook.keep.shared.evidence.reference import KEYS as REFERENCE_KEYS, parse_reference
-from keepbook.keep.shared.evidence.trust import ReferenceValues
+from keepbook.keep.shared.evidence.trust import EvidenceError, ReferenceValues
+from keepbook.keep.shared.pod_keep import ImageRef
 
 
 class TrustPolicyError(ValueError):
@@ -64,31 +72,47 @@ class TrustPolicy:
     #: fingerprints (sha256:…) of simulated roots accepted from any keep manager
     simulated_roots: tuple[str, ...] = ()
     snp_ovmf: str = ""     # "" = $KEEPBOOK_SNP_OVMF or /usr/share/ovmf/OVMF.amdsev.fd
+    #: Arm CCA platform keys the user trusts: file paths, or PEM / JWK text
+    cca_platform_keys: tuple[str, ...] = ()
+    #: the Keep container image a coco-* Keep pod must run (REPOSITORY@sha256:…); "" = the
+    #: published one pinned in keep/container/published.toml
+    keep_container: str = ""
     #: the [reference] table, checked at load (read-only)
     reference: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     source: str = "built-in default"
+    #: ``cca_platform_keys`` read and parsed (DER SubjectPublicKeyInfo), filled when made
+    platform_key_ders: tuple[bytes, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ders: list[bytes] = []
+        for i, entry in enumerate(self.cca_platform_keys):
+            ders += _platform_key(entry, f"trust policy {self.source}: cca_platform_keys[{i}]")
+        object.__setattr__(self, "platform_key_ders", tuple(ders))
 
     def reference_values(self) -> ReferenceValues:
         """A fresh ReferenceValues from the [reference] table and the top-level switches."""
         ref = parse_reference(self.reference)
         ref.allow_debug = self.allow_debug
         ref.accept_tcb_status = tuple(self.accepted_tcb_status)
+        ref.platform_keys = list(self.platform_key_ders)
         return ref
 
     def required_reference_claims(self) -> list[str]:
         """Claims the [reference] table asks to be verified."""
         names = {"measurement": "measurement", "host_data": "host_data", "mrsigner": "mrsigner",
+                 "mrconfigid": "mrconfigid",
                  "rtmrs": "rtmrs", "min_tcb": "tcb", "vmpl": "vmpl",
                  "personalization": "personalization", "rems": "rems"}
         return [claim for key, claim in names.items() if key in self.reference]
 
     @classmethod
-    def from_toml(cls, text: str, source: str = "<string>") -> "TrustPolicy":
+    def from_toml(cls, text: str, source: str = "<string>", base_dir: Path | None = None) -> "TrustPolicy":
+        """``base_dir``: where relative key paths are found (the policy file's folder)."""
         try:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise TrustPolicyError(f"trust policy {source} is not valid TOML: {exc}") from None
-        known = {f.name: f for f in fields(cls) if f.name != "source"}
+        known = {f.name: f for f in fields(cls) if f.name not in ("source", "platform_key_ders")}
         unknown = set(raw) - set(known)
         if unknown:
             raise TrustPolicyError(f"trust policy {source}: unknown key(s) {', '.join(sorted(unknown))}; "
@@ -125,9 +149,18 @@ class TrustPolicy:
                 parse_fingerprint(fp)
             except ValueError as exc:
                 raise TrustPolicyError(f"trust policy {source}: simulated_roots: {exc}") from None
+        if kwargs.get("keep_container"):
+            try:
+                ImageRef.parse(kwargs["keep_container"])
+            except ValueError as exc:
+                raise TrustPolicyError(f"trust policy {source}: keep_container: {exc}") from None
         bad = set(kwargs.get("accept_profiles", [])) - set(PROFILES)
         if bad:
             raise TrustPolicyError(f"trust policy {source}: unknown profile(s) {', '.join(sorted(bad))}")
+        if base_dir is not None and "cca_platform_keys" in kwargs:
+            kwargs["cca_platform_keys"] = tuple(
+                k if _is_inline_key(k) else str(base_dir / Path(k).expanduser())
+                for k in kwargs["cca_platform_keys"])
         return cls(source=source, **kwargs)
 
     @classmethod
@@ -137,13 +170,34 @@ class TrustPolicy:
             p = Path(candidate).expanduser()
             if not p.is_file():
                 raise TrustPolicyError(f"trust policy file {p} does not exist")
-            return cls.from_toml(p.read_text(), str(p))
+            return cls.from_toml(p.read_text(), str(p), p.parent)
         default = default_path()
         if default.is_file():
-            return cls.from_toml(default.read_text(), str(default))
+            return cls.from_toml(default.read_text(), str(default), default.parent)
         return cls()
 
 
 def default_path() -> Path:
     """Where the trust policy is read from when no file is named."""
     return user_config_dir() / "trust.toml"
+
+
+def _is_inline_key(entry: str) -> bool:
+    return "-----BEGIN" in entry or entry.lstrip().startswith("{")
+
+
+def _platform_key(entry: str, what: str) -> list[bytes]:
+    """One ``cca_platform_keys`` entry (a path, or PEM / JWK text) → DER SubjectPublicKeyInfo."""
+    if _is_inline_key(entry):
+        data = entry.encode()
+    else:
+        path = Path(entry).expanduser()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise TrustPolicyError(f"{what}: cannot read {path}: {exc.strerror or exc} — give the "
+                                   "path of your CCA platform key (PEM or JWK), or its text") from None
+    try:
+        return load_public_keys(data)
+    except EvidenceError as exc:
+        raise TrustPolicyError(f"{what}: {exc}") from None

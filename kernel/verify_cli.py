@@ -112,6 +112,8 @@ def verify(argv: Sequence[str]) -> tuple[TrustVector, argparse.Namespace]:
     if args.report_data is not None:
         ref.report_data = _hex(args.report_data, "--report-data", 64, pad=True)
     certs, crls = _load_certs_args(args.certs, kind)
+    if kind == "cca":   # a CCA platform key given with --certs is the user's own trust anchor
+        ref.platform_keys, certs = certs, []
     collateral = None
     if args.collateral or crls:
         from keepbook.keep.shared.evidence import pcs

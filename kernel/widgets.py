@@ -18,7 +18,16 @@ def badge_html(protection: str, label: str) -> str:
             f'border-radius:4px;font-weight:bold">{html.escape(label)}</span>')
 
 
-def trust_vector_html(tv: TrustVector, explain: bool = False) -> str:
+FINGERPRINT_HINT = ("read it to the data owner: `keepbook seal --keep-fingerprint` refuses any "
+                    "other Keep")
+
+
+def fingerprint_text(fingerprint: str | None) -> str:
+    """The Keep fingerprint line under a verified trust vector (empty without one)."""
+    return f"Keep fingerprint: {fingerprint} — {FINGERPRINT_HINT}" if fingerprint else ""
+
+
+def trust_vector_html(tv: TrustVector, explain: bool = False, fingerprint: str | None = None) -> str:
     result = ("VERIFIED" if tv.ok else "REJECTED — " + html.escape(tv.first_failure()))
     colour = "#1b7f3b" if tv.ok else "#b00020"
     rows = []
@@ -37,6 +46,10 @@ def trust_vector_html(tv: TrustVector, explain: bool = False) -> str:
              "".join(rows), "</table>",
              f'<div style="color:{colour};font-weight:bold">RESULT: {result}</div>',
              "<small>* required by your trust policy</small>"]
+    if fingerprint:
+        parts.append(f'<div class="keepbook-fingerprint">Keep fingerprint: <code>'
+                     f'{html.escape(fingerprint)}</code> — <small>{html.escape(FINGERPRINT_HINT)}'
+                     f"</small></div>")
     if explain and tv.fields:
         parts.append(fields_html(tv))
     parts.append("</div>")
@@ -61,12 +74,12 @@ def _short(v: str, limit: int = 96) -> str:
     return v if len(v) <= limit else v[:limit] + "…"
 
 
-def trust_vector_widget(tv: TrustVector, explain: bool = False) -> Any:
+def trust_vector_widget(tv: TrustVector, explain: bool = False, fingerprint: str | None = None) -> Any:
     """An ipywidgets view: a badge, one row per claim (✔/✗/?) with its reason, and one
     expandable section with every claim's detail (open when a claim failed)."""
     import ipywidgets as w
 
-    table = w.HTML(trust_vector_html(tv, explain=False))
+    table = w.HTML(trust_vector_html(tv, explain=False, fingerprint=fingerprint))
     rows = []
     for c in tv.claims:
         extra = "".join(f"<br><small><code>{html.escape(str(k))}</code>: "

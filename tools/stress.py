@@ -113,11 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + "=" * 30 + " keepbook: hostile world " + "=" * 30)
     for name, value, note in rows:
         print(f"{name:<{width}}  {value:<22} {note}")
+    for t in fuzz.get("targets", []):
+        if t.get("crashed"):
+            print(f"  FUZZ CRASH: {t['target']}: {t['reason']}")
     for c in cases:
         if c["outcome"] == "xfailed":
             print(f"  known bug: {c['name']}: {c['message'][:160]}")
         if c["outcome"] == "failed":
-            print(f"  FAILED: {c['file']}::{c['name']}: {c['message'][:160]}")
+            message = c["message"]
+            cut = message.find("FOUND BY FUZZING")
+            shown = message[:160] if cut < 0 else message[cut:cut + 800]
+            print(f"  FAILED: {c['file']}::{c['name']}: {shown}")
     print(f"{'result':<{width}}  {'PASS' if ok else 'FAIL'} in {time.monotonic() - started:.0f} s")
     (OUT / "summary.json").write_text(json.dumps({"rows": rows, "ok": ok}, indent=1))
     return 0 if ok else 1

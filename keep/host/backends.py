@@ -18,12 +18,20 @@ class BackendSpec:
     """A backend as this host offers it: the shared facts plus whether this host can run it."""
 
     facts: facts_mod.Backend
+    #: (available, note) as the launcher found it at start (a pod backend: does the cluster
+    #: have its runtime class? keep/host/kube_launcher.py)
+    known: tuple[bool, str] | None = None
 
     @property
     def name(self) -> str:
         return self.facts.name
 
     def availability(self) -> tuple[bool, str]:
+        if self.known is not None:
+            return self.known
+        if self.facts.pod:
+            return False, ("a Kubernetes pod (Confidential Containers): offered by "
+                           "`keepbook keepmgr --launcher kubernetes` (docs/deploy.md)")
         if self.facts.vm:
             from keepbook.keep.host import vm
 
@@ -47,7 +55,12 @@ DEFAULT_BACKENDS = facts_mod.DEFAULT_BACKENDS
 def _hardware_available(name: str) -> tuple[bool, str]:
     """An SGX Keep is an enclave under Gramine.  (``snp`` and ``tdx`` Keeps are VMs of their
     own, launched by keepldr — keep/host/vm.py; a node that is itself a confidential VM does
-    not make its processes Keeps: the host would run inside the TEE next to them.)"""
+    not make its processes Keeps: the host would run inside the TEE next to them.)  A ``cca``
+    Keep would be the Keep image as its own Arm CCA realm: launching realms is not built yet."""
+    if name == "cca":
+        return False, ("this keep manager cannot launch a Keep as an Arm CCA realm yet (the "
+                       "Keep's evidence path and the client's verification are ready); sim-cca "
+                       "shows CCA attestation here")
     if name == "sgx":
         if Path("/dev/attestation/quote").exists():
             return True, "Gramine /dev/attestation"

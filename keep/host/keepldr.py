@@ -97,7 +97,7 @@ async def pump(keep_id: str, up_frames: "FrameReader", up_writer: "asyncio.Strea
                 # Tell the manager at once instead of leaving it waiting for a reply.  A bad
                 # body leaves the framing intact; a bad header (413) does not, so stop there.
                 log(keep_id, "protocol-error", reason=exc.reason)
-                write_frame(up_writer, protocol.ErrorBody(status=exc.status, reason=exc.reason))
+                write_frame(up_writer, protocol.ErrorBody.of(exc.status, exc.reason))
                 await up_writer.drain()
                 if exc.status == 413:
                     break
@@ -178,10 +178,29 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="keepldr", description=__doc__)
     ap.add_argument("--backend", required=True)
     ap.add_argument("--keep-id", required=True)
-    ap.add_argument("--launcher", choices=("subprocess", "systemd-run"), default="subprocess")
+    ap.add_argument("--launcher", choices=("subprocess", "systemd-run", "kubernetes"),
+                    default="subprocess")
     ap.add_argument("--prewarm", action="store_true",
                     help="a pooled Keep: let the wasmldr warm up before it reports booted")
+    kube = ap.add_argument_group("kubernetes launcher (a coco-* Keep is a pod)")
+    kube.add_argument("--namespace", default="default")
+    kube.add_argument("--runtime-class", default="")
+    kube.add_argument("--keep-image", default="", help="REPOSITORY@sha256:… of the Keep container")
+    kube.add_argument("--kubeconfig", default=None)
+    kube.add_argument("--user", default="", help="the Keep's user (a label on its pod)")
     args = ap.parse_args(argv)
+    if args.launcher == "kubernetes":  # the Keep is a pod (keep/host/pod_launch.py)
+        import asyncio
+
+        from keepbook.keep.host.pod_launch import KubeSettings, serve_pod
+        from keepbook.keep.shared.pod_keep import ImageRef
+
+        settings = KubeSettings(namespace=args.namespace, runtime_class=args.runtime_class,
+                                image=ImageRef.parse(args.keep_image), kubeconfig=args.kubeconfig)
+        try:
+            return asyncio.run(serve_pod(args.backend, args.keep_id, settings, args.user))
+        except KeyboardInterrupt:
+            return 130
     from keepbook.keep.shared.facts import VM_BACKENDS  # (light: no asyncio, no protocol)
 
     if args.backend in VM_BACKENDS:  # the Keep is its own VM (keep/host/vm_keep.py)

@@ -24,6 +24,9 @@ Simulated roots: the fingerprints of the roots this manager's ``sim-*`` Keeps si
 printed at start (``--show-sim-roots`` prints them and exits), and ``contracts`` carries their
 certificates (:mod:`.sim_roots`), so users can accept them on purpose.
 
+With ``--collateral-dir`` a hardware Keep's attest_response also carries the operator's cached
+vendor collateral for its platform (:mod:`.collateral_cache`; signed, so the client checks it).
+
 Warm pool (``--pool N``): N keepldr+wasmldr pairs per backend are started ahead of time and wait,
 booted but *empty*: no config, no key, no evidence.  ``POST /v1/keeps`` hands one out, sends it
 the client's Start (its config) right then, and refills the pool in the background.  Its
@@ -47,17 +50,20 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from aiohttp import web
 
 from keepbook.keep.shared import protocol
+from keepbook.keep.shared import connection_guard
 from keepbook.keep.shared.cbor_http import cbor_response, error_middleware, error_response, read_message
 from keepbook.keep.host import backends as backends_mod
+from keepbook.keep.host import kube_launcher
 from keepbook.keep.host import quotas as quotas_mod
 from keepbook.keep.host import sim_roots as sim_roots_mod
 from keepbook.keep.host import users as users_mod
-from keepbook.keep.shared.facts import VM_BACKENDS
+from keepbook.keep.shared.facts import POD_BACKENDS, VM_BACKENDS
+from keepbook.keep.host.collateral_cache import CollateralCache, open_cache
 from keepbook.keep.shared.framing import FrameReader, write_frame
 from keepbook.keep.shared.handshake import Handshake, Role, State
 from keepbook.keep.shared.vm_image import VM_BOOT_TIMEOUT_S
@@ -75,7 +81,14 @@ POOL_ENV = "KEEPBOOK_KEEPMGR_POOL"  # default of --pool (so an embedded manager 
 
 def start_timeout(backend: str) -> float:
     """How long a Keep may take to answer its start: a VM Keep boots first."""
-    return VM_BOOT_TIMEOUT_S + 5.0 if backend in VM_BACKENDS else START_TIMEOUT_S
+    booted = backend in VM_BACKENDS or backend in POD_BACKENDS  # a pod's Kata VM boots too
+    return VM_BOOT_TIMEOUT_S + 5.0 if booted else START_TIMEOUT_S
+
+
+def loader_grace(backend: str) -> float:
+    """How long a Keep's loader may take to end after its pipe closes: a pod's loader deletes
+    the pod, its Service and NetworkPolicy through the cluster's API first."""
+    return 5.0 if backend in POD_BACKENDS else 1.0
 
 
 class Log:
@@ -126,23 +139,26 @@ class KeepManager:
     def __init__(self, *, backends: list[backends_mod.BackendSpec], tokens: Sequence[str] = (),
                  launcher: str = "subprocess", log: Log | None = None, pool: int = 0,
                  pool_backends: list[str] | None = None, roster: users_mod.Roster | None = None,
-                 sim_roots: dict[str, sim_roots_mod.AnnouncedRoot] | None = None):
+                 sim_roots: dict[str, sim_roots_mod.AnnouncedRoot] | None = None,
+                 collateral: CollateralCache | None = None,
+                 loader_args: Callable[[str], list[str]] | None = None):
         self.backends = {b.name: b for b in backends}
         if not 0 <= pool <= MAX_POOL:
             raise ValueError(f"--pool must be between 0 and {MAX_POOL}, got {pool}")
         unknown = [b for b in pool_backends or [] if b not in self.backends]
         if unknown:
             raise ValueError(f"--pool-backends names backends not offered here: {', '.join(unknown)}")
-        vms = [b for b in pool_backends or [] if b in VM_BACKENDS]
+        vms = [b for b in pool_backends or [] if b in VM_BACKENDS or b in POD_BACKENDS]
         if vms:
-            raise ValueError(f"--pool-backends: {', '.join(vms)} Keeps are not pooled (each VM is "
-                             "sized from its create request's memory limit)")
+            raise ValueError(f"--pool-backends: {', '.join(vms)} Keeps are not pooled (each VM or "
+                             "pod is sized from its create request's memory limit)")
         self.pool_size = pool
         # Default: every offered process backend this host can run now (hardware ones only
         # where present).
         self.pool_backends = (list(pool_backends) if pool_backends is not None else
                               [n for n, b in self.backends.items()
-                               if n not in VM_BACKENDS and b.availability()[0]]) if pool else []
+                               if n not in VM_BACKENDS and n not in POD_BACKENDS
+                               and b.availability()[0]]) if pool else []
         self._pool: dict[str, list[KeepRecord]] = {b: [] for b in self.pool_backends}
         self._refills: dict[str, asyncio.Task] = {}
         self._stopping = False
@@ -154,8 +170,13 @@ class KeepManager:
         self._hold_ids = itertools.count()
         self.sim_roots = dict(sim_roots or {})
         self.launcher = launcher
+        #: extra options for a backend's loader (the kubernetes launcher's namespace, image …)
+        self.loader_args = loader_args or (lambda backend: [])
         self.log = log or Log(None)
         self.keeps: dict[str, KeepRecord] = {}
+        #: vendor collateral the operator keeps (--collateral-dir), attached to attest answers
+        self.collateral = collateral
+        self.guard: connection_guard.ConnectionGuard | None = None  # set by serve()
 
     def log_quietly(self, event: str, **detail: Any) -> None:
         """For background work, where no request can carry the log's failure to anyone."""
@@ -202,6 +223,8 @@ class KeepManager:
             return error_response(401, "wrong bearer token for this keep manager")
         request["owner"] = digest
         request["principal"] = principal
+        if self.guard is not None:  # a token-bearing connection is no longer "pending"
+            self.guard.admit(request.transport)
         return await handler(request)
 
     async def _body(self, request: web.Request, cls: type[protocol.Message]) -> Any:
@@ -247,7 +270,7 @@ class KeepManager:
             rec = self._take_pooled(req.backend)
             pooled = rec is not None
             if rec is None:
-                rec = await self._spawn(req.backend)
+                rec = await self._spawn(req.backend, user=request["principal"].name)
             else:
                 self._schedule_refill(req.backend, POOL_REFILL_DELAY_S)
         finally:
@@ -292,6 +315,8 @@ class KeepManager:
         rec = self._record(request)
         req = await self._body(request, protocol.AttestRequest)
         resp = await self._call(rec, req, protocol.AttestResponse, REQUEST_TIMEOUT_S)
+        if self.collateral is not None:
+            resp = await asyncio.to_thread(self.collateral.attach, resp, rec.info.backend, rec.info.id)
         self.log("keep-attested", keep=rec.info.id, evidence=resp.evidence_kind)
         return cbor_response(resp)
 
@@ -345,7 +370,7 @@ class KeepManager:
         return hold
 
     # ------------------------------------------------------------------ keepldr processes, pool
-    async def _spawn(self, backend: str, prewarm: bool = False) -> KeepRecord:
+    async def _spawn(self, backend: str, prewarm: bool = False, user: str = "") -> KeepRecord:
         """Start a keepldr (which starts the Keep's wasmldr).  Not yet anyone's, not started.
         ``prewarm``: a pooled Keep, which may pay its one-time start-up costs before it says it
         has booted (it has time; a Keep started for a waiting client has not)."""
@@ -353,6 +378,7 @@ class KeepManager:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "keepbook.keep.host.keepldr", "--backend", backend,
             "--keep-id", keep_id, "--launcher", self.launcher, *(["--prewarm"] if prewarm else []),
+            *self.loader_args(backend), *(["--user", user] if user and backend in POD_BACKENDS else []),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=None, start_new_session=True, env=backends_mod.env_for_wasmldr())
         info = protocol.KeepInfo(id=keep_id, backend=backend, profile="staging",
@@ -509,7 +535,7 @@ class KeepManager:
             try:
                 if rec.proc.stdin:
                     rec.proc.stdin.close()
-                await asyncio.wait_for(rec.proc.wait(), 1.0)
+                await asyncio.wait_for(rec.proc.wait(), loader_grace(rec.info.backend))
             except (asyncio.TimeoutError, ConnectionError):
                 pass
             if rec.proc.returncode is None:
@@ -540,19 +566,26 @@ async def serve(args: argparse.Namespace) -> None:
     log = Log(Path(args.log_file) if args.log_file else None)
     names = [n for n in args.backends.split(",") if n] if args.backends else None
     pool_backends = [n for n in args.pool_backends.split(",") if n] if args.pool_backends else None
-    offered = backends_mod.offered(names)
+    kube = args.launcher == kube_launcher.LAUNCHER
+    offered = await kube_launcher.offered(args) if kube else backends_mod.offered(names)
     roots = await announce_sim_roots(offered)
     mgr = KeepManager(backends=offered, launcher=args.launcher, log=log, pool=args.pool,
-                      pool_backends=pool_backends, roster=roster, sim_roots=roots)
-    runner = web.AppRunner(mgr.app(), access_log=None, handle_signals=False)
+                      pool_backends=pool_backends, roster=roster, sim_roots=roots,
+                      loader_args=kube_launcher.loader_args(args) if kube else None)
+    mgr.collateral = open_cache(args.collateral_dir, mgr.log_quietly)
+    app = mgr.app()
+    app[connection_guard.BODY_IDLE] = args.body_timeout
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     ssl_ctx = None
     if args.tls_cert:
         ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_ctx.load_cert_chain(args.tls_cert, args.tls_key)
-    site = web.TCPSite(runner, args.host, args.port, ssl_context=ssl_ctx, shutdown_timeout=2)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    # behind the slowloris guard: pending (not yet token-bearing) connections bounded in number
+    # and in time, bodies read with a limit on silence (keep/shared/connection_guard.py)
+    server, mgr.guard, port = await connection_guard.serve(
+        runner, args.host, args.port, ssl_context=ssl_ctx, header_s=args.header_timeout,
+        max_pending=args.max_pending)
     url = f"{'https' if ssl_ctx else 'http'}://{args.host}:{port}"
     log("keepmgr-listening", url=url, backends=list(mgr.backends))
     print(f"keepbook keepmgr: listening on {url}", flush=True)
@@ -570,6 +603,7 @@ async def serve(args: argparse.Namespace) -> None:
         asyncio.create_task(_watch_parent(args.parent_pid, stop))
     await stop.wait()
     log("keepmgr-stopping")
+    server.close()
     await runner.cleanup()
 
 
@@ -616,10 +650,20 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
                          "file (making its missing token files) and list its quotas")
     ap.add_argument("--tls-cert", help="serve the API over TLS with this certificate (PEM)")
     ap.add_argument("--tls-key", help="private key for --tls-cert (PEM)")
-    ap.add_argument("--launcher", choices=("subprocess", "systemd-run"), default="subprocess")
+    ap.add_argument("--launcher", choices=("subprocess", "systemd-run", kube_launcher.LAUNCHER),
+                    default="subprocess")
     ap.add_argument("--log-file", help="lifecycle log (JSON lines); default stderr")
     ap.add_argument("--ready-file", help="write {url, pid, token_file} here once listening")
     ap.add_argument("--parent-pid", type=int, help="exit when this process exits")
+    ap.add_argument("--header-timeout", type=float, default=connection_guard.HEADER_S, metavar="S",
+                    help="close a connection that has not sent a request with a valid token "
+                         f"within S seconds (default {connection_guard.HEADER_S:g})")
+    ap.add_argument("--body-timeout", type=float, default=connection_guard.BODY_IDLE_S, metavar="S",
+                    help="refuse a request whose body stops arriving for S seconds (default "
+                         f"{connection_guard.BODY_IDLE_S:g})")
+    ap.add_argument("--max-pending", type=int, default=connection_guard.MAX_PENDING, metavar="N",
+                    help="at most N connections without a valid token at once; one more closes "
+                         f"the oldest (default {connection_guard.MAX_PENDING})")
     ap.add_argument("--pool", type=int, default=_env_int(POOL_ENV, 0), metavar="N",
                     help=f"keep N booted, empty Keeps per backend ready for the next create, "
                          f"refilled in the background (0-{MAX_POOL}; default ${POOL_ENV} or 0).  "
@@ -627,6 +671,12 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
     ap.add_argument("--pool-backends", default="", metavar="LIST",
                     help="comma-separated backends to pool (default: every offered backend "
                          "available on this host)")
+    ap.add_argument("--collateral-dir", metavar="DIR",
+                    help="vendor collateral to hand to clients with a hardware Keep's evidence: "
+                         "Intel PCS TCB info / QE identity / issuer chains / CRLs (raw bodies or "
+                         "dcap-qvl collateral JSON), found by FMSPC; AMD CRLs.  Signed by the "
+                         "vendor: clients verify it.  Re-read when a file changes")
+    kube_launcher.add_arguments(ap)
     return ap
 
 
@@ -684,6 +734,10 @@ def main(argv: list[str] | None = None) -> int:
                   "use --launcher subprocess, or run under a user systemd instance "
                   "(`systemctl --user status`)", file=sys.stderr)
             return 2
+    problem = kube_launcher.check(args)
+    if problem:
+        print(f"keepmgr: {problem}", file=sys.stderr)
+        return 2
     if args.show_sim_roots:
         return show_setup(args)
     try:

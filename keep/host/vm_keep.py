@@ -156,18 +156,11 @@ class VmKeep:
 async def serve_vm(backend: str, keep_id: str) -> int:
     up_reader, up_writer = await stdio_frames()
     up_frames = FrameReader(up_reader)
-    start = await _first_start(up_frames, up_writer)
-    if start is None:
+    started = await read_start(up_frames, up_writer)
+    if started is None:
         return 0
+    start, limits = started
     keep = VmKeep(backend, keep_id)
-    try:
-        limits = protocol.loads(start.config, max_bytes=protocol.MAX_CONTROL_BYTES)["limits"]
-        protocol.check_limits("start.config", limits)
-    except (protocol.ProtocolError, KeyError, TypeError) as exc:
-        write_frame(up_writer, protocol.ErrorBody(status=400, reason=f"start: the Keep's limits "
-                                                  f"are unusable ({getattr(exc, 'reason', exc)})"))
-        await up_writer.drain()
-        return 0
     try:
         down_frames, down_writer, note = await keep.boot(limits)
     except Exception as exc:  # noqa: BLE001 - every failure to boot is reported, none crashes
@@ -189,6 +182,25 @@ async def serve_vm(backend: str, keep_id: str) -> int:
     return 0
 
 
+async def read_start(up_frames: FrameReader, up_writer: asyncio.StreamWriter
+                     ) -> tuple[protocol.Start, dict] | None:
+    """The keep manager's ``start`` and the Keep's limits in it — what a loader that sizes its
+    Keep (a VM, a pod) waits for before it starts anything.  None: there is none (the manager
+    went away, or the limits are unusable: it was told why)."""
+    start = await _first_start(up_frames, up_writer)
+    if start is None:
+        return None
+    try:
+        limits = protocol.loads(start.config, max_bytes=protocol.MAX_CONTROL_BYTES)["limits"]
+        protocol.check_limits("start.config", limits)
+    except (protocol.ProtocolError, KeyError, TypeError) as exc:
+        write_frame(up_writer, protocol.ErrorBody(status=400, reason=f"start: the Keep's limits "
+                                                  f"are unusable ({getattr(exc, 'reason', exc)})"))
+        await up_writer.drain()
+        return None
+    return start, limits
+
+
 async def _first_start(up_frames: FrameReader,
                        up_writer: asyncio.StreamWriter) -> protocol.Start | None:
     """The keep manager's ``start`` (anything before it is refused: nothing runs yet)."""
@@ -204,5 +216,5 @@ async def _first_start(up_frames: FrameReader,
         if msg is None or isinstance(msg, protocol.Start):
             return msg
         write_frame(up_writer, protocol.ErrorBody(status=409, reason=f"{msg.MSG!r} before start: "
-                                                  "this VM Keep has not booted yet"))
+                                                  "this Keep (a VM or a pod) has not booted yet"))
         await up_writer.drain()

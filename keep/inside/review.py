@@ -28,6 +28,14 @@ MAX_OWNER_REQUESTS = 100_000
 MAX_PENDING = 1000
 
 
+class NotQueued(Exception):
+    """A release that could not be queued: ``rule`` is what the notice names, ``why`` says so."""
+
+    def __init__(self, rule: str, why: str):
+        super().__init__(why)
+        self.rule, self.why = rule, why
+
+
 @dataclass(frozen=True)
 class DatasetRef:
     name: str
@@ -51,6 +59,7 @@ class ReviewRequest:
     reason: str = ""           # a rejection's reason (the owner's words)
     decided_by: str = ""
     delivered: bool = False
+    refused: str = ""          # the rule that last kept an approved value in (said once)
 
     @property
     def owners(self) -> set[str]:
@@ -86,23 +95,26 @@ class ReviewQueue:
 
     # ------------------------------------------------------------------ the analyst's side
     def submit(self, *, value: Any, rendered: dict, rtype: str, note: str, source: str,
-               cell_digest: str, datasets: list[DatasetRef]) -> ReviewRequest | str:
-        """Queue a release for review; a reason (text) if it cannot be."""
+               cell_digest: str, datasets: list[DatasetRef]) -> ReviewRequest:
+        """Queue a release for review; :class:`NotQueued` says why it cannot be."""
         if not datasets:
-            return ("no data owner's dataset is in this Keep, so no owner can review this "
-                    "release; nothing was queued")
+            raise NotQueued("release.mode", "no data owner's dataset is in this Keep, so no "
+                            "owner can review this release; nothing was queued")
         with self._lock:
             if sum(r.state == "pending" for r in self.requests.values()) >= MAX_PENDING:
-                return f"{MAX_PENDING} releases already wait for review"
+                raise NotQueued("release.mode", f"{MAX_PENDING} releases already wait for review")
             req = ReviewRequest(id=len(self.requests) + 1, value=value, rendered=rendered,
                                 rtype=rtype, note=note, source=source, cell_digest=cell_digest,
                                 datasets=tuple(datasets))
+            # no value digest and no note: the analyst reads this log, and a digest of a value
+            # not (yet) released is a brute-force oracle; the owner sees both on their channel
+            if self.audit("review-request", {"id": req.id, "type": rtype,
+                                             "cell_digest": cell_digest,
+                                             "datasets": [d.name for d in datasets],
+                                             "owners": sorted(req.owners)}) is False:
+                raise NotQueued("audit.full", "the Keep's audit log is full, and nothing is "
+                                "queued that the log cannot record")
             self.requests[req.id] = req
-        # no value digest and no note: the analyst reads this log, and a digest of a value not
-        # (yet) released is a brute-force oracle; the owner sees both over their own channel
-        self.audit("review-request", {"id": req.id, "type": rtype, "cell_digest": cell_digest,
-                                      "datasets": [d.name for d in datasets],
-                                      "owners": sorted(req.owners)})
         return req
 
     def decided(self) -> list[ReviewRequest]:
@@ -173,14 +185,22 @@ class ReviewQueue:
             raise OwnerChannelError(f"request #{target.id}: the value digest you approve is not "
                                     "the value queued — `show` it again")
         if args["decision"] == "reject":
-            target.state, target.reason, target.decided_by = "rejected", args["reason"], req.owner
+            state, reason = "rejected", args["reason"]
+        else:
+            approvals = set(target.approvals) | {req.owner}
+            state, reason = ("approved" if target.owners <= approvals else "pending"), ""
+        # recorded first: a decision the log cannot hold is not taken
+        if self.audit("review-decision", {"id": target.id, "owner": req.owner,
+                                          "decision": args["decision"], "reason": reason,
+                                          "state": state}) is False:
+            raise OwnerChannelError("the Keep's audit log is full: no decision is taken that "
+                                    "it cannot record")
+        if args["decision"] == "reject":
+            target.reason = reason
         else:
             target.approvals[req.owner] = time.time()
-            if target.owners <= set(target.approvals):
-                target.state, target.decided_by = "approved", req.owner
-        self.audit("review-decision", {"id": target.id, "owner": req.owner,
-                                       "decision": args["decision"], "reason": args.get("reason", ""),
-                                       "state": target.state})
+        if state != "pending":
+            target.state, target.decided_by = state, req.owner
         return {"request": target.summary()}
 
     @staticmethod

@@ -15,12 +15,21 @@ Design choices (DESIGN.md §6):
   engine's epoch only when the deadline passes or :meth:`WasmRuntime.interrupt` is called, so
   the guest traps at its next loop back-edge or function entry (well under 100 ms).  Cells on
   one runtime are serialised by a lock, so a bump never hits a bystander.
-* stdout/stderr: ``fd_write`` is shadowed by a host function that reads the iovecs straight
-  from guest memory, so output is seen the moment the guest writes it — no temp files, no
-  wasmtime-py custom-output callback (that one prints to the host's stdout on error).  Small
-  writes are coalesced and flushed by the watcher every 50 ms, so a chatty loop does not make
-  one event per byte yet output still arrives while the cell runs.  ``poll_oneoff`` (sleep) is
-  shadowed too, so a sleeping guest is interruptible.
+* WASI as wasmtime gives it: the program's own fd table, argv (``--arg``), environment
+  (``--env``), standard input (``--stdin``, a private file), a fresh writable scratch folder
+  preopened as ``/`` (fd 3; removed afterwards; its size counts against the Keep's memory
+  limit) and, when something was uploaded, ``/data`` read-only beside it (fd 4).
+* stdout/stderr: wasmtime's own custom-output callbacks (``WasiConfig.stdout_custom``), so
+  ``fd_write``, ``fd_close(1)`` and writes to files behave exactly as in wasmtime.  The callback
+  never raises (wasmtime-py would print the exception to the process's stdout, which a Keep
+  points at /dev/null anyway).  Small writes are coalesced and flushed by the watcher every
+  50 ms, so a chatty loop does not make one event per byte yet output still arrives while the
+  cell runs.
+* ``poll_oneoff``: a sleep (clock subscriptions only) waits on the cell's stop event, so a
+  sleeping guest is interruptible (a host call cannot be stopped by an epoch); any descriptor
+  subscription goes to wasmtime's own ``poll_oneoff``, which checks the descriptors.
+* Errors keep wasmtime's reason (its "Caused by:" lines), e.g. ``proc_exit(200)``'s "exit with
+  invalid exit status outside of [0..126)".
 * Fast tier: epoch checks made a numeric C loop twice as slow (see ``fastcells.py``).  A module
   whose last run took ``FAST_TIER_MIN_S`` or more runs next time in a worker process whose engine
   has no epoch checks; the Keep stops it by killing the worker.  Its first run, every short
@@ -34,7 +43,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import struct
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -56,7 +67,8 @@ FLUSH_BYTES = 64 * 1024
 WASM_PAGE = 65536
 
 # WASI preview 1 errno values we answer with.
-_SUCCESS, _EBADF, _EFAULT, _EINVAL, _ENOTSUP = 0, 8, 21, 28, 58
+_SUCCESS, _EFAULT, _EINVAL = 0, 21, 28
+SCRATCH_CHECK_S = 0.25  # how often the watcher measures a running cell's scratch folder
 
 _I32, _I64, _F32, _F64 = "i32", "i64", "f32", "f64"
 
@@ -157,12 +169,32 @@ def _human(n: int) -> str:
     return f"{n} bytes"
 
 
+@dataclass(frozen=True)
+class WasiInput:
+    """What a WASI program gets besides its module: the arguments after its name, its
+    environment and its standard input (``None``: empty)."""
+
+    argv: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    stdin: bytes | None = None
+
+    @classmethod
+    def of(cls, argv: Any = None, env: Any = None, stdin: bytes | None = None) -> "WasiInput":
+        return cls(tuple(str(a) for a in argv or ()),
+                   tuple((str(k), str(v)) for k, v in env or ()), stdin)
+
+
 @dataclass
 class _Cell:
     """What the host functions and the watcher need to know about the running cell."""
 
     output: _Output
     engine: wt.Engine
+    scratch: str | None = None
+    scratch_limit: int = 0
+    scratch_checked: float = 0.0
+    native: Any = None  # (plain WASI linker, poll helper module): wasmtime's own poll_oneoff
+    poll_helper: Any = None  # that helper's (memory, poll), instantiated in this store
     stop: threading.Event = field(default_factory=threading.Event)  # set with a reason
     done: threading.Event = field(default_factory=threading.Event)
     deadline: float = 0.0
@@ -174,8 +206,10 @@ class _Cell:
         with self.guard:
             if self.reason is None and self.active:
                 self.reason = reason
-                self.stop.set()
+                # the epoch first: a guest woken from a sleep by ``stop`` must trap at its next
+                # check, not run on before the bump
                 self.engine.increment_epoch()
+                self.stop.set()
 
     def finish(self) -> None:
         with self.guard:
@@ -200,10 +234,12 @@ class WasmRuntime:
     :meth:`interrupt` may be called from any thread."""
 
     def __init__(self, *, memory_bytes: int = DEFAULT_MEMORY, data_dir: str | None = None,
+                 scratch_root: str | None = None,
                  cache_size: int = MODULE_CACHE_SIZE, opt_level: str = "speed",
                  epoch: bool = True, fast_tier: bool = True):
         self.memory_bytes = memory_bytes
         self.data_dir = data_dir
+        self.scratch_root = scratch_root  # where each run's scratch folder is made
         self._opt_level = opt_level
         # epoch=False only in the fast-tier worker, which its Keep stops by killing it
         self._epoch = epoch
@@ -213,6 +249,8 @@ class WasmRuntime:
         self._last_s: OrderedDict[str, float] = OrderedDict()  # digest → its last run's seconds
         self._engines: dict[bool, wt.Engine] = {}
         self._linkers: dict[bool, wt.Linker] = {}
+        self._native: dict[bool, wt.Linker] = {}  # plain WASI, for wasmtime's own poll_oneoff
+        self._helpers: dict[bool, wt.Module] = {}
         self._modules: OrderedDict[tuple[bool, str], wt.Module] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()  # engines, linkers, module cache
@@ -241,6 +279,8 @@ class WasmRuntime:
                 cfg.cranelift_opt_level = self._opt_level
                 eng = self._engines[metered] = wt.Engine(cfg)
                 self._linkers[metered] = self._make_linker(eng)
+                self._native[metered] = wt.Linker(eng)
+                self._native[metered].define_wasi()
             return eng
 
     def _make_linker(self, engine: wt.Engine) -> wt.Linker:
@@ -248,11 +288,18 @@ class WasmRuntime:
         linker.define_wasi()
         linker.allow_shadowing = True
         i32 = wt.ValType.i32()
-        linker.define_func("wasi_snapshot_preview1", "fd_write",
-                           wt.FuncType([i32] * 4, [i32]), self._fd_write, access_caller=True)
         linker.define_func("wasi_snapshot_preview1", "poll_oneoff",
                            wt.FuncType([i32] * 4, [i32]), self._poll_oneoff, access_caller=True)
         return linker
+
+    def _poll_module(self, metered: bool) -> wt.Module:
+        with self._lock:
+            mod = self._helpers.get(metered)
+        if mod is None:
+            mod = wt.Module(self._engine(metered), wt.wat2wasm(_POLL_HELPER_WAT))
+            with self._lock:
+                self._helpers[metered] = mod
+        return mod
 
     def compile(self, module: bytes, *, metered: bool = False) -> wt.Module:
         """The compiled module for these bytes, from the LRU cache or compiled now.
@@ -277,32 +324,11 @@ class WasmRuntime:
 
     # ------------------------------------------------------------------ host functions
 
-    def _fd_write(self, caller: wt.Caller, fd: int, iovs: int, iovs_len: int, nwritten: int) -> int:
-        cell = self._cell
-        mem = caller.get("memory")
-        if not isinstance(mem, wt.Memory):
-            return _EFAULT
-        if fd not in (1, 2):
-            return _EBADF
-        try:
-            raw = mem.read(caller, iovs, iovs + 8 * iovs_len)
-            chunks = []
-            total = 0
-            for base, length in struct.iter_unpack("<II", raw):
-                if length:
-                    chunks.append(mem.read(caller, base, base + length))
-                    total += length
-            mem.write(caller, struct.pack("<I", total), nwritten)
-        except Exception:
-            return _EFAULT
-        if cell is not None and total:
-            cell.output.write("stdout" if fd == 1 else "stderr", b"".join(chunks))
-        return _SUCCESS
-
     def _poll_oneoff(self, caller: wt.Caller, subs: int, events: int, nsubs: int,
                      nevents: int) -> int:
-        """Clock subscriptions sleep on the cell's stop event (so interrupt/timeout wake them);
-        descriptor subscriptions are ready at once (there is no blocking input in a Keep)."""
+        """Clock subscriptions only: sleep on the cell's stop event (an interrupt or the deadline
+        wakes it).  Any descriptor subscription: wasmtime's own poll_oneoff, which checks the
+        descriptors against the program's fd table (a bad one is an EBADF event)."""
         cell = self._cell
         mem = caller.get("memory")
         if not isinstance(mem, wt.Memory):
@@ -313,17 +339,19 @@ class WasmRuntime:
             raw = mem.read(caller, subs, subs + 48 * nsubs)
         except Exception:
             return _EFAULT
-        ready, clocks = [], []
-        for userdata, tag, which, timeout, _prec, flags in struct.iter_unpack("<QB7xIxxxxQQH6x",
-                                                                             raw):
-            if tag == 0:
-                if flags & 1:  # absolute time
-                    now = time.time_ns() if which == 0 else time.monotonic_ns()
-                    timeout = max(0, timeout - now)
-                clocks.append((timeout, userdata))
-            else:
-                ready.append((userdata, 0, tag, 0))
-        if not ready and clocks:
+        subscriptions = list(struct.iter_unpack("<QB7xIxxxxQQH6x", raw))
+        if any(tag != 0 for _u, tag, *_rest in subscriptions):
+            if cell is None or cell.native is None:
+                return _EINVAL
+            return self._native_poll(cell, caller, mem, raw, events, nsubs, nevents)
+        ready: list[tuple[int, int, int, int]] = []
+        clocks = []
+        for userdata, _tag, which, timeout, _prec, flags in subscriptions:
+            if flags & 1:  # absolute time
+                now = time.time_ns() if which == 0 else time.monotonic_ns()
+                timeout = max(0, timeout - now)
+            clocks.append((timeout, userdata))
+        if clocks:
             wait_ns = min(c[0] for c in clocks)
             if cell is not None:
                 cell.stop.wait(wait_ns / 1e9)
@@ -336,6 +364,35 @@ class WasmRuntime:
             mem.write(caller, out, events)
             mem.write(caller, struct.pack("<I", len(ready)), nevents)
         except Exception:
+            return _EFAULT
+        return _SUCCESS
+
+    def _native_poll(self, cell: _Cell, caller: wt.Caller, mem: wt.Memory, raw: bytes,
+                     events: int, nsubs: int, nevents: int) -> int:
+        """wasmtime's own poll_oneoff, through a helper instance in the cell's store (the same
+        WASI context, so the same fd table): a host function cannot call a WASI import with the
+        guest's memory, so the subscriptions are copied into the helper's memory and back."""
+        if cell.poll_helper is None:
+            linker, module = cell.native
+            exports = linker.instantiate(caller, module).exports(caller)
+            cell.poll_helper = (exports["memory"], exports["poll"])
+        hmem, hpoll = cell.poll_helper
+        ev_at = len(raw)
+        n_at = ev_at + 32 * nsubs
+        need = n_at + 8
+        try:
+            have = hmem.data_len(caller)
+            if need > have:
+                hmem.grow(caller, (need - have + WASM_PAGE - 1) // WASM_PAGE)
+            hmem.write(caller, raw, 0)
+            errno = int(hpoll(caller, 0, ev_at, nsubs, n_at))
+            if errno != _SUCCESS:
+                return errno
+            (count,) = struct.unpack("<I", hmem.read(caller, n_at, n_at + 4))
+            count = min(count, nsubs)
+            mem.write(caller, hmem.read(caller, ev_at, ev_at + 32 * count), events)
+            mem.write(caller, struct.pack("<I", count), nevents)
+        except (wt.WasmtimeError, ValueError, IndexError):
             return _EFAULT
         return _SUCCESS
 
@@ -357,12 +414,14 @@ class WasmRuntime:
     def run(self, module: bytes, *, invoke: str | None = None,
             args: list[int | float] | tuple = (), emit: Emit, timeout_s: float,
             fuel: int | None = None, output_bytes: int = DEFAULT_OUTPUT,
-            memory_bytes: int | None = None) -> dict:
+            memory_bytes: int | None = None, wasi: WasiInput | None = None) -> dict:
         """Run one Wasm cell to its end and return ``{"ok", "reason", ...}``.
 
         ``reason`` is one of ``ok``, ``exit`` (non-zero exit code), ``trap``, ``memory``,
         ``timeout``, ``interrupted``, ``fuel``, ``invalid_module``, ``no_start``, ``no_export``,
-        ``bad_args``.  Every failure was also emitted as an ``error`` event."""
+        ``bad_args``, ``scratch`` (its files passed the limit).  Every failure was also emitted
+        as an ``error`` event."""
+        wasi = wasi or WasiInput()
         with self._run_lock:
             memory_bytes = memory_bytes or self.memory_bytes
             digest = hashlib.sha256(module).hexdigest() if self._fast_tier and fuel is None else None
@@ -374,14 +433,14 @@ class WasmRuntime:
                     try:
                         status = fast.run(module, invoke=invoke, args=list(args or []), emit=emit,
                                           timeout_s=timeout_s, output_bytes=output_bytes,
-                                          memory_bytes=memory_bytes)
+                                          memory_bytes=memory_bytes, wasi=wasi)
                     finally:
                         with self._cell_lock:
                             self._fast_running = False
                     return status  # it stays in the fast tier: only in-process runs count
                 fast.start_soon()  # this run stays here; the next one may go there
             status = self._run_locked(module, invoke, list(args or []), emit, timeout_s, fuel,
-                                      output_bytes, memory_bytes)
+                                      output_bytes, memory_bytes, wasi)
             if digest is not None:
                 self._remember(digest, status)
                 if status.get("elapsed_s", 0.0) >= _fast_min_s():
@@ -392,7 +451,7 @@ class WasmRuntime:
         if self._fast is None:
             from keepbook.keep.inside.fastcells import FastWorker
 
-            self._fast = FastWorker(self.data_dir)
+            self._fast = FastWorker(self.data_dir, self.scratch_root)
         return self._fast
 
     def _remember(self, digest: str, status: dict) -> None:
@@ -409,7 +468,7 @@ class WasmRuntime:
 
     def _run_locked(self, module: bytes, invoke: str | None, args: list, emit: Emit,
                     timeout_s: float, fuel: int | None, output_bytes: int,
-                    memory_bytes: int) -> dict:
+                    memory_bytes: int, wasi_in: WasiInput) -> dict:
         started = time.monotonic()
         metered = fuel is not None
         output = _Output(emit, output_bytes)
@@ -417,6 +476,7 @@ class WasmRuntime:
         cell: _Cell | None = None
         store: wt.Store | None = None
         exports: Any = None
+        private = tempfile.mkdtemp(prefix="keep-run-", dir=self.scratch_root)
         try:
             try:
                 compiled = self.compile(module, metered=metered)
@@ -430,17 +490,17 @@ class WasmRuntime:
             values = _convert_args(invoke or "_start", params, args)
 
             store = wt.Store(engine)
-            wasi = wt.WasiConfig()
-            wasi.argv = [invoke or "cell.wasm"]
-            if self.data_dir is not None:
-                wasi.preopen_dir(self.data_dir, "/data", fs_mutable=False)
-            store.set_wasi(wasi)
+            scratch = os.path.join(private, "scratch")
+            os.mkdir(scratch, 0o700)
+            store.set_wasi(self._wasi_config(invoke, wasi_in, output, private, scratch))
             store.set_limits(memory_size=memory_bytes)
             if self._epoch:
                 store.set_epoch_deadline(1)
             if metered:
                 store.set_fuel(fuel)
-            cell = _Cell(output, engine, deadline=time.monotonic() + timeout_s)
+            cell = _Cell(output, engine, deadline=time.monotonic() + timeout_s, scratch=scratch,
+                         scratch_limit=memory_bytes,
+                         native=(self._native[metered], self._poll_module(metered)))
             with self._cell_lock:
                 self._cell = cell
             self._watch(cell)
@@ -471,6 +531,9 @@ class WasmRuntime:
             except (wt.Trap, wt.WasmtimeError) as e:
                 raise self._explain(e, cell, store, exports, memory_bytes, fuel)
             output.flush(final=True)
+            used = _dir_bytes(scratch)
+            if used > memory_bytes:
+                raise _CellError("scratch", "ScratchLimitExceeded", _scratch_message(used, memory_bytes))
             if exit_code != 0:
                 mem_hint = _memory_hint(store, instance_exports=exports, limit=memory_bytes)
                 if mem_hint:
@@ -495,6 +558,7 @@ class WasmRuntime:
                     self._cell = None
                 with self._watch_cv:
                     self._watch_cv.notify_all()
+            shutil.rmtree(private, ignore_errors=True)  # the scratch folder and stdin file
         status["output_bytes"] = output.sent
         status["truncated"] = output.truncated
         status["elapsed_s"] = round(time.monotonic() - started, 6)
@@ -503,7 +567,31 @@ class WasmRuntime:
                 status["fuel_used"] = fuel - store.get_fuel()
             except wt.WasmtimeError:
                 pass
+        # Free the store (and with it wasmtime's output callbacks) now, while Python runs: a
+        # store left to the garbage collector may be dropped by wasmtime's I/O thread at
+        # interpreter exit, which then cannot call back into Python.
+        if cell is not None:
+            cell.native = None
+        store = exports = cell = None
         return status
+
+    def _wasi_config(self, invoke: str | None, wasi_in: WasiInput, output: _Output,
+                     private: str, scratch: str) -> wt.WasiConfig:
+        """The program's WASI world: argv, environment, stdin, output callbacks, preopens."""
+        config = wt.WasiConfig()
+        config.argv = [invoke or "cell.wasm", *wasi_in.argv]
+        config.env = [list(pair) for pair in wasi_in.env]
+        if wasi_in.stdin:
+            path = os.path.join(private, "stdin")
+            with open(path, "wb") as fh:
+                fh.write(wasi_in.stdin)
+            config.stdin_file = path
+        config.stdout_custom = _writer(output, "stdout")
+        config.stderr_custom = _writer(output, "stderr")
+        config.preopen_dir(scratch, "/")  # fd 3: the program's own writable folder
+        if self.data_dir is not None and _has_entries(self.data_dir):
+            config.preopen_dir(self.data_dir, "/data", fs_mutable=False)
+        return config
 
     def _watch(self, cell: _Cell) -> None:
         """Hand the cell to the runtime's one watcher thread (started on first use): it flushes
@@ -529,10 +617,16 @@ class WasmRuntime:
                     self._watch_cv.wait(min(FLUSH_S, left))
             if cell.done.is_set():
                 continue
-            if time.monotonic() >= cell.deadline:
+            now = time.monotonic()
+            if now >= cell.deadline:
                 cell.halt("timeout")
-            elif cell.output.pending:
+                continue
+            if cell.output.pending:
                 cell.output.flush()
+            if cell.scratch and now - cell.scratch_checked >= SCRATCH_CHECK_S:
+                cell.scratch_checked = now
+                if _dir_bytes(cell.scratch) > cell.scratch_limit:
+                    cell.halt("scratch")
 
     def _pick_entry(self, compiled: wt.Module, invoke: str | None) -> tuple[str, list[str]]:
         funcs = {e.name: e.type for e in compiled.exports if isinstance(e.type, wt.FuncType)}
@@ -555,6 +649,10 @@ class WasmRuntime:
         frames = _frames(e)
         if code == wt.TrapCode.INTERRUPT or (cell.reason and code is None and
                                             "interrupt" in str(e)):
+            if cell.reason == "scratch":
+                used = _dir_bytes(cell.scratch) if cell.scratch else 0
+                return _CellError("scratch", "ScratchLimitExceeded",
+                                  _scratch_message(used, cell.scratch_limit), frames)
             if cell.reason == "timeout":
                 return _CellError("timeout", "TimeoutError",
                                   "the cell ran past its deadline and was stopped", frames)
@@ -571,11 +669,20 @@ class WasmRuntime:
                               f"{hint} (the guest then trapped: {name or _first_line(e)})",
                               frames)
         if name is None:
-            return _CellError("trap", "WasmTrap", _first_line(e), frames)
+            reason = _caused_by(e)
+            text = _first_line(e) if not reason else f"{_first_line(e)}: {reason}"
+            return _CellError("trap", "WasmTrap", text, frames)
         return _CellError("trap", "WasmTrap", f"wasm trap: {name}", frames, trap=name)
 
 
 
+
+#: wasmtime's own poll_oneoff behind an export, with a memory of its own (see _native_poll)
+_POLL_HELPER_WAT = """(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $p (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "poll") (param i32 i32 i32 i32) (result i32)
+    (call $p (local.get 0) (local.get 1) (local.get 2) (local.get 3))))"""
 
 _PREWARM_WAT = '(module (func (export "_start")))'
 
@@ -685,3 +792,55 @@ def _frames(e: BaseException) -> list[str]:
             except Exception:
                 break
     return lines
+
+
+def _caused_by(e: BaseException) -> str:
+    """wasmtime's reason for an error (the lines after "Caused by:"), joined."""
+    lines = str(e).splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() == "Caused by:":
+            return "; ".join(x.strip() for x in lines[i + 1:] if x.strip())
+    return ""
+
+
+def _writer(output: _Output, name: str) -> Callable[[bytes], None]:
+    """wasmtime's custom-output callback for one stream; it must never raise."""
+    def write(data: bytes) -> None:
+        try:
+            output.write(name, bytes(data))
+        except Exception:
+            pass
+    return write
+
+
+def _has_entries(path: str) -> bool:
+    try:
+        with os.scandir(path) as it:
+            return any(True for _ in it)
+    except OSError:
+        return False
+
+
+def _dir_bytes(path: str) -> int:
+    """The bytes a folder's files take (what a scratch folder costs the Keep)."""
+    total = 0
+    stack = [path]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        else:
+                            total += entry.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return total
+
+
+def _scratch_message(used: int, limit: int) -> str:
+    return (f"the cell's files in its scratch folder took {_human(used)}, past the Keep's memory "
+            f"limit of {_human(limit)}; they were removed")

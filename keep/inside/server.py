@@ -30,12 +30,14 @@ from keepbook.keep.shared.cbor_http import cbor_response, error_middleware, erro
 from keepbook.keep.inside import audit_log
 from keepbook.keep.inside import dataset_opener
 from keepbook.keep.shared import dataset_format
-from keepbook.keep.shared import measurement, protocol
+from keepbook.keep.shared.audit_format import PAGE_BYTES
+from keepbook.keep.shared import connection_guard, measurement, protocol
 from keepbook.keep.shared.framing import FrameReader, write_frame
 from keepbook.keep.shared.handshake import Handshake, Role
 from keepbook.keep.shared.policy import OutputPolicy, PolicyError
 from keepbook.keep.inside import vm_guest
-from keepbook.keep.inside.cells import Busy, Cells
+from keepbook.keep.inside.cells import AUDIT_FULL, AuditFull, Busy, Cells
+from keepbook.keep.inside.storage import Storage, StorageFull
 from keepbook.keep.inside.identity import KeepIdentity, KeepKeys
 from keepbook.keep.inside.review import ReviewQueue
 
@@ -66,11 +68,14 @@ class Wasmldr:
         self.identity: KeepIdentity | None = None
         self.cells: Cells | None = None
         self.runner: web.AppRunner | None = None
+        self.server: asyncio.AbstractServer | None = None
+        self.guard: connection_guard.ConnectionGuard | None = None
         self.client_spki: bytes | None = None
         self.closed = asyncio.Event()
         self.keys: KeepKeys | None = None
         self.audit: audit_log.AuditLog | None = None
         self.data_root: str | None = None
+        self.storage: Storage | None = None
         self._upload_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ control pipe
@@ -104,7 +109,7 @@ class Wasmldr:
             else:
                 reply = await self.provision(msg)
         except protocol.ProtocolError as exc:
-            reply = protocol.ErrorBody(status=exc.status, reason=exc.reason)
+            reply = protocol.ErrorBody.of(exc.status, exc.reason)
         except Exception as exc:
             reply = protocol.ErrorBody(status=500, reason=f"Keep internal error ({type(exc).__name__})")
         self.handshake.send(reply)
@@ -152,11 +157,13 @@ class Wasmldr:
         os.makedirs(os.path.join(self.data_root, "staging"), mode=0o700)
         # datasets sealed with [data] access = "queries": no cell can open this directory
         os.makedirs(os.path.join(self.data_root, "trusted"), mode=0o700)
+        self.storage = Storage([_SCRATCH or "", self.data_root], config.limits["memory_bytes"])
         reviews = ReviewQueue(msg.keep_id, config.digest(), self.keys.dataset, self.keys.audit.sign,
                               self.audit.append)
         self.cells = Cells(config, debug_log=self.debug_log,
                            data_dir=os.path.join(self.data_root, "data"),
-                           audit=self.audit.append, policy=policy, reviews=reviews)
+                           audit=self.audit.append, policy=policy, storage=self.storage,
+                           reviews=reviews)
         return protocol.Reply(ok=True, content={"profile": config.profile})
 
     async def provision(self, msg: protocol.ProvisionRequest) -> protocol.ProvisionResponse:
@@ -174,9 +181,10 @@ class Wasmldr:
         app.router.add_post("/v1/audit", self.audit_export)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, LISTEN_HOST, LISTEN_PORT, ssl_context=ctx, shutdown_timeout=1)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        # TLS is started by the guard on each accepted connection, so a connection that never
+        # completes its handshake is counted and closed (keep/shared/connection_guard.py)
+        self.server, self.guard, port = await connection_guard.serve(
+            self.runner, LISTEN_HOST, LISTEN_PORT, ssl_context=ctx)
         self.lifecycle("channel-open")
         return protocol.ProvisionResponse(endpoint=f"https://{LISTEN_HOST}:{port}",
                                           server_cert=cert_der)
@@ -214,7 +222,7 @@ class Wasmldr:
 
         pumping = asyncio.create_task(pump())
         await asyncio.sleep(0)  # a busy Keep says so before any response starts
-        if not queue.empty() and isinstance(queue._queue[0], Busy):  # type: ignore[attr-defined]
+        if not queue.empty() and isinstance(queue._queue[0], (Busy, AuditFull)):  # type: ignore[attr-defined]
             raise protocol.ProtocolError(str(queue.get_nowait()), 409)
         resp = web.StreamResponse(status=200, headers={"Content-Type": protocol.CBOR_SEQ})
         await resp.prepare(request)
@@ -254,10 +262,17 @@ class Wasmldr:
 
 
     async def audit_export(self, request: web.Request) -> web.Response:
+        """One page of the audit log (an empty body: the first)."""
         assert self.audit is not None
-        exp = self.audit.export()
+        body = await connection_guard.read_body(request, protocol.MAX_CONTROL_BYTES)
+        ask = protocol.AuditRequest()
+        if body:
+            if request.headers.get("Content-Type", "").split(";")[0].strip() != protocol.CBOR:
+                raise protocol.ProtocolError(f"wrong content type: send {protocol.CBOR}", 415)
+            ask = protocol.AuditRequest.from_cbor(body)  # type: ignore[assignment]
+        exp = self.audit.export(ask.start, min(ask.max_bytes or PAGE_BYTES, PAGE_BYTES))
         return cbor_response(protocol.AuditExport(entries=exp["entries"], head=exp["head"],
-                                          signature=exp["signature"]))
+                                                  signature=exp["signature"], start=exp["start"]))
 
     async def upload(self, request: web.Request) -> web.Response:
         """A sealed dataset, streamed: decrypted chunk by chunk into a private staging file,
@@ -267,6 +282,8 @@ class Wasmldr:
         if ctype != "application/octet-stream":
             raise protocol.ProtocolError(f"wrong content type {ctype or '(none)'!r}: send the sealed "
                                          "dataset as application/octet-stream", 415)
+        if self.audit is not None and self.audit.full:
+            raise protocol.ProtocolError(AUDIT_FULL + "; it takes no more datasets", 409)
         alias = request.query.get("name") or None
         if alias is not None:
             try:
@@ -284,26 +301,31 @@ class Wasmldr:
                 dataset_policy = OutputPolicy.parse(info.policy, self.cells.config.profile,
                                                     f"the owner's policy of {name}")
                 place = "trusted" if dataset_policy.data_access == "queries" else "data"
-                final = os.path.join(self.data_root, place, name)
-                if name in self.cells.trusted.datasets:
-                    raise dataset_format.DatasetError(f"a dataset named {name} exists already: "
+                final = os.path.join(self.data_root, place, *name.split("/"))
+                taken = _taken(self.data_root, name)
+                if taken or name in self.cells.trusted.datasets:
+                    raise dataset_format.DatasetError(f"/data/{taken or name} exists already: "
                                                       "upload it --as another name")
                 self._admit(info, dataset_policy)
                 os.chmod(staging, 0o400)
+                os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)  # %upload DIR
                 os.rename(staging, final)
-            except (dataset_format.DatasetError, PolicyError) as exc:
+            except (dataset_format.DatasetError, PolicyError, StorageFull) as exc:
                 self.audit.append("upload-refused", {"reason": str(exc)[:512]})  # type: ignore[union-attr]
                 raise protocol.ProtocolError(f"sealed dataset refused: {exc}; nothing was "
                                              "exposed under /data") from None
             finally:
                 if os.path.exists(staging):
                     os.unlink(staging)
-        self.cells.enforcer.tighten(dataset_policy)
-        self.cells.trusted.add(name, final, info.digest, info.owner, dataset_policy)
         entry = {"name": name, "bytes": info.bytes, "digest": info.digest, "owner": info.owner,
                  "policy_digest": dataset_policy.digest(), "suite": info.suite,
                  "access": dataset_policy.data_access}
-        self.audit.append("dataset", entry)  # type: ignore[union-attr]
+        if not self.audit.append("dataset", entry):  # type: ignore[union-attr]
+            os.chmod(final, 0o600)
+            os.unlink(final)  # nothing is opened that the log cannot record
+            raise protocol.ProtocolError(AUDIT_FULL + "; the dataset was not opened", 409)
+        self.cells.enforcer.tighten(dataset_policy)
+        self.cells.trusted.add(name, final, info.digest, info.owner, dataset_policy)
         path = f"/data/{name}" if place == "data" else f"(trusted queries only: {name})"
         return cbor_response(protocol.Reply(ok=True, content={
             **entry, "path": path, "policy": self.cells.enforcer.policy.summary()}))
@@ -327,13 +349,15 @@ class Wasmldr:
         size = 0
         try:
             while True:
-                piece = await request.content.readany()
+                piece = await connection_guard.read_piece(request)
                 if piece:
                     batch.append(piece)
                     size += len(piece)
                 if size >= UPLOAD_BATCH or (not piece and batch):
                     if pending is not None:
                         await pending
+                    if self.storage is not None:  # staged plaintext counts against the Keep's limit
+                        await asyncio.to_thread(self.storage.reserve, size)
                     pending = asyncio.ensure_future(asyncio.to_thread(consume, batch))
                     batch, size = [], 0
                 if not piece:
@@ -357,6 +381,18 @@ class Wasmldr:
         if owners and info.owner not in owners:
             raise dataset_format.DatasetError(f"owner {info.owner} is not one of the owners this "
                                         "Keep's policy accepts (data.owners)")
+
+
+def _taken(root: str, name: str) -> str | None:
+    """The name (or a folder of it) a dataset already has, in /data or among the datasets only
+    trusted queries read: one namespace for both, so no dataset shadows another."""
+    parts = name.split("/")
+    for where in ("data", "trusted"):
+        for i in range(1, len(parts) + 1):
+            path = os.path.join(root, where, *parts[:i])
+            if os.path.lexists(path) and (i == len(parts) or not os.path.isdir(path)):
+                return "/".join(parts[:i])
+    return None
 
 
 def _private_dir() -> str:
@@ -414,14 +450,14 @@ async def serve(backend: str, ctrl_in: int, ctrl_out: int) -> None:
             try:
                 msg = await frames.read()
             except protocol.ProtocolError as exc:
-                keep.send(protocol.ErrorBody(status=exc.status, reason=exc.reason))
+                keep.send(protocol.ErrorBody.of(exc.status, exc.reason))
                 return
             if msg is None:
                 return  # keepldr went away: the Keep ends with it
             try:
                 reply = await keep.handle(msg)
             except protocol.ProtocolError as exc:  # refused before it was handled
-                reply = protocol.ErrorBody(status=exc.status, reason=exc.reason)
+                reply = protocol.ErrorBody.of(exc.status, exc.reason)
             keep.send(reply)
             await writer.drain()
 
@@ -440,6 +476,8 @@ async def serve(backend: str, ctrl_in: int, ctrl_out: int) -> None:
         keep.cells.close()
     if keep.data_root:
         shutil.rmtree(keep.data_root, ignore_errors=True)
+    if keep.server:
+        keep.server.close()
     if keep.runner:
         await keep.runner.cleanup()
     try:

@@ -16,8 +16,28 @@ tail no longer matches the signed head.  The export file (``.audit.cbor``) also 
 attestation answer it was verified against, so the data owner can check it offline.
 
 Entry kinds: ``start`` (profile, policy digest), ``cell`` (cell digest), ``dataset`` (name,
-digest, owner, policy digest), ``release`` (value digest, type, note), ``refusal`` (rule,
-output kind, digest), ``error`` (digest, how it was shown), ``upload-refused`` (reason).
+keyed digest, owner, policy digest, access), ``release`` (digest of the released value, type, bytes,
+note), ``refusal`` (the rule — once per rule per cell), ``error`` (how it was shown: ``full``
+with the digest of what was shown, or ``type`` with the error id the notebook showed),
+``upload-refused`` (reason), ``log-full`` (the log reached its limit; nothing more happened);
+issue 16 adds ``review-request`` (a release queued for the owners: type, cell digest, datasets —
+never the value's digest or the note), ``review-decision`` (approve/reject, the owner, the
+reason, the new state), ``owner-refused`` (an owner request refused, with the reason),
+``dp-charge`` (a DP answer's ε and δ and the budget left), ``query`` (a threshold query, the
+groups shown) and ``query-refused`` (a trusted query refused, with the reason).
+
+What the analyst can read here is never a function of withheld content: a refusal names its
+rule and nothing else (an unsalted digest of the withheld output was a brute-force oracle —
+printed one character per flush, each digest named its character), a redacted error has a
+random id, not a digest.  Digests appear only of what the reader was shown anyway (released
+values, errors shown in full, the cell's own code) and, for datasets, keyed with the dataset's
+own key (see :mod:`keepbook.keep.shared.dataset_format`), which the owner checks against what
+``keepbook seal`` printed.
+
+Size: a Keep's log holds at most :data:`MAX_LOG_BYTES`; it is exported in pages of at most
+:data:`PAGE_BYTES` (``audit_request {start}`` → ``audit_export {entries, head, signature,
+start}``), each page with the signed head of the whole log at that moment; a reader verifies
+the chain up to the head of its first page.
 """
 
 from __future__ import annotations
@@ -37,6 +57,10 @@ GENESIS_DOMAIN = b"keepbook/audit/genesis/v1"
 HEAD_DOMAIN = b"keepbook/audit-head/v1"
 FORMAT = "keepbook-audit/v1"
 AUDIT_KEY = "audit/ed25519"
+#: the most a Keep's audit log holds; then it records "log-full" and the Keep stops acting
+MAX_LOG_BYTES = 16 * 1024 * 1024
+#: the most one export page carries
+PAGE_BYTES = 4 * 1024 * 1024
 
 
 class AuditError(ValueError):
@@ -67,24 +91,36 @@ class VerifiedLog:
         return rows
 
 
+def _num(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
 def describe(kind: str, d: dict) -> str:
-    short = lambda v: (v[:7 + 16] + "…") if isinstance(v, str) and v.startswith("sha256:") else v  # noqa: E731
+    def short(v: Any) -> Any:
+        if isinstance(v, str) and v.startswith(("sha256:", "hmac-sha256:")):
+            return v[:v.index(":") + 17] + "…"
+        return v
     if kind == "start":
         return f"profile {d.get('profile')}, policy {short(d.get('policy_digest'))}"
     if kind == "cell":
         return f"{d.get('cell_kind')} cell {short(d.get('digest'))}"
     if kind == "dataset":
-        return (f"/data/{d.get('name')} {d.get('bytes')} bytes {short(d.get('digest'))}, owner "
+        where = "(trusted queries only) " if d.get("access") == "queries" else "/data/"
+        return (f"{where}{d.get('name')} {d.get('bytes')} bytes {short(d.get('digest'))}, owner "
                 f"{short(d.get('owner'))}, policy {short(d.get('policy_digest'))}")
     if kind == "release":
         note = f" — {d.get('note')}" if d.get("note") else ""
         rows = f", {d.get('rows')} rows" if d.get("rows") is not None else ""
         return f"released {d.get('type')} {short(d.get('digest'))} ({d.get('bytes')} bytes{rows}){note}"
     if kind == "refusal":
-        return f"withheld {d.get('output')} {short(d.get('digest'))}: rule {d.get('rule')}"
+        return f"withheld by rule {d.get('rule')} (this cell; once per rule)"
     if kind == "error":
-        eid = f" id {d.get('error_id')}" if d.get("error_id") else ""
-        return f"error{eid} shown as {d.get('shown')} ({short(d.get('digest'))})"
+        if d.get("error_id"):
+            return f"error id {d.get('error_id')} shown as its type only"
+        return f"error shown in full ({short(d.get('digest'))})"
+    if kind == "log-full":
+        return (f"the log reached its limit of {d.get('limit')} bytes: from here on the Keep "
+                "released nothing, ran no cell and took no dataset")
     if kind == "review-request":
         return (f"release #{d.get('id')} queued for review: a {d.get('type')} from cell "
                 f"{short(d.get('cell_digest'))}, datasets {', '.join(d.get('datasets') or [])}")
@@ -95,7 +131,7 @@ def describe(kind: str, d: dict) -> str:
         return f"owner request refused: {d.get('reason')}"
     if kind == "dp-charge":
         return (f"DP {d.get('query')}: spent ε={d.get('epsilon')}, δ={d.get('delta')}; "
-                f"ε={d.get('remaining_epsilon'):.6g} left")
+                f"ε={_num(d.get('remaining_epsilon'))} left")
     if kind == "query":
         return f"threshold query {d.get('query')}: {d.get('groups_shown')} groups of ≥ {d.get('min_group')} rows"
     if kind == "query-refused":

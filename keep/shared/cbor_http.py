@@ -10,6 +10,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from keepbook.keep.shared import protocol
+from keepbook.keep.shared.connection_guard import read_body
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -19,15 +20,17 @@ def cbor_response(msg: protocol.Message, status: int = 200) -> web.Response:
 
 
 def error_response(status: int, reason: str) -> web.Response:
-    return cbor_response(protocol.ErrorBody(status=status, reason=reason), status)
+    return cbor_response(protocol.ErrorBody.of(status, reason), status)
 
 
 async def read_message(request: web.Request, cls: type[protocol.Message]) -> Any:
-    """The request body as a ``cls`` message, or a ProtocolError (415 wrong type, 4xx bad body)."""
+    """The request body as a ``cls`` message, or a ProtocolError (415 wrong type, 4xx bad body,
+    413 too large, 408 a body that stops arriving)."""
     ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
     if ctype != protocol.CBOR:
-        raise protocol.ProtocolError(f"wrong content type {ctype or '(none)'!r}: send {protocol.CBOR}", 415)
-    return cls.from_cbor(await request.read())
+        raise protocol.ProtocolError(f"wrong content type {protocol.cut(ctype, 80) or '(none)'!r}: "
+                                     f"send {protocol.CBOR}", 415)
+    return cls.from_cbor(await read_body(request, cls.MAX_BYTES if cls.MSG else protocol.MAX_MESSAGE_BYTES))
 
 
 def error_middleware(body_limit: int, internal: Callable[[Exception], str]) -> Any:

@@ -10,7 +10,7 @@ body``::
                 owner_key, policy, chunk_size, created}
     C  chunk    AES-256-GCM(DEK, nonce = 0⁴ ‖ index⁸, aad = SHA-256(header) ‖ index⁸ ‖ "C")
     F  final    the last chunk, same but aad ends in "F" (possibly empty)
-    S  trailer  canonical CBOR {plaintext_sha256, bytes, chunks, signature}
+    S  trailer  canonical CBOR {plaintext_mac, bytes, chunks, signature}
 
 * The data key DEK (32 random bytes) is sealed with HPKE (RFC 9180, ``keep/shared/sealing.py``; the
   X25519 suite or the ML-KEM-768+X25519 hybrid) to the Keep's long-lived *dataset key*, whose
@@ -20,9 +20,15 @@ body``::
   reordered, dropped or repeated chunk, a stream cut before ``F`` or extended after it all fail
   with a reason (the STREAM construction of Hoang, Reyhanitabar, Rogaway and Vizár).
 * The owner signs (Ed25519, or ECDSA P-256 with SHA-256)
-  ``"keepbook/dataset-sig/v1" ‖ SHA-256(header) ‖ SHA-256(plaintext) ‖ bytes⁸ ‖ chunks⁸`` —
+  ``"keepbook/dataset-sig/v1" ‖ SHA-256(header) ‖ MAC(plaintext) ‖ bytes⁸ ‖ chunks⁸`` —
   so name, policy, recipient and content are the owner's; the trailer comes last so sealing
   streams in one pass.
+* The content digest is *keyed*: MAC = HMAC-SHA-256 under HKDF(DEK, "keepbook/dataset-digest/v1")
+  (:func:`content_mac`).  The trailer travels in clear and the analyst holds the file, the
+  Keep's receipt and its audit log: an unsalted SHA-256 of the plaintext there would let anyone
+  confirm a guess of a small dataset.  Only the owner (who made the DEK) and the Keep know the
+  key; ``keepbook seal`` prints the digest, the owner finds the same one in the audit log's
+  ``dataset`` entry.  (v1 carried ``plaintext_sha256``; v1 streams are refused.)
 
 Readers (the Keep's ``Opener``) are incremental and never hold more than one chunk; callers must not
 expose any plaintext before :meth:`Opener.finish` succeeds (the Keep writes to a private staging
@@ -32,6 +38,7 @@ file and renames it into ``/data`` only then).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import struct
 from dataclasses import dataclass
@@ -40,11 +47,14 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from keepbook.keep.shared import protocol
 
-FORMAT = "keepbook-sealed-dataset/v1"
+FORMAT_FAMILY = "keepbook-sealed-dataset/"
+FORMAT = FORMAT_FAMILY + "v2"
 INFO_DOMAIN = b"keepbook/dataset/v1"
+DIGEST_DOMAIN = b"keepbook/dataset-digest/v1"
 SIG_DOMAIN = b"keepbook/dataset-sig/v1"
 DEFAULT_CHUNK = 1024 * 1024
 MAX_CHUNK = 16 * 1024 * 1024
@@ -66,10 +76,18 @@ def dataset_key_name(suite: str) -> str:
     return f"dataset/{suite}"
 
 
+#: a dataset may sit in folders under /data (``%upload DIR``): at most this many levels
+MAX_NAME_PARTS = 16
+
+
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    """A dataset's name: its path under /data, ``/``-separated parts of 1-64 letters, digits,
+    '.', '_' or '-', each starting with a letter or digit (so no '..', no absolute path)."""
+    parts = name.split("/") if isinstance(name, str) else []
+    if not parts or len(parts) > MAX_NAME_PARTS or not all(NAME_RE.match(p) for p in parts):
         raise DatasetError(f"dataset name {name!r} is not allowed: use 1-64 letters, digits, "
-                           "'.', '_' or '-', starting with a letter or digit")
+                           "'.', '_' or '-', starting with a letter or digit (in folders: up to "
+                           f"{MAX_NAME_PARTS} such parts joined by '/')")
     return name
 
 
@@ -106,6 +124,18 @@ def frame(kind: bytes, body: bytes) -> bytes:
     return FRAME.pack(kind, len(body)) + body
 
 
+def content_mac(dek: bytes) -> "hmac.HMAC":
+    """The keyed digest of a dataset's plaintext (feed it with ``update``): only holders of the
+    data key can compute or check it."""
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=DIGEST_DOMAIN).derive(dek)
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
+def digest_text(mac: "hmac.HMAC") -> str:
+    """How receipts, the audit log and ``keepbook seal`` write the keyed digest."""
+    return "hmac-sha256:" + mac.hexdigest()
+
+
 def sig_message(header_hash: bytes, plain_hash: bytes, size: int, chunks: int) -> bytes:
     return SIG_DOMAIN + header_hash + plain_hash + struct.pack(">QQ", size, chunks)
 
@@ -121,6 +151,11 @@ def parse_header(body: bytes) -> dict[str, Any]:
         h = protocol.loads(body, max_bytes=MAX_HEADER)
     except protocol.ProtocolError as exc:
         raise DatasetError(f"header: {exc.reason}") from None
+    if isinstance(h, dict) and isinstance(h.get("format"), str) \
+            and h["format"].startswith(FORMAT_FAMILY) and h["format"] != FORMAT:
+        raise DatasetError(f"header: this dataset was sealed as {protocol.cut(h['format'], 60)}, "
+                           f"this Keep opens {FORMAT} (v1 carried an unkeyed digest of the data): "
+                           "seal it again with this keepbook")
     if not isinstance(h, dict) or h.get("format") != FORMAT:
         raise DatasetError(f"header: not a {FORMAT} stream")
     for k, t in HEADER_FIELDS.items():

@@ -12,6 +12,8 @@ never filters anything (it could not be trusted to).  The format (``docs/profile
     errors = "full"              # "full" traceback, or "type": exception type + opaque id
     cell_bytes = 8388608         # per cell; 0 = no budget
     session_bytes = 0            # per Keep session; 0 = no budget
+    introspection = "full"       # completion/inspection: "none" (the Keep's own vocabulary
+                                 # only), "names" (session names, never values), "full"
 
     [release]                    # keep.release(value, note=...) in the guest
     required = false             # true: nothing but released values leaves
@@ -34,10 +36,11 @@ never filters anything (it could not be trusted to).  The format (``docs/profile
     access = "files"             # "files": a read-only file the analyst's code reads at /data;
                                  # "queries": only keep.dp / keep.query read it (never the code)
 
-Every key is optional; missing keys come from the Keep profile's default.  A dataset's policy
-can only tighten the Keep's (:meth:`OutputPolicy.meet`).  ``release.min_rows`` and
-``release.count_column`` are gone (see :data:`REMOVED_KEYS`): a policy that still has them is
-refused, so no policy silently keeps a rule that checked nothing.
+Every key is optional; missing keys come from the Keep profile's default (``introspection``:
+"none" where ``release.required`` is true, else "full").  A dataset's policy can only tighten
+the Keep's (:meth:`OutputPolicy.meet`).  ``release.min_rows`` and ``release.count_column`` are
+gone (see :data:`REMOVED_KEYS`): a policy that still has them is refused, so no policy silently
+keeps a rule that checked nothing.
 """
 
 from __future__ import annotations
@@ -61,7 +64,11 @@ ERROR_LEVELS = ("full", "type")
 RELEASE_MODES = ("gate", "review")
 #: who reads a dataset: the analyst's code (a file under /data), or only the trusted queries
 DATA_ACCESS = ("files", "queries")
+#: what completion and inspection may show, weakest first (``meet`` takes the earlier)
+INTROSPECTION_LEVELS = ("none", "names", "full")
 MAX_POLICY_BYTES = 256 * 1024
+#: the longest note a release may carry (``keep.release(value, note=...)``)
+NOTE_MAX_CHARS = 200
 #: the largest privacy budget a policy may give (a larger one protects nothing)
 MAX_EPSILON = 100.0
 #: keys that were removed, and what to write instead (a policy that has one is refused)
@@ -98,6 +105,7 @@ class OutputPolicy:
     dp_rows_per_person: int = 1
     #: [query] min_group: 0 = no keep.query answers
     query_min_group: int = 0
+    introspection: str = "full"
     data_profiles: tuple[str, ...] = PROFILES
     data_owners: tuple[str, ...] = ()
     data_access: str = "files"
@@ -111,7 +119,7 @@ class OutputPolicy:
             raise PolicyError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
         if profile == "production":
             return cls(kinds=(), mime=("text/plain", "text/html", "image/png"), errors="type",
-                       release_required=True, release_max_bytes=64 * 1024,
+                       release_required=True, release_max_bytes=64 * 1024, introspection="none",
                        source="production default")
         return cls(source=f"{profile} default")
 
@@ -145,7 +153,8 @@ class OutputPolicy:
                 raise PolicyError(f"{source}: {why}")
         out, rel, data = raw.get("output", {}), raw.get("release", {}), raw.get("data", {})
         dp, query = raw.get("dp", {}), raw.get("query", {})
-        _known(source, "output", out, {"kinds", "mime", "errors", "cell_bytes", "session_bytes"})
+        _known(source, "output", out, {"kinds", "mime", "errors", "cell_bytes", "session_bytes",
+                                       "introspection"})
         _known(source, "release", rel, {"required", "mode", "types", "max_bytes"})
         _known(source, "dp", dp, {"epsilon", "delta", "rows_per_person"})
         _known(source, "query", query, {"min_group"})
@@ -158,6 +167,11 @@ class OutputPolicy:
             for m in kw["mime"]:
                 if m != "*" and (m.count("/") != 1 or m.startswith("/") or len(m) > 128):
                     raise PolicyError(f"{source}: output.mime: {m!r} is not a MIME type or pattern")
+        if "introspection" in out:
+            if out["introspection"] not in INTROSPECTION_LEVELS:
+                raise PolicyError(f"{source}: output.introspection must be one of "
+                                  f"{', '.join(map(repr, INTROSPECTION_LEVELS))}")
+            kw["introspection"] = out["introspection"]
         if "errors" in out:
             if out["errors"] not in ERROR_LEVELS:
                 raise PolicyError(f"{source}: output.errors must be \"full\" or \"type\"")
@@ -169,6 +183,8 @@ class OutputPolicy:
             if not isinstance(rel["required"], bool):
                 raise PolicyError(f"{source}: release.required must be true or false")
             kw["release_required"] = rel["required"]
+            if rel["required"] and "introspection" not in out:
+                kw["introspection"] = "none"  # completion/inspection must not undo the rule
         if "types" in rel:
             kw["release_types"] = _choices(source, "release.types", rel["types"], RELEASE_TYPES)
         if "max_bytes" in rel:
@@ -216,6 +232,7 @@ class OutputPolicy:
             **_meet_dp(self, other),
             dp_rows_per_person=max(self.dp_rows_per_person, other.dp_rows_per_person),
             query_min_group=max(self.query_min_group, other.query_min_group),
+            introspection=min(self.introspection, other.introspection, key=INTROSPECTION_LEVELS.index),
             data_profiles=self.data_profiles, data_owners=self.data_owners,
             data_access=self.data_access, source=f"{self.source} ∧ {other.source}")
 
@@ -230,7 +247,8 @@ class OutputPolicy:
                 "release_max_bytes": self.release_max_bytes, "release_mode": self.release_mode,
                 "dp": {"epsilon": self.dp_epsilon, "delta": self.dp_delta,
                        "rows_per_person": self.dp_rows_per_person},
-                "query": {"min_group": self.query_min_group}}
+                "query": {"min_group": self.query_min_group},
+                "introspection": self.introspection}
 
     def allows_mime(self, mime: str) -> bool:
         for pat in self.mime:
@@ -406,7 +424,9 @@ def check_value(value: Any) -> tuple[str, dict[str, str], int | None]:
         if not raw.startswith(b"\x89PNG\r\n\x1a\n"):
             raise ValueError("a figure release must carry a PNG image")
         return t, {"image/png": png, "text/plain": "<released figure>"}, None
-    raise ValueError(f"unknown release type {t!r}")
+    # the type's name is not repeated: the cell chose it (a class may be named after data)
+    raise ValueError("keep.release takes numbers, text, lists, mappings, tables (pandas, numpy) "
+                     "and matplotlib figures; this is none of them")
 
 
 def _render_table(cols: list, index: list, rows: list) -> dict[str, str]:

@@ -116,7 +116,7 @@ def _check_plain(value: Any, depth: int = 0) -> None:
             raise ProtocolError(f"map of {len(value)} entries exceeds the limit of {MAX_ITEMS}")
         for key, item in value.items():
             if not isinstance(key, str):
-                raise ProtocolError(f"map key {key!r} is not a text string")
+                raise ProtocolError(f"map key {shown(key)} is not a text string")
             _check_plain(item, depth + 1)
         return
     raise ProtocolError(f"CBOR value of type {type(value).__name__} is not allowed")
@@ -214,6 +214,9 @@ class F:
 
 
 def _check_field(msg: str, name: str, spec: F, value: Any) -> None:
+    """Type, then size, then value: a field's size is checked before anything else looks at
+    it (a 65,537-character ``kind`` once reached the ``choices`` check, whose error message
+    quoted it whole and broke the error body's own limit — a 500 instead of a 400)."""
     if value is None and not spec.required:
         return
     if isinstance(value, bool) and bool not in spec.types:
@@ -221,18 +224,38 @@ def _check_field(msg: str, name: str, spec: F, value: Any) -> None:
     if not isinstance(value, spec.types):
         raise ProtocolError(
             f"{msg}.{name}: expected {_type_names(spec.types)}, got {type(value).__name__}")
-    if spec.choices is not None and value not in spec.choices:
-        raise ProtocolError(f"{msg}.{name}: {value!r} is not one of {', '.join(map(str, spec.choices))}")
     if isinstance(value, (bytes, str, list, dict)):
-        if spec.max_len is not None and len(value) > spec.max_len:
-            status = 413 if isinstance(value, bytes) and spec.max_len > 4096 else 400
-            raise ProtocolError(f"{msg}.{name}: length {len(value)} exceeds the limit of {spec.max_len}",
-                                status=status)
+        limit = spec.max_len
+        if spec.choices is not None:
+            longest = max(len(c) for c in spec.choices if isinstance(c, (str, bytes)))
+            limit = longest if limit is None else min(limit, longest)
+        if limit is not None and len(value) > limit:
+            status = 413 if isinstance(value, bytes) and limit > 4096 else 400
+            what = (f"a value {len(value)} long is not one of {', '.join(map(str, spec.choices))}"
+                    if spec.choices is not None and spec.max_len is None else
+                    f"length {len(value)} exceeds the limit of {limit}")
+            raise ProtocolError(f"{msg}.{name}: {what}", status=status)
         if spec.min_len is not None and len(value) < spec.min_len:
             raise ProtocolError(f"{msg}.{name}: length {len(value)} is below the minimum of {spec.min_len}")
+    if spec.choices is not None and value not in spec.choices:
+        raise ProtocolError(f"{msg}.{name}: {shown(value)} is not one of "
+                            f"{', '.join(map(str, spec.choices))}")
     if isinstance(value, int) and not isinstance(value, bool) and spec.max_len is not None:
         if value < 0 or value > spec.max_len:
-            raise ProtocolError(f"{msg}.{name}: {value} is outside 0..{spec.max_len}")
+            raise ProtocolError(f"{msg}.{name}: {shown(value)} is outside 0..{spec.max_len}")
+
+
+def cut(text: str, limit: int = 200) -> str:
+    """Text from a peer (field names, say) for an error message, cut to ``limit`` characters."""
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A peer's value for an error message: its repr, cut to ``limit`` characters, so a reason
+    never grows with what the peer sent."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    return cut(repr(value), limit)
 
 
 def _type_names(types: tuple[type, ...]) -> str:
@@ -300,20 +323,20 @@ class Message:
             raise ProtocolError("message has no protocol version field 'v'")
         if isinstance(version, bool) or not isinstance(version, int) or version not in SUPPORTED_VERSIONS:
             raise ProtocolError(
-                f"unsupported protocol version {version!r}; this peer speaks version "
+                f"unsupported protocol version {shown(version)}; this peer speaks version "
                 f"{', '.join(map(str, sorted(SUPPORTED_VERSIONS)))}")
         name = raw.get("msg")
         target = cls
         if cls is Message or not cls.MSG:
             if not isinstance(name, str) or name not in _REGISTRY:
-                raise ProtocolError(f"unknown message type {name!r}")
+                raise ProtocolError(f"unknown message type {shown(name)}")
             target = _REGISTRY[name]
         elif name != cls.MSG:
-            raise ProtocolError(f"expected message {cls.MSG!r}, got {name!r}")
+            raise ProtocolError(f"expected message {cls.MSG!r}, got {shown(name)}")
         known = {f.name for f in fields(target)}  # type: ignore[arg-type]
         extra = set(raw) - known - {"v", "msg"}
         if extra:
-            raise ProtocolError(f"{target.MSG}: unknown field(s) {', '.join(sorted(extra))}")
+            raise ProtocolError(f"{target.MSG}: unknown field(s) {cut(', '.join(sorted(extra)))}")
         kwargs: dict[str, Any] = {}
         for fname in known:
             spec = target.SPEC[fname]
@@ -353,7 +376,7 @@ def check_limits(where: str, limits: Any) -> None:
         raise ProtocolError(f"{where}: limits must be a map")
     extra = set(limits) - set(LIMITS_SPEC)
     if extra:
-        raise ProtocolError(f"{where}: unknown limit(s) {', '.join(sorted(extra))}")
+        raise ProtocolError(f"{where}: unknown limit(s) {cut(', '.join(sorted(extra)))}")
     for name, spec in LIMITS_SPEC.items():
         if name not in limits:
             if spec.required:
@@ -398,10 +421,10 @@ class KeepConfig(Message):
         check_limits("keep_config", self.limits)
         for k, v in self.runtime.items():
             if not isinstance(v, str) or len(v) > 256:
-                raise ProtocolError(f"keep_config.runtime.{k}: expected short text")
+                raise ProtocolError(f"keep_config.runtime.{shown(k)}: expected short text")
         for k, v in (self.keys or {}).items():
             if len(k) > 64 or not isinstance(v, bytes) or not 32 <= len(v) <= 4096:
-                raise ProtocolError(f"keep_config.keys.{k}: expected a public key (32..4096 bytes)")
+                raise ProtocolError(f"keep_config.keys.{shown(k)}: expected a public key (32..4096 bytes)")
 
     def digest(self) -> bytes:
         return hashlib.sha384(self.to_cbor()).digest()
@@ -658,6 +681,14 @@ class ErrorBody(Message):
     status: int
     reason: str
 
+    @classmethod
+    def of(cls, status: int, reason: str) -> "ErrorBody":
+        """An error this side answers with: the reason cut to the field's limit, so answering
+        an error can never itself fail (the last line of defence behind :func:`shown`)."""
+        if len(reason) > MAX_TEXT:
+            reason = reason[:MAX_TEXT - 40] + f"… (cut from {len(reason)} characters)"
+        return cls(status=status if 100 <= status <= 599 else 500, reason=reason)
+
 
 # --------------------------------------------------------------------------- keepmgr <-> keepldr <-> wasmldr
 
@@ -701,6 +732,11 @@ class DebugLog(Message):
 CELL_KINDS = ("wasm", "python")
 
 
+MAX_WASI_ITEMS = 1024  # arguments, or environment variables, of one WASI program
+MAX_WASI_TEXT = 64 * 1024  # characters of one argument, name or value
+MAX_STDIN_BYTES = 16 * 1024 * 1024
+
+
 @dataclass
 class RunRequest(Message):
     MSG: ClassVar[str] = "run"
@@ -714,6 +750,10 @@ class RunRequest(Message):
         "args": F((list,), required=False, max_len=64),
         "timeout_s": F((int, float), required=False),
         "fuel": F((int,), required=False, max_len=2**63 - 1),
+        # a WASI program's command line after its name, environment and standard input
+        "argv": F((list,), required=False, max_len=MAX_WASI_ITEMS),
+        "env": F((list,), required=False, max_len=MAX_WASI_ITEMS),
+        "stdin": F((bytes,), required=False, max_len=MAX_STDIN_BYTES),
     }
     cell_id: str
     kind: str
@@ -723,6 +763,9 @@ class RunRequest(Message):
     args: list | None = None
     timeout_s: float | None = None
     fuel: int | None = None
+    argv: list | None = None
+    env: list | None = None
+    stdin: bytes | None = None
 
     def _check(self) -> None:
         if self.kind == "wasm" and self.module is None:
@@ -734,6 +777,18 @@ class RunRequest(Message):
                 raise ProtocolError(f"run.args[{i}]: expected a number, got {type(a).__name__}")
         if self.timeout_s is not None and not 0 < float(self.timeout_s) <= 7 * 24 * 3600:
             raise ProtocolError("run.timeout_s must be between 0 and one week")
+        if self.kind != "wasm" and (self.argv or self.env or self.stdin):
+            raise ProtocolError("run: argv, env and stdin are for wasm cells only")
+        for i, a in enumerate(self.argv or []):
+            if not isinstance(a, str) or len(a) > MAX_WASI_TEXT or "\0" in a:
+                raise ProtocolError(f"run.argv[{i}]: expected text without NUL, at most "
+                                    f"{MAX_WASI_TEXT} characters")
+        for i, pair in enumerate(self.env or []):
+            if not (isinstance(pair, list) and len(pair) == 2 and all(
+                    isinstance(x, str) and len(x) <= MAX_WASI_TEXT and "\0" not in x for x in pair)
+                    and pair[0] and "=" not in pair[0]):
+                raise ProtocolError(f"run.env[{i}]: expected [NAME, VALUE] (text, NAME not empty "
+                                    f"and without '=', no NUL)")
 
 
 @dataclass
@@ -749,7 +804,10 @@ class Request(Message):
     args: dict | None = None
 
 
-EVENT_KINDS = ("stream", "display_data", "execute_result", "error", "notice", "status", "heartbeat")
+EVENT_KINDS = ("stream", "display_data", "execute_result", "error", "notice", "status", "heartbeat",
+               # IPython's display machinery in the Keep: update_display(), clear_output(), and
+               # the pager's "page" payload (obj?), as ipykernel sends them
+               "update_display_data", "clear_output", "page")
 #: While a cell runs, the Keep sends a ``heartbeat`` event whenever it has been silent this long,
 #: so a client can tell a busy Keep from one that stopped answering.
 HEARTBEAT_S = 0.5
@@ -774,9 +832,22 @@ class Event(Message):
 
 
 @dataclass
+class AuditRequest(Message):
+    """Ask for one page of the audit log (``POST {endpoint}/v1/audit``), from entry ``start``.
+    An empty body asks for the first page."""
+
+    MSG: ClassVar[str] = "audit_request"
+    SPEC: ClassVar[Mapping[str, F]] = {"start": F((int,), max_len=2**32),
+                                       "max_bytes": F((int,), required=False, max_len=2**32)}
+    start: int = 0
+    #: a smaller page than the Keep's own (audit_format.PAGE_BYTES), if the reader wants one
+    max_bytes: int | None = None
+
+
+@dataclass
 class AuditExport(Message):
-    """The Keep's audit log (``POST {endpoint}/v1/audit``): entries as a CBOR sequence, the
-    signed head, its signature.  Verified by ``keep/shared/audit_format.py``."""
+    """One page of the Keep's audit log: entries from ``start`` as a CBOR sequence, the signed
+    head of the whole log, its signature.  Verified by ``keep/shared/audit_format.py``."""
 
     MSG: ClassVar[str] = "audit_export"
     MAX_BYTES: ClassVar[int] = MAX_MESSAGE_BYTES
@@ -784,10 +855,12 @@ class AuditExport(Message):
         "entries": F((bytes,), max_len=MAX_MESSAGE_BYTES - 65536),
         "head": F((dict,)),
         "signature": F((bytes,), max_len=256),
+        "start": F((int,), required=False, max_len=2**32),
     }
     entries: bytes
     head: dict
     signature: bytes
+    start: int | None = None
 
 
 @dataclass

@@ -72,6 +72,13 @@ def _public_key(suite: str, data: bytes) -> Any:
         raise SealingError(f"not a valid {suite} public key: {exc}") from None
 
 
+def check_public_key(suite: str, data: bytes) -> None:
+    """SealingError (naming the suite keepbook knows, or what is wrong with the key) unless
+    ``data`` is a public key of ``suite``: the client checks this when it verifies an attestation,
+    before it would seal anything to it."""
+    _public_key(suite, data)
+
+
 def seal(suite: str, public_key: bytes, plaintext: bytes, info: bytes) -> bytes:
     return _spec(suite).suite().encrypt(plaintext, _public_key(suite, public_key), info=info)
 

@@ -131,10 +131,15 @@ def test_oversized_frame_is_refused_at_the_header():
     assert "exceeds the limit" in refused([struct.pack(">cI", b"C", 2**31)])
 
 
-@pytest.mark.parametrize("name", ["../etc", ".hidden", "a/b", "", "x" * 65])
+@pytest.mark.parametrize("name", ["../etc", ".hidden", "a/../b", "/abs", "a//b", "a/", "", "x" * 65,
+                                  "/".join("d" * 17)])
 def test_bad_names(name):
     with pytest.raises(dataset_format.DatasetError):
         dataset_format.check_name(name)
+
+
+def test_names_may_sit_in_folders():  # %upload DIR keeps the notebook's relative paths
+    assert dataset_format.check_name("data/2024/q1.csv") == "data/2024/q1.csv"
 
 
 def test_seal_spec(tmp_path):
@@ -147,3 +152,34 @@ def test_seal_spec(tmp_path):
     (tmp_path / "bad.toml").write_text('data = "p.csv"\nowner = "x"\n')
     with pytest.raises(dataset_format.DatasetError, match="unknown key"):
         dataset_sealer.parse_spec(tmp_path / "bad.toml")
+
+
+def test_the_content_digest_is_keyed():
+    """The trailer travels in clear: it carries HMAC-SHA-256 under a key from the data key, not
+    SHA-256 of the plaintext (which would confirm a guess of small data)."""
+    import hashlib
+
+    data = b"yes\n"
+    parts = seal(data)
+    trailer = protocol.loads(parts[-1][dataset_format.FRAME.size:])
+    assert set(trailer) == {"plaintext_mac", "bytes", "chunks", "signature"}
+    assert hashlib.sha256(data).digest() not in b"".join(parts)
+    info, _ = dataset_opener.open_stream(parts, KEYS)
+    assert info.digest == "hmac-sha256:" + trailer["plaintext_mac"].hex()
+    assert info.digest != "hmac-sha256:" + seal_digest(data)  # a fresh data key: another digest
+
+
+def seal_digest(data: bytes) -> str:
+    printed: list[str] = []
+    list(dataset_sealer.seal_stream(io.BytesIO(data), name="x.csv", recipient=KEYS[sealing.DEFAULT_SUITE][1],
+                                    suite=sealing.DEFAULT_SUITE, owner_key=OWNER, digest=printed.append))
+    return printed[0].removeprefix("hmac-sha256:")
+
+
+def test_a_v1_dataset_is_refused_saying_to_seal_it_again():
+    parts = seal()
+    header = protocol.loads(parts[0][dataset_format.FRAME.size:])
+    header["format"] = "keepbook-sealed-dataset/v1"
+    body = protocol.dumps(header)
+    parts[0] = dataset_format.FRAME.pack(b"H", len(body)) + body
+    assert "sealed as keepbook-sealed-dataset/v1" in refused(parts) and "seal it again" in refused(parts)

@@ -37,3 +37,17 @@ def token_file(mgr, tmp_path):
     tf = tmp_path / "token"
     tf.write_text(mgr.token + "\n")
     return str(tf)
+
+
+@pytest.fixture(scope="module")
+def nil_channel(mgr, tmp_path_factory):
+    """(agent, channel): a provisioned nil Keep of ``mgr`` and its attested channel."""
+    from keepbook.kernel.agent import ClientAgent, NewKeep
+
+    tf = tmp_path_factory.mktemp("tok") / "t"
+    tf.write_text(mgr.token)
+    agent = ClientAgent()
+    agent.call(agent.new_keep(NewKeep(backend="nil", manager=mgr.url, token_file=str(tf))))
+    channel = agent.call(agent.current.ensure_channel())
+    yield agent, channel
+    agent.stop()

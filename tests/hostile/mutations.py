@@ -8,10 +8,12 @@ encoding truncated, concatenated, or with flipped bytes.  Plus raw random bytes.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
 import struct
+from pathlib import Path
 from typing import Any, Callable
 
 import cbor2
@@ -284,14 +286,40 @@ def http_request(rng: random.Random, paths: list[tuple[str, str, list[str]]]) ->
 Check = Callable[[int, bytes], None]
 
 
-def assert_clean_refusal(status: int, body: bytes, *, allow: tuple[int, ...] = (200, 201)) -> None:
+def assert_clean_refusal(status: int, body: bytes, *, allow: tuple[int, ...] = (200, 201),
+                         request: tuple[str, str, str, bytes] | None = None,
+                         target: str = "endpoint") -> None:
     """The property every endpoint must keep: a success, or a 4xx whose CBOR error body has a
-    reason.  5xx, or an unreadable refusal, is a finding."""
+    reason.  5xx, or an unreadable refusal, is a finding — reported loudly with the input that
+    found it (saved under build/fuzz/found/, see :func:`found`)."""
     if status in allow:
         return
-    assert 400 <= status < 500, f"status {status}: {body[:200]!r}"
-    err = p.ErrorBody.from_cbor(body)
-    assert err.reason.strip(), "a refusal without a reason"
+    where = "" if request is None else "\n" + found(target, *request)
+    assert 400 <= status < 500, f"status {status}: {body[:200]!r}{where}"
+    try:
+        err = p.ErrorBody.from_cbor(body)
+    except p.ProtocolError as exc:
+        raise AssertionError(f"status {status} with an unreadable error body ({exc.reason}){where}") from None
+    assert err.reason.strip(), f"a refusal without a reason{where}"
+
+
+FOUND_DIR = Path(__file__).resolve().parents[2] / "build" / "fuzz" / "found"
+
+
+def found(target: str, method: str, path: str, ctype: str, body: bytes) -> str:
+    """Save an input that broke a property and describe it for the failure message: where it is,
+    the request line, and the body's first bytes (as CBOR when it decodes)."""
+    FOUND_DIR.mkdir(parents=True, exist_ok=True)
+    name = f"{target.replace(' ', '_')}-{hashlib.sha256(body).hexdigest()[:12]}"
+    (FOUND_DIR / f"{name}.bin").write_bytes(body)
+    (FOUND_DIR / f"{name}.txt").write_text(f"{method} {path}\nContent-Type: {ctype}\n")
+    try:
+        shown = p.shown(cbor2.loads(body), 300)
+    except Exception:
+        shown = body[:150].hex() + ("…" if len(body) > 150 else "")
+    return (f"FOUND BY FUZZING: {method} {path} (Content-Type {ctype or 'none'!r}), a body of "
+            f"{len(body)} bytes: {shown}\n  input saved: {FOUND_DIR / name}.bin (request line in "
+            f"{name}.txt) — keep it as a regression test")
 
 
 def rss_kib(pid: int) -> int:

@@ -20,7 +20,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from keepbook.keep.shared import protocol as p
-from keepbook.kernel.agent import ClientAgent, NewKeep
 from tests.hostile import mutations as mu
 from tests.hostile.pipes import PipeKeep, pipe_message
 from tests.hostile.report import STRESS, record
@@ -88,7 +87,8 @@ def test_keepmgr_endpoints(mgr, target_keep):
             created.append(p.KeepInfo.from_cbor(answer).id)
         if who != "right" and path not in ("/v1/health", "/v1/keeps/../health"):
             assert status in (401, 404, 405), (status, method, path)   # 404/405: no route at all
-        mu.assert_clean_refusal(status, answer)
+        mu.assert_clean_refusal(status, answer, request=(method, path, ctype or "", body),
+                                target="keepmgr")
 
     for _ in range(20):   # warm up before measuring memory
         http("GET", mgr.url + "/v1/contracts", token=mgr.token)
@@ -170,18 +170,12 @@ def test_wasmldr_control_pipe_malformed_frame_ends_the_keep_cleanly(seed):
 
 
 @pytest.fixture(scope="module")
-def channel(mgr, tmp_path_factory):
-    tf = tmp_path_factory.mktemp("tok") / "t"
-    tf.write_text(mgr.token)
-    agent = ClientAgent()
-    agent.call(agent.new_keep(NewKeep(backend="nil", manager=mgr.url, token_file=str(tf))))
-    ch = agent.call(agent.current.ensure_channel())
-    yield agent, ch
-    agent.stop()
+def channel(nil_channel):
+    return nil_channel
 
 
 HTTPS_PATHS = [("POST", "/v1/run", ["run"]), ("POST", "/v1/request", ["request"]),
-               ("POST", "/v1/audit", []), ("POST", "/v1/upload?name=d", [])]
+               ("POST", "/v1/audit", ["audit_request"]), ("POST", "/v1/upload?name=d", [])]
 
 
 def test_wasmldr_https_endpoints(channel):
@@ -219,7 +213,8 @@ def test_wasmldr_https_endpoints(channel):
             events = list(dec.events())
             assert events and events[-1].kind == "status" and dec.pending == 0
             return
-        mu.assert_clean_refusal(status, answer, allow=(200,))
+        mu.assert_clean_refusal(status, answer, allow=(200,), request=(method, path, ctype, body),
+                                target="wasmldr-https")
 
     post("POST", "/v1/request", p.CBOR, p.Request(op="status").to_cbor())
     before = mu.rss_kib(wasmldr)
@@ -231,3 +226,26 @@ def test_wasmldr_https_endpoints(channel):
     # the Keep still runs the user's cells
     events: list = []
     agent.call(agent.run("wasm", events.append, module=mu.HELLO_WASM))
+
+
+# ---------------------------------------------------------------- regressions the fuzzer found
+
+
+def test_the_500_the_fuzzer_found_is_a_400_naming_the_field(channel, mgr):
+    """issue 12, item 11: `POST /v1/run` with a 65,537-character ``kind`` answered 500 "Server got
+    itself in trouble".  Every field's size is checked before its value is used or quoted."""
+    from tests.hostile.test_protocol_hardening import HUGE_KIND
+
+    agent, ch = channel
+    conn = httpc.HTTPSConnection(ch.endpoint.host, ch.endpoint.port, context=ch.context, timeout=10)
+    conn.request("POST", "/v1/run", body=p.dumps(HUGE_KIND), headers={"Content-Type": p.CBOR})
+    resp = conn.getresponse()
+    status, body = resp.status, resp.read()
+    conn.close()
+    assert status == 400, (status, body[:200])
+    assert p.ErrorBody.from_cbor(body).reason.startswith("run.kind: a value 65537 long is not one of")
+    # the same on the keep manager (a choices field of its own)
+    huge = {**mu.template("create_keep"), "profile": "p" * 65537}
+    status, body = http("POST", mgr.url + "/v1/keeps", p.dumps(huge), token=mgr.token)
+    assert status == 400 and p.ErrorBody.from_cbor(body).reason.startswith("create_keep.profile:")
+    record("attack", "oversized choice field (the fuzzer's 500)")

@@ -36,3 +36,28 @@ def test_trailing_data_inside_a_frame_is_refused():
 def test_huge_declared_lengths_fail_fast_without_allocating(header):
     with pytest.raises(p.ProtocolError, match="malformed CBOR"):
         p.loads(header + (2**62).to_bytes(8, "big") + b"x")
+
+
+# The input `make stress`'s fuzzer found (issue 12, item 11): a 65,537-character `kind` made the
+# Keep answer 500 — the choices check quoted it whole, and the error body broke its own limit.
+HUGE_KIND = {"v": 1, "msg": "run", "cell_id": "c1", "kind": "k" * 65537, "code": "1"}
+
+
+@pytest.mark.parametrize("raw, field", [
+    (HUGE_KIND, "run.kind"),
+    ({**HUGE_KIND, "kind": "python", "cell_id": "c" * 65537}, "run.cell_id"),
+    ({"v": 1, "msg": "m" * 70000}, "expected message 'run'"),
+    ({"v": "v" * 70000, "msg": "run"}, "unsupported protocol version"),
+    ({**HUGE_KIND, "kind": "python", "x" * 70000: 1}, "run: unknown field(s)"),
+], ids=["kind", "cell_id", "msg", "version", "field name"])
+def test_oversized_values_are_refused_with_a_short_reason(raw, field):
+    with pytest.raises(p.ProtocolError) as exc:
+        p.RunRequest.from_cbor(p.dumps(raw))
+    assert exc.value.status == 400 and exc.value.reason.startswith(field)
+    assert len(exc.value.reason) < 400  # the reason never grows with what the peer sent
+    p.ErrorBody.of(exc.value.status, exc.value.reason).to_cbor()  # and it can be answered
+
+
+def test_an_error_body_is_always_answerable():
+    body = p.ErrorBody.of(400, "x" * (p.MAX_TEXT * 2))
+    assert len(p.ErrorBody.from_cbor(body.to_cbor()).reason) <= p.MAX_TEXT

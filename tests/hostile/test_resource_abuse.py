@@ -240,3 +240,62 @@ def test_python_fd_exhaustion(python):
     assert status["ok"] and ("stopped at" in out or "opened" in out), (status, out)
     py_usable(python)
     record("abuse", "python fd exhaustion", outcome=out.strip()[:60])
+
+
+class _Peak:
+    """Samples what the Keep's files hold (as the Keep counts them) while a cell runs."""
+
+    def __init__(self, keep_id: str):
+        import glob
+        import threading
+
+        from keepbook.keep.inside.storage import Storage
+
+        self.storage = Storage(glob.glob(f"/dev/shm/keepbook-keep-{keep_id}-*"), MEMORY)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self.storage.used())
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+WRITE_1GIB = ("import gc; gc.collect()\nb = b'x' * 65536\nwith open('/tmp/big', 'wb') as f:\n"
+              "    for i in range(16384):\n        f.write(b)\nprint('wrote 1 GiB')")
+
+
+def test_python_files_count_against_the_keeps_memory_limit(python):
+    """issue 12, item 8: a Keep limited to 256 MiB once wrote 1.5 GiB into its /tmp (host RAM
+    via /dev/shm).  Now its files count against its memory limit: the cell is stopped with an
+    error saying why, the session's files are removed, the Keep goes on."""
+    peak = _Peak(python.current.id)
+    status, events = py(python, WRITE_1GIB, timeout=120)
+    top = peak.stop()
+    out = text(events)
+    assert not status["ok"] and "wrote 1 GiB" not in out, (status, out)
+    assert "the Keep is out of space" in out and "limit of 64 MiB" in out, out
+    assert "the Python session was dropped with its files (/tmp)" in out
+    # stopped within one measurement's worth of writing, far from the 1 GiB it asked for
+    assert top < 4 * MEMORY, top
+    assert peak.storage.used() < MEMORY // 4  # and the files are gone
+    py_usable(python)
+    record("abuse", "python writes past the Keep's limit into /tmp", peak_mib=top >> 20)
+
+
+def test_an_upload_counts_against_the_keeps_memory_limit(python, tmp_path):
+    big = tmp_path / "big.csv"
+    with open(big, "wb") as fh:
+        for _ in range(80):
+            fh.write(b"0123456789abcdef" * 65536)  # 80 MiB
+    with pytest.raises(KeepError, match="out of space|would use more than its limit of 64 MiB"):
+        python.call(python.upload(str(big), "big.csv"), timeout=120)
+    status, events = py(python, "import os; print(os.listdir('/data'))")
+    assert "big.csv" not in text(events)
+    record("abuse", "upload past the Keep's limit")

@@ -45,8 +45,8 @@ class Result:
 
 
 class Kernel:
-    def __init__(self) -> None:
-        self.km, self.kc = start_new_kernel(kernel_name="keepbook")
+    def __init__(self, kernel_name: str = "keepbook", **start: Any) -> None:
+        self.km, self.kc = start_new_kernel(kernel_name=kernel_name, **start)
 
     def execute(self, code: str, timeout: float = 120, on_output: Any = None) -> Result:
         msg_id = self.kc.execute(code)

@@ -119,3 +119,45 @@ def test_c_without_main_says_to_use_invoke(kernel):
     res = kernel.execute(f"%%c\n{ADD_C}")
     assert res.status == "error"
     assert "--invoke" in res.text()
+
+
+ARGS_ENV_STDIN_C = r"""#include <stdio.h>
+#include <stdlib.h>
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) printf("arg %s\n", argv[i]);
+    printf("MODE=%s\n", getenv("MODE") ? getenv("MODE") : "(unset)");
+    char line[128];
+    while (fgets(line, sizeof line, stdin)) printf("in: %s", line);
+    return 0;
+}"""
+
+
+def test_arguments_environment_and_stdin_from_the_cell(kernel):
+    cell = ("%%c --arg first --arg='two words' --arg=-v --env MODE=fast --stdin -\n"
+            + ARGS_ENV_STDIN_C + "\n%%stdin\nline one\nline two\n")
+    res = ok(kernel.execute(cell, timeout=300))
+    assert res.stream("stdout") == ("arg first\narg two words\narg -v\nMODE=fast\n"
+                                    "in: line one\nin: line two\n")
+
+
+def test_stdin_from_a_file_on_this_machine(kernel, tmp_path):
+    (tmp_path / "input.txt").write_text("from a file\n")
+    res = ok(kernel.execute(f"%%c --stdin {tmp_path / 'input.txt'}\n" + ARGS_ENV_STDIN_C,
+                            timeout=300))
+    assert res.stream("stdout") == "MODE=(unset)\nin: from a file\n"
+    res = kernel.execute(f"%%c --stdin {tmp_path / 'missing.txt'}\n" + ARGS_ENV_STDIN_C)
+    assert res.status == "error" and "cannot read it here" in res.text()
+
+
+def test_wat_cell_takes_the_same_options(kernel):
+    wat = ('%%wat --stdin -\n(module\n'
+           '  (import "wasi_snapshot_preview1" "fd_read" (func $r (param i32 i32 i32 i32) (result i32)))\n'
+           '  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))\n'
+           '  (memory (export "memory") 1)\n'
+           '  (func (export "_start")\n'
+           '    (i32.store (i32.const 0) (i32.const 64)) (i32.store (i32.const 4) (i32.const 32))\n'
+           '    (drop (call $r (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))\n'
+           '    (i32.store (i32.const 4) (i32.load (i32.const 8)))\n'
+           '    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))\n'
+           '%%stdin\necho me')
+    assert ok(kernel.execute(wat)).stream("stdout") == "echo me\n"

@@ -36,6 +36,12 @@ def test_nothing_runs_before_attestation_and_trust_vector_is_shown(kernel):
     assert "RESULT: VERIFIED" in shown["text/plain"] and "SIMULATED" in shown["text/plain"]
     assert "application/vnd.jupyter.widget-view+json" in shown
     assert 'data-claim="report_data"' in shown["text/html"]
+    # the Keep fingerprint the analyst reads out to the data owner (issue 12, item 4), the same
+    # one `%keep status` shows
+    fp = shown["text/plain"].split("Keep fingerprint: ")[1].split(" ")[0]
+    assert fp.startswith("kf:") and f"<code>{fp}</code>" in shown["text/html"]
+    status = kernel.execute("%keep status").of_type("display_data")[0]["data"]["text/plain"]
+    assert fp in status
 
 
 def test_attest_explain_lists_report_fields(kernel):

@@ -33,8 +33,12 @@ class KeepbookKernelTests(jkt.KernelTests):
                           {"text": "%%wa", "matches": {"%%wat", "%%wasm"}},
                           {"text": "%keep st", "matches": {"status"}}]
     complete_code_samples = ["1 + 1", "%keep status", "x = [1,\n 2]"]
-    incomplete_code_samples = ["def f(x):", "x = [1,"]
-    invalid_code_samples = ["1 +* 2", "def (:"]
+    incomplete_code_samples = ["def f(x):", "x = [1,", "for i in range(3):\n    print(i)"]
+    # as IPython answers (an unclosed "(" is incomplete, not invalid: "def (:" is incomplete)
+    invalid_code_samples = ["1 +* 2", "x = )", "return return"]
+    # IPython's display machinery and pager, in the Keep's Python session
+    code_clear_output = "from IPython.display import clear_output\nclear_output()"
+    code_page_something = "len?"
     code_generate_error = '%%wat\n(module (func (export "_start") unreachable))'
     code_execute_result = [
         {"code": '%%wat --invoke add 2 3\n(module (func (export "add") (param i32 i32) (result i32) '

@@ -33,13 +33,23 @@ def test_placeholder_values_are_quoted_and_unknown_ones_kept():
 
 
 @pytest.mark.parametrize("line,reason", [
-    ("%keep", "needs one of"), ("%keep explode", "needs one of"), ("%nope", "unknown magic"),
+    ("%keep", "needs one of"), ("%keep explode", "needs one of"),
     ("%keep status now", "takes no arguments"), ("%keep new --memory lots", "not a size"),
     ("%keep new --timeout -1", "must be positive"), ('%keep new --backend "unclosed', "No closing quotation"),
 ])
 def test_bad_line_magics_say_why(line, reason):
     with pytest.raises(mg.MagicError, match=reason):
         mg.parse_cell(line)
+
+
+def test_ipython_magics_go_to_the_keeps_shell():
+    cell = mg.parse_cell("%keep status\n%matplotlib inline\nimport numpy as np\n%time np.ones(3)")
+    assert [m.sub for m in cell.magics] == ["status"]  # the kernel runs only its own magics
+    assert cell.python == "%matplotlib inline\nimport numpy as np\n%time np.ones(3)"
+    assert mg.parse_cell("%nope 1").python == "%nope 1"  # the Keep's shell names it in its error
+    cell = mg.parse_cell("%%timeit -n1\nsum(range(10))")
+    assert cell.cell_magic is None and cell.python == "%%timeit -n1\nsum(range(10))"
+    assert mg.parse_cell("%%wat\n(module)").cell_magic.name == "wat"
 
 
 def test_sizes():
@@ -49,13 +59,30 @@ def test_sizes():
 
 
 @pytest.mark.parametrize("line,expected", [
-    ("%keep new --backend sim-", {"sim-snp", "sim-tdx", "sim-sgx"}),
+    ("%keep new --backend sim-", {"sim-snp", "sim-tdx", "sim-sgx", "sim-cca"}),
     ("%keep new --profile p", {"production"}),
     ("%keep new --man", {"--manager", "--manager-ca"}),
     ("%attest --ex", {"--explain"}),
     ("%ke", {"%keep"}),
+    ("%tim", {"%time", "%timeit"}),
+    ("%%tim", {"%%time", "%%timeit"}),
+    ("%%wa", {"%%wat", "%%wasm"}),
 ])
 def test_tab_completes_magics_options_and_values(line, expected):
     matches, start, end = mg.complete_magic(line, len(line))
     assert set(matches) == expected
-    assert end == len(line) and line[start:end] in {"sim-", "p", "--man", "--ex", "%ke"}
+    assert end == len(line) and line[start:end] in {"sim-", "p", "--man", "--ex", "%ke", "%tim",
+                                                    "%%tim", "%%wa"}
+
+
+def test_wasi_options_of_wasm_and_compiled_cells():
+    cell = mg.parse_cell("%%wat --arg a --arg=-b --env K=V=W --stdin -\n(module)\n%%stdin\nin")
+    m = cell.cell_magic
+    assert m.args.argv == ["a", "-b"] and m.args.env == [("K", "V=W")]
+    assert m.body == "(module)" and m.stdin_text == "in\n"
+    with pytest.raises(mg.MagicError, match="NAME=VALUE"):
+        mg.parse_cell("%%c --env NOVALUE\nint main(){}")
+    with pytest.raises(mg.MagicError, match="has no such line"):
+        mg.parse_cell("%%c --stdin -\nint main(){}")
+    with pytest.raises(mg.MagicError, match="keep one"):
+        mg.parse_cell("%%c --stdin in.txt\nint main(){}\n%%stdin\nx")

@@ -11,7 +11,7 @@ POLICY = b"""
 [output]
 cell_bytes = 2000
 [release]
-types = ["number", "table", "mapping"]
+types = ["number", "table", "mapping", "text"]   # text: notes may leave too
 max_bytes = 1500
 """
 
@@ -63,17 +63,19 @@ def test_grouped_table_with_enough_rows(keep_agent):
 
 
 def test_wrong_type_is_withheld(keep_agent):
-    events, _ = run(keep_agent, "keep.release(list(df.age), note='raw ages')")
+    events, status = run(keep_agent, "keep.release(list(df.age), note='raw ages')")
     assert notices(events) == ["withheld by policy: release.types — a list may not be released "
-                               "(allowed: number, table, mapping)"]
+                               "(allowed: number, table, mapping, text)"]
     assert "30" not in repr(shown(events))
+    assert status == {"ok": True, "reason": "ok", "withheld": True}  # no counts in production
 
 
 def test_over_budget_is_withheld(keep_agent):
     events, _ = run(keep_agent, "keep.release({f'k{i}': i for i in range(250)}, note='big')\n"
                                 "for j in range(3): keep.release({f'k{i}': i for i in range(150)}, note='x')")
     texts = notices(events)
-    assert texts[0].startswith("withheld by policy: release.max_bytes — the value is ")
+    assert texts[0] == ("withheld by policy: release.max_bytes — the value (with its note) is "
+                        "over the limit of 1500 bytes per release")
     assert any(t == "withheld by policy: output.cell_bytes — the output budget of 2000 bytes "
                     "for this cell is spent" for t in texts)
 
@@ -90,8 +92,8 @@ def test_bypassing_the_guest_module_does_not_help(keep_agent):
     events, _ = run(keep_agent, "import _host, json\n"
                                 "_host.call(json.dumps({'op': 'stream', 'text': 'alice 42'}).encode())\n"
                                 "_host.call(json.dumps({'op': 'display', 'data': {'text/html': 'alice'}}).encode())\n"
-                                "_host.call(json.dumps({'op': 'release', 'value': {'type': 'text', "
-                                "'value': 'alice'}}).encode())")
+                                "_host.call(json.dumps({'op': 'release', 'value': {'type': 'list', "
+                                "'value': ['alice']}}).encode())")
     assert "alice" not in repr([e.content for e in events])
 
 

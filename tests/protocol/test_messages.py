@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import cbor2
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -31,6 +33,8 @@ def samples() -> list[p.Message]:
         p.DebugLog(text="x"),
         p.RunRequest(cell_id="c1", kind="wasm", module=b"\0asm", invoke="f", args=[1, 2.5]),
         p.RunRequest(cell_id="c2", kind="python", code="1+1"),
+        p.RunRequest(cell_id="c3", kind="wasm", module=b"\0asm", argv=["a", "-v"],
+                     env=[["K", "V=W"]], stdin=b"in\n"),
         p.Request(op="interrupt"),
         p.Event(kind="stream", content={"name": "stdout", "text": "hi"}),
         p.Reply(ok=True, content={}),
@@ -188,3 +192,25 @@ def test_one_field_wrong_is_rejected_or_valid(msg: p.Message, key: str, value: o
         assert exc.reason
     else:
         again.validate()
+
+
+@pytest.mark.parametrize("fields,words", [
+    ({"argv": ["ok", 3]}, "run.argv[1]"),
+    ({"argv": ["nul\0"]}, "without NUL"),
+    ({"argv": ["a"] * (p.MAX_WASI_ITEMS + 1)}, "exceeds the limit"),
+    ({"env": [["K"]]}, "run.env[0]"),
+    ({"env": [["", "v"]]}, "NAME not empty"),
+    ({"env": [["A=B", "v"]]}, "without '='"),
+    ({"env": ["K=V"]}, "run.env[0]"),
+    ({"stdin": "text"}, "run.stdin: expected bytes"),
+    ({"stdin": bytes(p.MAX_STDIN_BYTES + 1)}, "exceeds the limit"),
+])
+def test_malformed_wasi_inputs_are_refused_with_the_field(fields, words) -> None:
+    body = {"v": 1, "msg": "run", "cell_id": "c", "kind": "wasm", "module": b"\0asm", **fields}
+    with pytest.raises(p.ProtocolError, match=re.escape(words)):
+        p.RunRequest.from_cbor(cbor2.dumps(body))
+
+
+def test_wasi_inputs_are_for_wasm_cells_only() -> None:
+    with pytest.raises(p.ProtocolError, match="for wasm cells only"):
+        p.RunRequest(cell_id="c", kind="python", code="1", argv=["x"]).validate()

@@ -4,6 +4,7 @@ Gramine /dev/attestation — each serving the real vectors; plus the simulated p
 from __future__ import annotations
 
 import ctypes
+import datetime
 import errno
 import os
 import struct
@@ -42,12 +43,16 @@ def _sim_roots(tmp_path_factory, monkeypatch):
     vendor.reset_cache()
 
 
+def snp_table(vec, report: str, key: str, key_cert: str, ask_ark: str) -> tuple[bytes, bytes]:
+    """A report and the certificate table its host serves: VCEK or VLEK, ASK (ASVK), ARK."""
+    ask, ark = load_certs(vec(ask_ark))
+    return vec(report), build_cert_table({key: vec(key_cert), "ask": ask, "ark": ark})
+
+
 def snp_milan(vec):
-    report = vec("snp/virtee-sev__tests_certs_data_report_milan.hex")
-    ask, ark = load_certs(vec("snp/go-sev-guest__verify_trust_ask_ark_milan.pem"))
-    table = build_cert_table({"vcek": vec("snp/virtee-sev__tests_certs_data_vcek_milan.der"),
-                              "ask": ask, "ark": ark})
-    return report, table
+    return snp_table(vec, "snp/virtee-sev__tests_certs_data_report_milan.hex", "vcek",
+                     "snp/virtee-sev__tests_certs_data_vcek_milan.der",
+                     "snp/go-sev-guest__verify_trust_ask_ark_milan.pem")
 
 
 # -- configfs-tsm ---------------------------------------------------------------------------------
@@ -111,6 +116,65 @@ def test_configfs_tsm_tdx_real_vector(tmp_path, vec):
     kind, ev, certs = p.get_evidence(bytes(64))
     assert kind == "tdx" and ev == quote and certs == []
     assert TdxVerifier().verify(ev).ok
+
+
+@pytest.mark.vectors
+@pytest.mark.parametrize("provider", ["arm_cca_guest", "arm_cca"])
+def test_configfs_tsm_cca_real_vector(tmp_path, vec, provider):
+    """An Arm CCA realm (hardware ``cca`` backend) through configfs-tsm: the token is the outblob,
+    no auxblob; the verifier accepts it with the platform key the user supplies."""
+    from keepbook.keep.shared.evidence.cca_verify import CcaVerifier
+    from keepbook.keep.shared.evidence.public_keys import load_public_keys
+    c = "cca/ccatoken__test_common.go__"
+    token = vec(c + "testGoodCCAToken.cbor")
+    chosen = providers.get_provider("cca", root=_tsm_root(tmp_path))
+    assert isinstance(chosen, ConfigfsTsmProvider) and chosen.expect == "cca"
+    p = FakeConfigfs(root=tmp_path, outblob=token, auxblob=b"", provider=provider, expect="cca")
+    rd = os.urandom(64)
+    kind, ev, certs = p.get_evidence(rd)
+    assert kind == "cca" and ev == token and certs == [] and p.inblobs == [rd]
+    from keepbook.keep.shared.evidence.trust import ReferenceValues
+    iak = load_public_keys(vec(c + "testIAK.public.jwk.json"))
+    assert CcaVerifier().verify(ev, reference=ReferenceValues(platform_keys=iak)).ok
+    wrong = FakeConfigfs(root=_tsm_root(tmp_path / "w"), outblob=token, auxblob=b"", provider=provider,
+                         expect="tdx")
+    with pytest.raises(ProviderError, match="this machine's TEE is cca, not tdx"):
+        wrong.get_evidence(rd)
+
+
+def snp_vlek(vec):
+    """Trustee's VLEK-signed report; the ASVK travels in the table's ASK slot."""
+    return snp_table(vec, "snp/trustee__deps_verifier_test_data_snp_test-vlek-report.bin", "vlek",
+                     "snp/trustee__deps_verifier_test_data_snp_test-vlek.der",
+                     "snp/go-sev-guest__verify_trust_ask_ark_milan_vlek.pem")
+
+
+IN_VLEK_LIFE = datetime.datetime(2025, 6, 1, tzinfo=datetime.timezone.utc)   # the VLEK expired 2025-12-10
+
+
+@pytest.mark.vectors
+def test_configfs_tsm_snp_vlek_certificate_table(tmp_path, vec):
+    report, table = snp_vlek(vec)
+    p = FakeConfigfs(root=_tsm_root(tmp_path), outblob=report, auxblob=table, provider="sev_guest",
+                     expect="sev-snp")
+    kind, ev, certs = p.get_evidence(os.urandom(64))
+    assert kind == "sev-snp" and len(certs) == 3
+    tv = SnpVerifier().verify(ev, certs=certs, at=IN_VLEK_LIFE)
+    assert tv.ok, tv.to_text()
+    assert "SEV-VLEK" in tv.get("chain").reason
+    from keepbook.keep.shared.evidence import carried
+    for name in carried.required_on_hardware("sev-snp"):        # what a hardware Keep must show
+        assert tv.get(name).status.value == "verified", name
+
+
+@pytest.mark.vectors
+def test_sev_guest_vlek_certificate_table(tmp_path, vec):
+    report, table = snp_vlek(vec)
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "sev-guest").write_bytes(b"")
+    p = sev_guest.SevGuestProvider(root=tmp_path, ioctl=FakeSevGuest(report, table))
+    kind, ev, certs = p.get_evidence(os.urandom(64))
+    assert SnpVerifier().verify(ev, certs=certs, at=IN_VLEK_LIFE).ok
 
 
 def test_configfs_tsm_generation_race(tmp_path):
@@ -221,12 +285,14 @@ def test_gramine_real_vector(tmp_path, vec):
 # -- dispatch and simulated ---------------------------------------------------------------------
 
 def test_dispatch_errors(tmp_path):
-    for backend in ("snp", "tdx", "sgx"):
+    for backend in ("snp", "tdx", "sgx", "cca"):
         with pytest.raises(ProviderError, match="not|no "):
             providers.get_evidence(backend, bytes(64), root=tmp_path)
+    with pytest.raises(ProviderError, match="Arm CCA realm"):
+        providers.get_evidence("cca", bytes(64), root=tmp_path)
 
 
-@pytest.mark.parametrize("backend", ["sim-snp", "sim-tdx", "sim-sgx"])
+@pytest.mark.parametrize("backend", ["sim-snp", "sim-tdx", "sim-sgx", "sim-cca"])
 def test_simulated_provider(backend):
     from keepbook.keep.shared.evidence import registry
     rd = os.urandom(64)

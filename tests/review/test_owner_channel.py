@@ -10,7 +10,7 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from keepbook.keep.inside import dataset_opener
+from keepbook.keep.inside import dataset_opener, review
 from keepbook.keep.inside.review import DatasetRef, ReviewQueue
 from keepbook.keep.shared import dataset_format, owner_channel, protocol, sealing
 from keepbook.kernel import dataset_sealer
@@ -202,9 +202,10 @@ def test_malformed_decisions_are_refused_before_sending(args, words):
 
 def test_no_owner_no_review():
     keep = Keep()
-    why = keep.queue.submit(value={"type": "number", "value": 1}, rendered={}, rtype="number",
-                            note="", source="", cell_digest="", datasets=[])
-    assert isinstance(why, str) and "no owner can review" in why
+    with pytest.raises(review.NotQueued, match="no owner can review") as got:
+        keep.queue.submit(value={"type": "number", "value": 1}, rendered={}, rtype="number",
+                          note="", source="", cell_digest="", datasets=[])
+    assert got.value.rule == "release.mode" and not keep.queue.requests
 
 
 def test_the_audit_log_holds_no_digest_or_note_of_a_value_not_released(world):

@@ -14,6 +14,7 @@ import pytest
 from keepbook.keep.host import vm
 from keepbook.keep.shared import protocol as p
 from keepbook.keep.shared import vm_image
+from keepbook.keep.shared.sealing import DEFAULT_SUITE
 from keepbook.kernel import launch_measurement as lm
 from keepbook.kernel.attestation import ExpectationBuilder, verify_attestation
 from keepbook.kernel.trust_policy import TrustPolicy
@@ -94,7 +95,7 @@ def _snp_response(vectors: Path) -> p.AttestResponse:
                        runtime={"image": "x"}, keep_id="k1")
     return p.AttestResponse(evidence_kind="sev-snp",
                             evidence=(snp / "go-sev-guest__verify_testdata_attestation.bin").read_bytes(),
-                            certs=certs, hpke_suite="x", hpke_public_key=bytes(32),
+                            certs=certs, hpke_suite=DEFAULT_SUITE, hpke_public_key=bytes(32),
                             config=cfg.to_cbor(), nonce=bytes(32))
 
 
@@ -261,7 +262,7 @@ def _kvm_answer(image: str) -> tuple[p.AttestResponse, bytes]:
     cfg = p.KeepConfig(backend="kvm", profile="staging", limits=dict(p.DEFAULT_LIMITS), policy=b"",
                        runtime={"image": image}, keep_id="k1")
     evidence = nil.make(p.report_data(nonce, pub, cfg.digest()))
-    return p.AttestResponse(evidence_kind="nil", evidence=evidence, certs=[], hpke_suite="x",
+    return p.AttestResponse(evidence_kind="nil", evidence=evidence, certs=[], hpke_suite=DEFAULT_SUITE,
                             hpke_public_key=pub, config=cfg.to_cbor(), nonce=nonce), nonce
 
 

@@ -4,6 +4,7 @@ interpreter costs little, but pandas/matplotlib imports cost ≈1.5 s each)."""
 from __future__ import annotations
 
 import base64
+import re
 import struct
 import threading
 import time
@@ -107,8 +108,8 @@ def test_error_has_guest_traceback(session):
     assert status == {**status, "ok": False, "reason": "error"}
     (err,) = rec.of("error")
     assert err["ename"] == "ZeroDivisionError"
-    text = "\n".join(err["traceback"])
-    assert "<cell" in text and "return 1 / 0" in text and "keep-driver" not in text
+    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(err["traceback"]))  # IPython's colours
+    assert "Cell In[" in text and "return 1 / 0" in text and "_keep_guest" not in text
 
 
 def test_input_raises_clear_error(session):
@@ -134,8 +135,10 @@ def test_complete_and_inspect(session):
     run(session, "import os\nmy_variable = 3")
     reply = session.complete("my_va", 5)
     assert reply["matches"] == ["my_variable"] and reply["cursor_start"] == 0
-    reply = session.complete("os.pa", 5)
-    assert "os.path" in reply["matches"]
+    reply = session.complete("os.pa", 5)  # as IPython answers it: replace ".pa" by ".path"
+    assert "os.path" in ["os.pa"[:reply["cursor_start"]] + m for m in reply["matches"]]
+    reply = session.complete("%tim", 4)  # the shell's magics
+    assert {"%time", "%timeit"} <= set(reply["matches"])
     reply = session.inspect("len(", 4)
     assert reply["found"] and "Return the number of items" in reply["data"]["text/plain"]
 
@@ -193,3 +196,27 @@ def test_exit_ends_session_and_next_cell_is_fresh(code):
         assert rec.of("error")[0]["ename"] == "NameError"
     finally:
         s.close()
+
+
+def test_sklearn_sample_images_are_in_the_keep(session):
+    from keepbook.keep.shared import guest_data
+
+    if not guest_data.files():
+        pytest.skip("scikit-learn's sample images are not cached: run `keepbook warm` where "
+                    "PyPI can be reached")
+    status, rec = run(session, "from sklearn.datasets import load_sample_images\n"
+                               "[img.shape for img in load_sample_images().images]")
+    assert status["ok"], rec.events
+    assert rec.of("execute_result")[0]["data"]["text/plain"] == "[(427, 640, 3), (427, 640, 3)]"
+
+
+def test_only_the_listed_packages_are_imported_from_the_staged_folder(session):
+    from keepbook.keep.shared import guest_packages
+
+    run(session, "import matplotlib.pyplot as plt\nplt.plot([1]);\n%time 1")
+    status, rec = run(session, "import sys\nsorted({m.split('.')[0] for m, v in "
+                               "list(sys.modules.items()) if '/opt/keep/site/' in "
+                               "str(getattr(v, '__file__', ''))})")
+    loaded = eval(rec.of("execute_result")[0]["data"]["text/plain"])
+    tops = {rel.split("/")[0].removesuffix(".py") for rel, _ in guest_packages.files()}
+    assert set(loaded) - {"_keep_guest", "_keep_driver"} <= tops and "IPython" in loaded

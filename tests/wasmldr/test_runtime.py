@@ -261,17 +261,18 @@ def test_output_streams_before_run_returns(rt):
 def test_data_dir_read_only(tmp_path):
     (tmp_path / "x.txt").write_text("secret")
     rt = WasmRuntime(data_dir=str(tmp_path))
-    # path_open("x.txt") under fd 3 (/data) with write rights must fail; read rights succeed.
+    # path_open("x.txt") under fd 4 (/data; fd 3 is the run's scratch folder) with write
+    # rights must fail; read rights succeed.
     wat = r"""(module
       (import "wasi_snapshot_preview1" "path_open"
         (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
       (memory (export "memory") 1)
       (data (i32.const 0) "x.txt")
       (func (export "ro") (result i32)
-        (call $open (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 5) (i32.const 0)
+        (call $open (i32.const 4) (i32.const 0) (i32.const 0) (i32.const 5) (i32.const 0)
                     (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 100)))
       (func (export "rw") (result i32)
-        (call $open (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 5) (i32.const 1)
+        (call $open (i32.const 4) (i32.const 0) (i32.const 0) (i32.const 5) (i32.const 1)
                     (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 100))))"""
     status, rec = run(rt, wat, invoke="ro")
     assert status["results"] == [0]

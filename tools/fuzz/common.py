@@ -66,8 +66,22 @@ def fuzz(test_one_input: Callable[[bytes], None], stats: Stats) -> None:
     seed = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("-seed=")), 0)
     rng = random.Random(seed)
     started = time.time()
+    prefix = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("-artifact_prefix=")), "crash-")
     for _ in range(runs):
-        test_one_input(rng.randbytes(rng.randrange(1, 512)))
+        data = rng.randbytes(rng.randrange(1, 512))
+        try:
+            test_one_input(data)
+        except Exception:  # as libFuzzer does: keep the input, say where, fail
+            import hashlib
+            import traceback
+
+            path = f"{prefix}{hashlib.sha1(data).hexdigest()}"
+            Path(path).write_bytes(data)
+            traceback.print_exc()
+            print(f"==fallback== ERROR: libFuzzer: deadly signal (fallback driver)\n"
+                  f"artifact_prefix='{prefix}'; Test unit written to {path}", file=sys.stderr)
+            stats.flush()
+            sys.exit(1)
     stats.flush()
     print(f"Done {runs} runs in {int(time.time() - started)} second(s) (fallback driver, no atheris)",
           file=sys.stderr)

@@ -24,7 +24,7 @@ from tests.support.procs import keep_pids
 
 RSS_LIMIT_KIB = 96 * 1024
 PATHS = [("POST", "/v1/run", ["run"]), ("POST", "/v1/request", ["request"]),
-         ("POST", "/v1/audit", []), ("POST", "/v1/upload?name=d", [])]
+         ("POST", "/v1/audit", ["audit_request"]), ("POST", "/v1/upload?name=d", [])]
 stats = Stats("wasmldr HTTPS", every=10)
 
 _tmp = Path(tempfile.mkdtemp(prefix="keepbook-fuzz-"))
@@ -71,7 +71,8 @@ def test_one_input(data: bytes) -> None:
         events = list(dec.events())
         assert events and events[-1].kind == "status" and dec.pending == 0
     else:
-        mu.assert_clean_refusal(status, answer, allow=(200,))
+        mu.assert_clean_refusal(status, answer, allow=(200,), request=(method, path, ctype, body),
+                                target="wasmldr-https")
     stats.count(status == 200, took)
     if stats.data["inputs"] % 200 == 0:
         stats.rss(mu.rss_kib(WASMLDR))

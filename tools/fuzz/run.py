@@ -65,11 +65,26 @@ def run_target(name: str, script: str, args: list[str], runs: int, budget_s: int
         m = re.search(r"(AssertionError[^\n]*|Uncaught Python exception:[^\n]*\n[^\n]*|"
                       r"ERROR: libFuzzer:[^\n]*)", log)
         reason = m.group(0) if m else f"exit status {proc.returncode}"
+        unit = re.search(r"Test unit written to (\S+)", log)
+        found = re.search(r"FOUND BY FUZZING: [^\n]*\n[^\n]*", log)
+        if found:
+            reason += "\n    " + found.group(0)
+        elif unit:
+            reason += f"\n    input: {unit.group(1)} ({_preview(OUT / unit.group(1))})"
     rss = (stats.get("rss_kib_start"), stats.get("rss_kib_now"))
     return {"target": name, "runs": ran, "sent": stats.get("inputs", ran), "accepted": stats.get("accepted"),
             "refused": stats.get("refused"), "seconds": round(elapsed, 1), "crashed": crashed,
             "reason": reason, "max_s": stats.get("max_s"),
             "rss_growth_kib": (rss[1] - rss[0]) if None not in rss else None}
+
+
+def _preview(path: Path) -> str:
+    """The first bytes of a crashing input, as the report shows them."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return "not readable"
+    return f"{len(data)} bytes: {data[:64].hex()}{'…' if len(data) > 64 else ''}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{'CRASH' if r['crashed'] else 'ok'}")
     print(f"{'total':<32} {total:>8}   in {time.monotonic() - started:.0f} s, engine {engine}; "
           f"crashes: {crashes}")
+    for r in rows:
+        if r["crashed"]:
+            print(f"\nFUZZING FOUND A BUG in {r['target']}: {r['reason']}", file=sys.stderr)
     summary = {"engine": engine, "total_inputs": total, "crashes": crashes, "targets": rows}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -4,9 +4,11 @@
 
 * ``snp``: configfs-tsm when the kernel has it (Linux ≥ 6.7), else ``/dev/sev-guest``
   SNP_GET_EXT_REPORT;
-* ``tdx``: configfs-tsm;
+* ``tdx``, ``cca``: configfs-tsm (CCA: the ``arm_cca_guest`` provider, Linux ≥ 6.13);
 * ``sgx``: Gramine's ``/dev/attestation`` pseudo-files;
-* ``sim-snp``/``sim-tdx``/``sim-sgx``: :mod:`keepbook.keep.inside.simulated_tee`.
+* ``coco-snp``/``coco-tdx`` (a Keep pod in a Kata confidential VM): as ``snp``/``tdx``, from the
+  guest's report interface where the container sees it (docs/deploy.md says what the pod needs);
+* ``sim-snp``/``sim-tdx``/``sim-sgx``/``sim-cca``: :mod:`keepbook.keep.inside.simulated_tee`.
 
 ``root`` is prepended to every device path, so tests run against a fake directory tree.
 """
@@ -33,15 +35,17 @@ def get_provider(backend: str, *, root: str | os.PathLike = "/"):
     r = Path(root)
     if facts.backend(backend).simulated:
         return SimulatedProvider(backend)
-    if backend in ("snp", "tdx"):
+    backend = {"coco-snp": "snp", "coco-tdx": "tdx"}.get(backend, backend)  # same TEE interface
+    if backend in ("snp", "tdx", "cca"):
         if ConfigfsTsmProvider.available(r):
-            return ConfigfsTsmProvider(root=r, expect="sev-snp" if backend == "snp" else "tdx")
+            return ConfigfsTsmProvider(root=r, expect=facts.backend(backend).evidence)
         if backend == "snp" and SevGuestProvider.available(r):
             return SevGuestProvider(root=r)
         raise ProviderError(f"no {backend.upper()} evidence interface found: neither "
                             f"{r / ConfigfsTsmProvider.BASE} (configfs-tsm)"
                             + (f" nor {r / SevGuestProvider.DEVICE}" if backend == "snp" else "")
-                            + " exists — is this really a confidential VM?")
+                            + " exists — is this really a confidential VM"
+                            + (" (an Arm CCA realm)?" if backend == "cca" else "?"))
     if backend == "sgx":
         if GramineProvider.available(r):
             return GramineProvider(root=r)

@@ -1,10 +1,11 @@
-"""configfs-tsm (Linux ≥ 6.7): one interface for SEV-SNP and TDX evidence.
+"""configfs-tsm (Linux ≥ 6.7): one interface for SEV-SNP, TDX and Arm CCA evidence.
 
 Protocol (Documentation/ABI/testing/configfs-tsm): ``mkdir`` a report entry under
 ``/sys/kernel/config/tsm/report``, write the 64-byte report data to ``inblob``, read ``outblob``
-(SNP report / TDX quote) and ``auxblob`` (SNP certificate table), then read ``generation``: it
-counts writes to the entry, and a value other than ours means another process wrote in between
-(the evidence may be for *its* report data) — retry.  ``provider`` names the TEE.
+(SNP report / TDX quote / CCA token) and ``auxblob`` (SNP certificate table), then read
+``generation``: it counts writes to the entry, and a value other than ours means another process
+wrote in between (the evidence may be for *its* report data) — retry.  ``provider`` names the
+TEE.  A CCA realm's 64 bytes become the realm token's challenge; it has no auxblob.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pathlib import Path
 
 from .common import ProviderError, check_report_data, parse_cert_table
 
-PROVIDERS = {"sev_guest": "sev-snp", "tdx_guest": "tdx"}
+#: ``provider`` (the driver's KBUILD_MODNAME) → evidence kind; Arm's driver was renamed from
+#: arm-cca-guest.c to arm-cca.c, so both module names occur
+PROVIDERS = {"sev_guest": "sev-snp", "tdx_guest": "tdx", "arm_cca_guest": "cca", "arm_cca": "cca"}
 
 
 class ConfigfsTsmProvider:

@@ -17,7 +17,7 @@ class SimulatedProvider:
             raise ValueError(f"backend {backend!r} is not a simulated backend")
         self.kind = spec.evidence
         size = facts.measurement_length(self.kind)
-        self.measurement = measurement or hashlib.sha384(b"keepbook simulated keep").digest()[:size]
+        self.measurement = measurement or hashlib.sha512(b"keepbook simulated keep").digest()[:size]
         self.overrides = overrides
 
     def get_evidence(self, report_data: bytes) -> tuple[str, bytes, list[bytes]]:

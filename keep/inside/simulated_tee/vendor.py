@@ -1,5 +1,5 @@
 """The simulated vendor: root keys and byte-exact simulated evidence (``sim-snp``, ``sim-tdx``,
-``sim-sgx``).  Inside the Keep — it plays the part of the TEE firmware and holds the simulated
+``sim-sgx``, ``sim-cca``).  Inside the Keep — it plays the part of the TEE firmware and holds the simulated
 roots' private keys.
 
 Each installation generates its own simulated roots once, in the directory
@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from keepbook.keep.shared import certificates
+from keepbook.keep.shared import certificates, facts
 from keepbook.keep.shared.evidence import snp
 from keepbook.keep.shared.evidence.simulated_roots import COMPLETE, KINDS, evidence_kind, sim_roots_dir, simulated_root_digests
 from keepbook.keep.shared.evidence.snp_certs import key_info_extensions
@@ -103,14 +103,14 @@ _GENERATORS: dict[str, Callable[[], dict[str, bytes]]] = {"sev-snp": _gen_snp}
 
 
 def register_generator(kind: str, gen: Callable[[], dict[str, bytes]]) -> None:
-    """Used by the DCAP simulator module to add ``tdx``/``sgx`` roots."""
+    """Used by the DCAP and CCA simulator modules to add ``tdx``/``sgx``/``cca`` roots."""
     _GENERATORS[kind] = gen
 
 
 def _files(kind: str) -> dict[str, bytes]:
     """This installation's root files for ``kind``, generated on first use (race-safe)."""
     if kind not in _GENERATORS:
-        _load_dcap_sim()
+        _load_simulators()
     if kind not in _GENERATORS:
         raise ValueError(f"no simulator for evidence kind {kind!r} (known: {', '.join(KINDS)})")
     base = sim_roots_dir()
@@ -134,11 +134,8 @@ def _files(kind: str) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
 
 
-def _load_dcap_sim() -> None:
-    try:
-        from keepbook.keep.inside.simulated_tee import dcap  # noqa: F401  (registers tdx/sgx)
-    except ImportError:
-        pass
+def _load_simulators() -> None:
+    from keepbook.keep.inside.simulated_tee import cca, dcap  # noqa: F401  (register their roots)
 
 
 def state(kind: str) -> dict[str, Any]:
@@ -154,7 +151,7 @@ def state(kind: str) -> dict[str, Any]:
 
 #: the keys a kind's evidence is signed with (loaded lazily; a pooled Keep loads them early)
 SIGNING_KEYS = {"sev-snp": ("vcek_key", "ask_key"), "tdx": ("ak_key", "pck_key"),
-                "sgx": ("ak_key", "pck_key")}
+                "sgx": ("ak_key", "pck_key"), "cca": ("platform_key",)}
 
 
 def load_signing_keys(kind: str) -> None:
@@ -179,17 +176,18 @@ def make_evidence(kind: str, report_data: bytes, measurement: bytes, *, debug: b
     """Byte-exact simulated evidence and its DER certificate chain (leaf first).
 
     ``overrides`` set further fields of the evidence (for SNP any :class:`snp.SnpReport` field,
-    plus ``reported_tcb`` as a dict; for TDX/SGX see :mod:`.dcap_sim`)."""
+    plus ``reported_tcb`` as a dict; for TDX/SGX see :mod:`.dcap`, for CCA :mod:`.cca`)."""
     kind = evidence_kind(kind)
     if len(report_data) != 64:
         raise ValueError(f"report_data must be 64 bytes, got {len(report_data)}")
-    want = 32 if kind == "sgx" else 48
+    want = facts.measurement_length(kind)
     if len(measurement) != want:
         raise ValueError(f"measurement for {kind} must be {want} bytes, got {len(measurement)}")
     if kind == "sev-snp":
         return _make_snp(report_data, measurement, debug, overrides)
-    _load_dcap_sim()
-    from keepbook.keep.inside.simulated_tee import dcap
+    from keepbook.keep.inside.simulated_tee import cca, dcap
+    if kind == "cca":
+        return cca.make_token(report_data, measurement, debug=debug, **overrides)
     return dcap.make_quote(kind, report_data, measurement, debug=debug, **overrides)
 
 

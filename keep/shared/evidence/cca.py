@@ -113,6 +113,19 @@ class CcaToken:
         return HASHES[self.rak_hash_alg](self.rak).digest()
 
 
+#: content format of each token in the ``[content-format, bstr]`` form (as TF-RMM and Veraison emit)
+CONTENT_FORMAT = 263
+
+
+def build(platform: cose.Sign1, realm: cose.Sign1, *, wrapped: bool = True) -> bytes:
+    """The tag 907 collection around a signed platform and realm token (the inverse of
+    :func:`parse`); ``wrapped``: each as ``[content-format, bstr]``, else as a byte string."""
+    def item(s: cose.Sign1) -> Any:
+        raw = s.to_bytes()
+        return [CONTENT_FORMAT, raw] if wrapped else raw
+    return cbor2.dumps(cbor2.CBORTag(TAG_COLLECTION, {PLATFORM: item(platform), REALM: item(realm)}))
+
+
 def looks_like(data: bytes) -> bool:
     return data[:3] == MAGIC
 

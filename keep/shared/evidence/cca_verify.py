@@ -2,9 +2,12 @@
 signed by the RAK it carries, the platform challenge binding that RAK, then the realm's values.
 
 There is no Arm root to pin: a CCA platform's attestation key is endorsed by its silicon vendor
-(or, for the published test tokens, by nobody).  The trust anchor is therefore whatever key the
-user passes (``--certs`` as PEM or JWK, or the trust policy), and the ``chain`` claim says so
-every time.  Checks follow Veraison's ``ccatoken`` verifier: both COSE_Sign1 signatures,
+(or, for the published test tokens, by nobody).  The trust anchor is therefore a key the *user*
+passes — ``reference.platform_keys`` (``keepbook verify --certs`` as PEM or JWK, or
+``cca_platform_keys`` in the trust policy) — and the ``chain`` claim says so every time.  Keys or
+certificates that came with the evidence (``certs``) are never anchors: they only name the key
+that signed, and count when their digest is a simulated root the caller accepts (``sim-cca``).
+Checks follow Veraison's ``ccatoken`` verifier: both COSE_Sign1 signatures,
 ``platform.challenge == HASH(realm RAK)``, the realm challenge against the expected report data,
 RIM / REMs / personalization value against reference values, the platform lifecycle.
 """
@@ -13,15 +16,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import cca, cose
-from .certs import load_der
-from .trust import (EvidenceError, ReferenceValues, SimulatedRoots, TrustVector, compare_value,
-                    failed, relaxable, unverified, verified)
+from .certs import SIMULATED_LABEL, cert_name, format_fingerprint, load_der
+from .trust import (Claim, EvidenceError, ReferenceValues, SimulatedRoots, TrustVector,
+                    compare_value, failed, relaxable, unverified, verified)
 
 KIND = "cca"
 
@@ -35,21 +39,81 @@ PUBLISHED_TEST_KEYS = {
 }
 
 
-def _public_key(der: bytes) -> ec.EllipticCurvePublicKey | None:
-    """A DER SubjectPublicKeyInfo or certificate → its EC key (None for anything else)."""
-    try:
-        key = serialization.load_der_public_key(der)
-    except ValueError:
+@dataclass(frozen=True)
+class _Key:
+    key: ec.EllipticCurvePublicKey
+    digest: bytes            # SHA-256 of its DER SubjectPublicKeyInfo
+    name: str                # the certificate's CN, or "public key"
+
+
+def _keys(ders: Sequence[bytes]) -> list[_Key]:
+    """DER SubjectPublicKeyInfo blobs or certificates → their EC keys (others are skipped)."""
+    out = []
+    for der in ders:
+        name = "public key"
         try:
-            key = load_der(der).public_key()
-        except EvidenceError:
-            return None
-    return key if isinstance(key, ec.EllipticCurvePublicKey) else None
+            key: Any = serialization.load_der_public_key(bytes(der))
+        except ValueError:
+            try:
+                cert = load_der(bytes(der))
+            except EvidenceError:
+                continue
+            key, name = cert.public_key(), cert_name(cert)
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            spki = key.public_bytes(serialization.Encoding.DER,
+                                    serialization.PublicFormat.SubjectPublicKeyInfo)
+            out.append(_Key(key, hashlib.sha256(spki).digest(), name))
+    return out
 
 
-def _spki_digest(key: ec.EllipticCurvePublicKey) -> bytes:
-    return hashlib.sha256(key.public_bytes(serialization.Encoding.DER,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)).digest()
+def _root_detail(k: _Key, trusted: bool) -> dict[str, Any]:
+    """What the chain claim says about the key that signed (as certs.ChainResult.detail)."""
+    return {"root": format_fingerprint(k.digest), "root_name": k.name, "root_trusted": trusted}
+
+
+def _platform_claims(token: cca.CcaToken, user: list[_Key], came: list[_Key],
+                     simulated_roots: SimulatedRoots) -> tuple[str, list[Claim]]:
+    """(protection, [chain, signature]) for the platform token's signature."""
+    alg = token.platform.alg_name
+    signer = next((k for k in user if token.platform.verify(k.key)), None)
+    if signer is not None:
+        published = PUBLISHED_TEST_KEYS.get(signer.digest)
+        note = (f" — WARNING: this is {published}; anyone can sign with it, so it proves "
+                "nothing about real hardware" if published else "")
+        return "hardware", [
+            verified("chain", "platform token signed by the platform key YOU SUPPLIED (SPKI "
+                     f"sha256 {signer.digest.hex()[:16]}…): trust rests on that key being your "
+                     f"device's genuine CCA platform attestation key — keepbook pins no Arm root{note}",
+                     platform_key="user-supplied"),
+            verified("signature", f"platform COSE_Sign1 ({alg}) verifies with the supplied platform key")]
+    signer = next((k for k in came if token.platform.verify(k.key)), None)
+    labels = simulated_roots if isinstance(simulated_roots, Mapping) else \
+        {d: SIMULATED_LABEL for d in simulated_roots}
+    if signer is not None and signer.digest in labels:
+        whose = labels[signer.digest]
+        return "simulated", [
+            verified("chain", f"SIMULATED: platform token signed by '{signer.name}' ({whose}) — no "
+                     "hardware protection; accepted only because your trust policy allows "
+                     "simulation", **_root_detail(signer, True)),
+            verified("signature", f"platform COSE_Sign1 ({alg}) verifies with the simulated platform key")]
+    if signer is not None:
+        why = (f"the platform token is signed by '{signer.name}' (sha256 {signer.digest.hex()[:16]}…), "
+               "a key that came with the evidence, not one you supplied: a token cannot vouch for "
+               "itself — pass your device's CCA platform key (--certs for keepbook verify, "
+               "cca_platform_keys in your trust policy for %attest)")
+        detail = _root_detail(signer, False)
+    elif not user:
+        why = ("no platform key was given: pass the CCA platform attestation key (PEM or JWK) "
+               "with --certs (keepbook verify) or list it in cca_platform_keys of your trust "
+               "policy (%attest)")
+        detail = {}
+    else:
+        why = (f"the platform token's {alg} signature does not verify with any of the "
+               f"{len(user)} platform key(s) given: another device's key, or the token was altered")
+        detail = {}
+    return "none", [failed("chain", why, platform_key="user-supplied", **detail),
+                    failed("signature", "the platform token is not signed by a trusted platform "
+                           "key (see chain)")]
 
 
 class CcaVerifier:
@@ -60,50 +124,20 @@ class CcaVerifier:
                reference: ReferenceValues | None = None,
                simulated_roots: SimulatedRoots = (),
                at: _dt.datetime | None = None) -> TrustVector:
-        """``certs``: the platform key(s) the user trusts — never keys that came with the
-        evidence — as DER SubjectPublicKeyInfo (see :mod:`.public_keys`) or DER certificates.
-        A key whose SPKI digest is in ``simulated_roots`` is this installation's simulated
-        platform key (trust policy allows simulation): the result is labelled SIMULATED."""
+        """``reference.platform_keys``: the platform key(s) the user trusts, as DER
+        SubjectPublicKeyInfo (see :mod:`.public_keys`) or DER certificates.  ``certs``: what came
+        with the evidence — trusted only when its key's digest is in ``simulated_roots`` (this
+        or an accepted installation's simulated platform key): the result is then SIMULATED."""
         token = cca.parse(evidence)                       # EvidenceError → unusable input
         ref = reference or ReferenceValues()
         tv = TrustVector(kind=KIND, protection="hardware")
         tv.fields.extend(cca.explain(token))
 
-        # -- platform token: signed by a key the user supplied --------------------------------
-        keys = [k for k in (_public_key(bytes(d)) for d in certs) if k is not None]
-        sim = set(simulated_roots)
-        user_keys = [k for k in keys if _spki_digest(k) not in sim]
-        sim_keys = [k for k in keys if _spki_digest(k) in sim]
-        signer = next((k for k in user_keys if token.platform.verify(k)), None)
-        sim_signer = next((k for k in sim_keys if token.platform.verify(k)), None) if signer is None else None
-        if signer is not None:
-            digest = _spki_digest(signer)
-            published = PUBLISHED_TEST_KEYS.get(digest)
-            note = (f" — WARNING: this is {published}; anyone can sign with it, so it proves "
-                    "nothing about real hardware" if published else "")
-            tv.add(verified("chain", "platform token signed by the platform key YOU SUPPLIED "
-                            f"(SPKI sha256 {digest.hex()[:16]}…): trust rests on that key being "
-                            "your device's genuine CCA platform attestation key — keepbook pins "
-                            f"no Arm root{note}", platform_key="user-supplied"), required=True)
-            tv.add(verified("signature", f"platform COSE_Sign1 ({token.platform.alg_name}) verifies "
-                            "with the supplied platform key"), required=True)
-        elif sim_signer is not None:
-            tv.protection = "simulated"
-            tv.add(verified("chain", "SIMULATED: platform token signed by this installation's "
-                            "simulated CCA platform key — no hardware protection; accepted only "
-                            "because your trust policy allows simulation"), required=True)
-            tv.add(verified("signature", f"platform COSE_Sign1 ({token.platform.alg_name}) verifies "
-                            "with the simulated platform key"), required=True)
-        else:
-            tv.protection = "none"
-            why = ("no platform key was given: pass the CCA platform attestation key (PEM or JWK) "
-                   "with --certs" if not keys else
-                   f"the platform token's {token.platform.alg_name} signature does not verify with "
-                   f"any of the {len(keys)} platform key(s) given: another device's key, or the "
-                   "token was altered")
-            tv.add(failed("chain", why, platform_key="user-supplied"), required=True)
-            tv.add(failed("signature", "the platform token is not signed by a trusted platform "
-                          "key (see chain)"), required=True)
+        # -- platform token: signed by a key the user supplied (or an accepted simulated one) ----
+        tv.protection, claims = _platform_claims(token, _keys(ref.platform_keys or ()),
+                                                 _keys(certs), simulated_roots)
+        for claim in claims:
+            tv.add(claim, required=True)
 
         # -- realm token: signed by its own RAK, which the platform vouches for --------------------
         try:

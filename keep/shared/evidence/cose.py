@@ -2,7 +2,8 @@
 an Arm CCA token needs — ES256/ES384/ES512, no counter-signatures, no critical headers.
 
 Verification builds ``Sig_structure = ["Signature1", protected, external_aad = h'', payload]``
-and checks the raw r‖s signature over its CBOR encoding.
+and checks the raw r‖s signature over its CBOR encoding.  :func:`sign1` and :func:`encode_key`
+are the inverse (the simulated CCA platform signs with them); the key is always the caller's.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from . import strict_cbor
 from .trust import EvidenceError
@@ -39,6 +40,11 @@ class Sign1:
 
     def to_be_signed(self) -> bytes:
         return cbor2.dumps(["Signature1", self.protected, b"", self.payload])
+
+    def to_bytes(self, *, tagged: bool = True) -> bytes:
+        """The COSE_Sign1 as CBOR (tag 18 unless ``tagged`` is false), empty unprotected header."""
+        item = [self.protected, {}, self.payload, self.signature]
+        return cbor2.dumps(cbor2.CBORTag(TAG_SIGN1, item) if tagged else item)
 
     def verify(self, key: ec.EllipticCurvePublicKey) -> bool:
         """Whether ``key`` made this signature (False for a key of another curve)."""
@@ -100,3 +106,30 @@ def ec_key(raw: bytes) -> ec.EllipticCurvePublicKey:
         return ec.EllipticCurvePublicKey.from_encoded_point(_CRV[key[-1]](), b"\x04" + x + y)
     except ValueError:
         raise EvidenceError("COSE_Key point is not on its curve") from None
+
+
+def _alg_for(curve: ec.EllipticCurve) -> int:
+    for alg, (_, _, curve_cls) in ALGORITHMS.items():
+        if isinstance(curve, curve_cls):
+            return alg
+    raise ValueError(f"no COSE ECDSA algorithm for curve {curve.name}")
+
+
+def sign1(key: ec.EllipticCurvePrivateKey, payload: bytes) -> Sign1:
+    """A COSE_Sign1 over ``payload`` signed with the caller's ``key`` (ES256/384/512 by its curve)."""
+    alg = _alg_for(key.curve)
+    hash_cls = ALGORITHMS[alg][1]
+    unsigned = Sign1(cbor2.dumps({1: alg}), alg, bytes(payload), b"")
+    r, s = decode_dss_signature(key.sign(unsigned.to_be_signed(), ec.ECDSA(hash_cls())))
+    n = (key.curve.key_size + 7) // 8
+    return Sign1(unsigned.protected, alg, unsigned.payload, r.to_bytes(n, "big") + s.to_bytes(n, "big"))
+
+
+def encode_key(pub: ec.EllipticCurvePublicKey) -> bytes:
+    """An EC public key as a COSE_Key (EC2), the form :func:`ec_key` reads back."""
+    crv = next((i for i, c in _CRV.items() if isinstance(pub.curve, c)), None)
+    if crv is None:
+        raise ValueError(f"no COSE curve id for {pub.curve.name}")
+    n = (pub.curve.key_size + 7) // 8
+    nums = pub.public_numbers()
+    return cbor2.dumps({1: 2, -1: crv, -2: nums.x.to_bytes(n, "big"), -3: nums.y.to_bytes(n, "big")})

@@ -189,6 +189,10 @@ class TdxVerifier(_DcapVerifier):
                              "the TD firmware/image is not the one you expect"),
                required=ref.measurement is not None)
         self._rtmrs(tv, b, ref)
+        tv.add(compare_value("mrconfigid", b.mrconfigid, ref.mrconfigid, "MRCONFIGID",
+                             "the TD was launched with other host-supplied configuration "
+                             "(a Confidential Containers pod: other init-data)"),
+               required=ref.mrconfigid is not None)
         tv.add(compare_value("report_data", b.report_data, ref.report_data, "report data",
                              "the quote answers a different request (replayed, or for another key)"),
                required=ref.report_data is not None)

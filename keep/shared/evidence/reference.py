@@ -8,7 +8,7 @@ from typing import Any, Mapping
 from .trust import ReferenceValues
 
 HEX_FIELDS = {"report_data": 64, "measurement": None, "host_data": 32, "mrsigner": 32,
-              "personalization": 64}
+              "personalization": 64, "mrconfigid": 48}
 BOOL_FIELDS = ("allow_debug", "allow_smt", "allow_migration_agent", "allow_sept_ve",
                "allow_reserved_td_attributes", "allow_service_td")
 KEYS = set(HEX_FIELDS) | set(BOOL_FIELDS) | {"rtmrs", "rems", "min_tcb", "vmpl", "accept_tcb_status"}

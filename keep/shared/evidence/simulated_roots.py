@@ -18,10 +18,11 @@ from pathlib import Path
 from .certs import format_fingerprint, spki_sha256
 
 #: evidence kinds that have a simulated vendor
-KINDS = ("sev-snp", "tdx", "sgx")
-#: the certificate files of each kind's chain, intermediate first, root last
+KINDS = ("sev-snp", "tdx", "sgx", "cca")
+#: the certificate files of each kind's chain, intermediate first, root last (CCA: the simulated
+#: platform key's self-signed certificate)
 CHAIN_FILES = {"sev-snp": ("ask.der", "ark.der"), "tdx": ("ca.der", "root.der"),
-               "sgx": ("ca.der", "root.der")}
+               "sgx": ("ca.der", "root.der"), "cca": ("platform.der",)}
 COMPLETE = "COMPLETE"  # written last: a kind's directory is usable only with it
 
 

@@ -205,6 +205,7 @@ class ReferenceValues:
     report_data: bytes | None = None
     measurement: bytes | None = None          # SNP MEASUREMENT, TDX MRTD, SGX MRENCLAVE, CCA RIM
     host_data: bytes | None = None            # SNP HOST_DATA
+    mrconfigid: bytes | None = None           # TDX MRCONFIGID (48 bytes)
     mrsigner: bytes | None = None             # SGX MRSIGNER
     rtmrs: Sequence[bytes | None] | None = None  # TDX RTMR0..3
     allow_debug: bool = False
@@ -218,6 +219,9 @@ class ReferenceValues:
     allow_service_td: bool = False            # TDX 1.5: accept a non-zero MRSERVICETD
     personalization: bytes | None = None      # CCA realm personalization value (64 bytes)
     rems: Sequence[bytes | None] | None = None  # CCA REM0..3
+    #: CCA: the platform keys the user trusts (DER SubjectPublicKeyInfo or certificates) — the
+    #: anchor where no vendor root is pinned; never taken from the evidence
+    platform_keys: Sequence[bytes] | None = None
 
 
 class Verifier(Protocol):
