@@ -52,6 +52,10 @@ Notice = tuple[str, dict]
 AuditHook = Callable[[str, dict], "bool | None"]
 
 
+#: why nothing leaves once the audit log is full (its ``append`` returned False)
+AUDIT_FULL_WHY = "the Keep's audit log is full, and nothing leaves that the log cannot record"
+
+
 def withheld_notice(rule: str, why: str) -> Notice:
     return ("notice", {"text": f"withheld by policy: {rule} — {why}", "reason": "withheld",
                        "rule": rule})
@@ -372,9 +376,6 @@ class CellGate:
 
 _DISPLAY_LIKE = {"update_display_data": "display_data", "clear_output": "display_data",
                  "page": "display_data"}
-
-
-AUDIT_FULL_WHY = ("the Keep's audit log is full, and nothing leaves that the log cannot record")
 
 
 def _release_size(value: Any, note: str) -> int:

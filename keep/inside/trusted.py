@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from keepbook.keep.inside import aggregate, dp_engine
 from keepbook.keep.inside.budget import Accountant, BudgetExceeded
+from keepbook.keep.inside.output_gate import AUDIT_FULL_WHY
 from keepbook.keep.inside.tables import TableCache, TableError
 from keepbook.keep.shared import queries
 from keepbook.keep.shared.policy import OutputPolicy
@@ -141,12 +142,14 @@ class TrustedQueries:
             budget = self.accountant.charge(ds.digest, plan.epsilon, plan.delta)
         except BudgetExceeded as exc:
             return self._refuse("keep.dp", f"{ds.name}: {exc}")
-        value = plan.run(column)   # charged first: a failure here still counts as spent
         left_e, left_d = budget.remaining()
         entry = {"dataset": ds.name, "digest": ds.digest, "query": q.describe(),
                  "epsilon": plan.epsilon, "delta": plan.delta, "remaining_epsilon": left_e,
                  "remaining_delta": left_d, "mechanism": plan.mechanism}
-        self.audit("dp-charge", entry)
+        if self.audit("dp-charge", entry) is False:  # recorded before anything is computed
+            return Answer(ok=False, reason=f"keep.dp refused: {AUDIT_FULL_WHY} (its ε counts as "
+                                           "spent)")
+        value = plan.run(column)   # charged first: a failure here still counts as spent
         meta = {"dp": {**entry, "fn": q.fn}}
         note = (f"differentially private {q.describe()} — computed in the Keep by "
                 f"{plan.mechanism}; ε={left_e:g} of {float(budget.epsilon):g} left")
@@ -161,7 +164,8 @@ class TrustedQueries:
         agg = aggregate.run(q, table, minimum)
         entry = {"dataset": ds.name, "digest": ds.digest, "query": q.describe(),
                  "min_group": minimum, "groups_shown": agg.shown}
-        self.audit("query", entry)
+        if self.audit("query", entry) is False:
+            return Answer(ok=False, reason=f"keep.query refused: {AUDIT_FULL_WHY}")
         value = {"type": "table", "columns": agg.columns, "index": agg.index, "rows": agg.rows}
         note = (f"{q.describe()} — computed in the Keep from the dataset itself; groups of fewer "
                 f"than {minimum} rows are not shown")

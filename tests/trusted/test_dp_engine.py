@@ -152,3 +152,23 @@ def test_plan_checks_opendps_privacy_map():
 
     p = dp_engine.plan(parse(dp("mean", 0.4, column="age", bounds=[0, 100])), rows_per_person=2)
     assert p.epsilon == 0.4 and p.delta == 0 and p.mechanism.startswith("OpenDP ")
+
+
+def test_no_answer_leaves_that_the_audit_log_cannot_record(service, monkeypatch):
+    """A full log (append → False): keep.dp computes nothing and releases nothing — its ε
+    counts as spent — and keep.query releases nothing."""
+    service.audit = lambda kind, entry: False
+    ran = []
+    real = dp_engine.plan
+
+    def spied(*args, **kw):
+        p = real(*args, **kw)
+        run = p.run
+        p.run = lambda column: ran.append(1) or run(column)
+        return p
+    monkeypatch.setattr(dp_engine, "plan", spied)
+    a = service.answer(dp("count", 0.25))
+    assert not a.ok and a.release is None and "audit log is full" in a.reason and not ran
+    assert service.budgets()["people.csv"]["spent_epsilon"] == 0.25
+    q = service.answer({"kind": "aggregate", "dataset": "people.csv", "by": "ward"})
+    assert not q.ok and q.release is None and "audit log is full" in q.reason

@@ -162,3 +162,17 @@ def test_threshold_query_suppresses_small_groups_and_counts_cannot_be_forged(que
     assert "w0" in text and "w1" in text and "rare" not in text
     assert "98" in text and "99" in text     # the file's counts: 197 rows in two wards
     assert "rare 3" not in repr(answers(events))
+
+
+def test_one_name_is_one_dataset_whichever_its_access(query_keep, owner, tmp_path):
+    """patients.csv is kept for trusted queries only; a readable file of the same name (or one
+    under it, as a folder) would shadow it in what the notebook calls it: refused."""
+    from keepbook.kernel.client import KeepError
+
+    data = tmp_path / "other.csv"
+    data.write_text("a\n1\n")
+    for name in ("patients.csv", "patients.csv/inner.csv"):
+        with pytest.raises(KeepError, match="/data/patients.csv exists already"):
+            query_keep.call(query_keep.upload(data, name, owner_key=owner))
+    log = query_keep.call(query_keep.audit())
+    assert [r["kind"] for r in log.table()].count("upload-refused") >= 2
