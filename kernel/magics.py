@@ -346,7 +346,8 @@ def parse_cell(code: str, params: Mapping[str, Any] | None = None) -> Cell:
 
 
 def complete_magic(code: str, cursor_pos: int) -> tuple[list[str], int, int] | None:
-    """Completion for magic names and %keep subcommands; None when not in a magic."""
+    """Completion for magic names, %keep and %review subcommands and options; None when not in
+    a magic."""
     line_start = code.rfind("\n", 0, cursor_pos) + 1
     prefix = code[line_start:cursor_pos]
     from keepbook.kernel.completion import magic_names
@@ -364,9 +365,10 @@ def complete_magic(code: str, cursor_pos: int) -> tuple[list[str], int, int] | N
                     cursor_pos)
         if parts[0] not in LINE_MAGICS:
             return None  # an IPython magic's arguments: the Keep's shell completes them
-        if parts[0] == "keep" and len(parts) == 2:
+        subcommands = {"keep": KEEP_SUBCOMMANDS, "review": REVIEW_SUBCOMMANDS}.get(parts[0])
+        if subcommands and len(parts) == 2 and not parts[1].startswith("-"):
             start = cursor_pos - len(parts[1])
-            return ([s for s in KEEP_SUBCOMMANDS if s.startswith(parts[1])], start, cursor_pos)
+            return ([s for s in subcommands if s.startswith(parts[1])], start, cursor_pos)
         word, before = parts[-1], parts[-2]
         start = cursor_pos - len(word)
         if parts[:2] == ["keep", "new"]:
@@ -375,9 +377,12 @@ def complete_magic(code: str, cursor_pos: int) -> tuple[list[str], int, int] | N
             if word.startswith("-"):
                 options = [o for a in _keep_new_parser()._actions for o in a.option_strings]
                 return (sorted(o for o in options if o.startswith(word)), start, cursor_pos)
-        if parts[0] == "attest" and word.startswith("-"):
-            options = [o for a in _attest_parser()._actions for o in a.option_strings]
+        parser = {"attest": _attest_parser, "review": _review_parser}.get(parts[0])
+        if parser and word.startswith("-"):
+            options = [o for a in parser()._actions for o in a.option_strings]
             return (sorted(o for o in options if o.startswith(word)), start, cursor_pos)
+        if parts[0] == "review" and before == "--profile":
+            return ([p for p in facts.PROFILES if p.startswith(word)], start, cursor_pos)
         return ([], cursor_pos, cursor_pos)
     return None
 
