@@ -55,28 +55,21 @@ def vocabulary_completion(code: str, pos: int, why: str) -> dict:
     return _reply(matches, start, pos, keepbook=why)
 
 
-def checked_names(reply: Any, code: str, pos: int) -> tuple[list[str], int]:
-    """(matches, cursor_start): the guest's matches that, put after what the user typed up to
-    the guest's ``cursor_start``, are dotted identifiers continuing the typed token; the rest —
-    values, markup, anything that is not a name — dropped.  IPython answers an attribute as
-    ``.city`` from after ``df`` (ipykernel's reply has the same shape), so its start is kept
-    when it lies within the token."""
+def checked_names(reply: Any, code: str, pos: int) -> list[str]:
+    """The guest's matches that are dotted identifiers continuing the typed token; the rest —
+    values, markup, anything that is not a name — dropped."""
     start, token = token_at(code, pos)
     raw = reply.get("matches") if isinstance(reply, dict) else None
     if not isinstance(raw, list):
-        return [], start
-    given = reply.get("cursor_start")
-    at = given if isinstance(given, int) and not isinstance(given, bool) \
-        and start <= given <= pos else start
-    before, typed = code[start:at], code[at:pos]
-    out: list[str] = []
+        return []
+    out = []
     for m in raw[:MAX_MATCHES * 4]:
-        if isinstance(m, str) and len(m) <= MAX_NAME and m.startswith(typed) \
-                and _DOTTED.match(before + m) and m not in out:
+        if isinstance(m, str) and len(m) <= MAX_NAME and _DOTTED.match(m) and m.startswith(token) \
+                and m not in out:
             out.append(m)
         if len(out) == MAX_MATCHES:
             break
-    return out, at
+    return out
 
 
 def completion(level: str, code: str, pos: int, ask: Ask, charge: Charge) -> dict:
@@ -84,7 +77,8 @@ def completion(level: str, code: str, pos: int, ask: Ask, charge: Charge) -> dic
     if level == "none":
         return vocabulary_completion(code, pos, "withheld by policy: output.introspection — "
                                      "completion offers keywords and builtins only")
-    matches, start = checked_names(ask(), code, pos)
+    start, _ = token_at(code, pos)
+    matches = checked_names(ask(), code, pos)
     rule = charge(len(json.dumps(matches)))
     if rule:
         return vocabulary_completion(code, pos, f"withheld by policy: {rule} — the output "

@@ -208,18 +208,7 @@ def test_production_status_says_ok_and_whether_withheld_nothing_more(prod):
     assert "4242" not in received(events, status)
     events, status = run(prod, "x = 1")
     assert status == {"ok": True, "reason": "ok", "withheld": False}
-    # an exit code is a number the cell chooses: a Wasm cell's proc_exit (Python's exit() is
-    # IPython's since issue 15 and takes no code)
-    import wasmtime
-
-    module = bytes(wasmtime.wat2wasm(
-        '(module (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))'
-        ' (memory (export "memory") 1) (func (export "_start") (call $exit (i32.const 42))))'))
-    events = []
-    status = prod.call(prod.run("wasm", events.append, module=module), timeout=120)
-    assert status == {"ok": False, "reason": "exit", "withheld": False}
-    assert "42" not in received(events, status)
-    events, status = run(prod, "exit()")
+    events, status = run(prod, "exit(4242)")
     assert status == {"ok": True, "reason": "exit", "withheld": False}
     run(prod, SETUP)
     record("attack", "output size and counts in the production status")
