@@ -55,21 +55,28 @@ def vocabulary_completion(code: str, pos: int, why: str) -> dict:
     return _reply(matches, start, pos, keepbook=why)
 
 
-def checked_names(reply: Any, code: str, pos: int) -> list[str]:
-    """The guest's matches that are dotted identifiers continuing the typed token; the rest —
+def checked_names(reply: Any, code: str, pos: int) -> tuple[int, list[str]]:
+    """(start, matches): the guest's matches that are dotted identifiers continuing the typed
+    token — the whole dotted name, or its last parts when the guest says its replacement starts
+    inside the token (IPython completes ``df.ci`` as ``.city`` from the dot); the rest —
     values, markup, anything that is not a name — dropped."""
-    start, token = token_at(code, pos)
+    start, _ = token_at(code, pos)
     raw = reply.get("matches") if isinstance(reply, dict) else None
     if not isinstance(raw, list):
-        return []
-    out = []
+        return start, []
+    given = reply.get("cursor_start")
+    if isinstance(given, int) and not isinstance(given, bool) and start <= given <= pos:
+        start = given
+    token = code[start:pos]
+    out: list[str] = []
     for m in raw[:MAX_MATCHES * 4]:
-        if isinstance(m, str) and len(m) <= MAX_NAME and _DOTTED.match(m) and m.startswith(token) \
+        name = m[1:] if isinstance(m, str) and m.startswith(".") and token.startswith(".") else m
+        if isinstance(m, str) and len(m) <= MAX_NAME and _DOTTED.match(name) and m.startswith(token) \
                 and m not in out:
             out.append(m)
         if len(out) == MAX_MATCHES:
             break
-    return out
+    return start, out
 
 
 def completion(level: str, code: str, pos: int, ask: Ask, charge: Charge) -> dict:
@@ -77,8 +84,7 @@ def completion(level: str, code: str, pos: int, ask: Ask, charge: Charge) -> dic
     if level == "none":
         return vocabulary_completion(code, pos, "withheld by policy: output.introspection — "
                                      "completion offers keywords and builtins only")
-    start, _ = token_at(code, pos)
-    matches = checked_names(ask(), code, pos)
+    start, matches = checked_names(ask(), code, pos)
     rule = charge(len(json.dumps(matches)))
     if rule:
         return vocabulary_completion(code, pos, f"withheld by policy: {rule} — the output "

@@ -3,8 +3,8 @@ leaves out: scikit-learn's sample images (``sklearn.datasets.load_sample_images`
 listing only, no secrets.
 
 ``keepbook warm`` fetches them once — the scikit-learn wheel of the version the image carries,
-through pip from PyPI (pip checks the index's hashes) — and keeps only these folders in the
-user's cache; JPEGs are re-encoded losslessly as PNG under their own names, because the Keep's
+through pip from PyPI (pip checks the index's hashes) — and keeps only these folders with the
+installation (not per user: they are measured); JPEGs are re-encoded losslessly as PNG under their own names, because the Keep's
 Pillow was built without a JPEG decoder.  ``guest_packages.py`` then stages them into the Keep with IPython's files, under
 the same digest that goes into the Keep's measurement; the guest finds them by extending the
 package's ``__path__`` (``guest/driver.py``).  Without the cache the Keep still runs, and
@@ -41,12 +41,13 @@ def image_version(dist: str) -> str | None:
 
 
 def cache_dir() -> Path:
+    """Kept with the installation (``<sys.prefix>/share/keepbook/guest-data``), not per user:
+    the files are part of the Keep's measurement, which must be the same for every user of one
+    installation (a client compares a Keep with its own installation)."""
     override = os.environ.get("KEEPBOOK_GUEST_DATA")
     if override:
         return Path(override)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("keepbook")) / "guest-data"
+    return Path(sys.prefix) / "share" / "keepbook" / "guest-data"
 
 
 def _dist_dir(dist: str) -> Path | None:

@@ -20,7 +20,7 @@ T = "tdx/"
 def _response(ev: bytes, kind: str, collateral=None, backend="tdx"):
     config = protocol.KeepConfig(backend=backend, profile="staging", limits=dict(protocol.DEFAULT_LIMITS),
                                  policy=b"", runtime={"keepbook": "test"}, keep_id="k1")
-    return protocol.AttestResponse(evidence_kind=kind, evidence=ev, certs=[], hpke_suite="x",
+    return protocol.AttestResponse(evidence_kind=kind, evidence=ev, certs=[], hpke_suite="x25519-hkdfsha256-aes128gcm",
                                    hpke_public_key=bytes(32), config=config.to_cbor(),
                                    nonce=bytes(32), collateral=collateral)
 

@@ -121,7 +121,7 @@ def _response(backend: str, **token_kw):
     sent = token_kw.pop("certs", None)
     ev, certs = _made(rd=rd, **token_kw)
     certs = certs if sent is None else sent
-    return protocol.AttestResponse(evidence_kind="cca", evidence=ev, certs=certs, hpke_suite="x",
+    return protocol.AttestResponse(evidence_kind="cca", evidence=ev, certs=certs, hpke_suite="x25519-hkdfsha256-aes128gcm",
                                    hpke_public_key=hpke, config=config.to_cbor(), nonce=NONCE)
 
 

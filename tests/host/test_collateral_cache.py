@@ -164,7 +164,7 @@ def _relay(mgr: KeepManager, backend: str, answer: protocol.AttestResponse) -> p
 def _answer(evidence: bytes, kind: str, backend: str) -> protocol.AttestResponse:
     config = protocol.KeepConfig(backend=backend, profile="staging", limits=dict(protocol.DEFAULT_LIMITS),
                                  policy=b"", runtime={"keepbook": "test"}, keep_id="k1")
-    return protocol.AttestResponse(evidence_kind=kind, evidence=evidence, certs=[], hpke_suite="x",
+    return protocol.AttestResponse(evidence_kind=kind, evidence=evidence, certs=[], hpke_suite="x25519-hkdfsha256-aes128gcm",
                                    hpke_public_key=bytes(32), config=config.to_cbor(), nonce=NONCE)
 
 

@@ -32,7 +32,7 @@ def _response(vectors: Path) -> p.AttestResponse:
                        policy=b"", runtime={}, keep_id="k1")
     return p.AttestResponse(evidence_kind="sev-snp",
                             evidence=(snp / "go-sev-guest__verify_testdata_attestation.bin").read_bytes(),
-                            certs=certs, hpke_suite="x", hpke_public_key=bytes(32),
+                            certs=certs, hpke_suite="x25519-hkdfsha256-aes128gcm", hpke_public_key=bytes(32),
                             config=cfg.to_cbor(), nonce=bytes(32))
 
 

@@ -27,11 +27,13 @@ import sys
 from importlib import metadata
 
 from IPython.core import page
+from IPython.core.autocall import ExitAutocall
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_magic, magics_class
+from traitlets import default
 from traitlets.config import Config
 
 from . import door
@@ -233,9 +235,21 @@ def _add_fixed_magics(shell):
         shell.register_magic_function(kernel_side(name), "line", name)
 
 
+class KeepExitAutocall(ExitAutocall):
+    """``exit``/``quit`` as ipykernel's: callable with an argument (``exit(3)``), ending the
+    session on purpose."""
+
+    def __call__(self, code=None):
+        raise KeepExit(*(() if code is None else (code,)))
+
+
 class KeepShell(InteractiveShell):
     """InteractiveShell with the Keep's door for every output (compare ipykernel's
     ZMQInteractiveShell)."""
+
+    @default("exiter")
+    def _exiter_default(self):
+        return KeepExitAutocall(self)
 
     displayhook_class = KeepDisplayHook
     display_pub_class = KeepDisplayPublisher
