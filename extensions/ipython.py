@@ -1,7 +1,8 @@
 """``%load_ext keepbook``: the Keep from an ordinary IPython kernel.
 
 Gives ``%keep new|status|list|close``, ``%attest [--explain] [--json]``, ``%upload PATH`` (a
-dataset sealed to the Keep, read-only under /data), ``%audit`` and a ``%%keep`` cell magic that
+dataset sealed to the Keep, read-only under /data), ``%audit``, ``%review`` (the data owner's
+review widget and commands) and a ``%%keep`` cell magic that
 runs the cell in the Keep's Python session.  The rest of the notebook stays ordinary host
 Python; only ``%%keep`` cells travel, and only after the Keep has attested.
 
@@ -197,6 +198,12 @@ class KeepMagics(Magics):
         """%upload PATH [--as NAME] — seal a dataset to the attested Keep; it appears read-only
         at /data/NAME for %%keep cells."""
         self._raise(self._run(self.frontend.magic(f"%upload {line}")))
+
+    @line_magic
+    def review(self, line: str) -> None:
+        """%review [list|show N|approve N|reject N REASON] [--allow-simulated] … — review the
+        analyst's releases as the data owner (with your owner key); a widget without a command."""
+        self._raise(self._run(self.frontend.magic(f"%review {line}")))
 
     @line_magic
     def audit(self, line: str) -> None:

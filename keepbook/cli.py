@@ -1,4 +1,4 @@
-"""`keepbook` command: install, keepmgr, demo, verify, warm, bench, seal, keep-evidence, audit."""
+"""`keepbook` command: install, keepmgr, demo, verify, warm, bench, seal, keep-evidence, review, audit."""
 
 from __future__ import annotations
 
@@ -92,12 +92,18 @@ def cmd_image(argv: list[str]) -> int:
     return image_main(argv)
 
 
+def cmd_review(argv: list[str]) -> int:
+    from keepbook.kernel import review_cli
+
+    return review_cli.main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Subcommands with their own full parsers get the rest of the line untouched.
     passthrough = {"keepmgr": cmd_keepmgr, "verify": cmd_verify, "bench": cmd_bench,
-                   "seal": cmd_seal, "audit": cmd_audit, "keep-evidence": cmd_keep_evidence,
-                   "image": cmd_image}
+                   "seal": cmd_seal, "audit": cmd_audit, "review": cmd_review,
+                   "keep-evidence": cmd_keep_evidence, "image": cmd_image}
     if argv and argv[0] in passthrough:
         return passthrough[argv[0]](argv[1:])
     ap = argparse.ArgumentParser(prog="keepbook", description="A Jupyter kernel for confidential computing.")
@@ -113,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bench", help="run the benchmarks (see `keepbook bench --help`)")
     sub.add_parser("seal", help="data owner: seal a dataset to an attested Keep (see --help)")
     sub.add_parser("keep-evidence", help="save a Keep's verified attestation for `seal --keep-evidence`")
+    sub.add_parser("review", help="data owner: list, show, approve or reject the analyst's "
+                   "release requests (see --help)")
     sub.add_parser("audit", help="`keepbook audit verify FILE`: check a saved audit log offline")
     sub.add_parser("image", help="`keepbook image build [-o DIR]`: the Keep image for VM Keeps")
     p = sub.add_parser("warm", help="compile the Python engine and compiler caches once")

@@ -434,6 +434,19 @@ class ClientAgent:
         out["manager"] = session.manager.url
         return out
 
+    async def budgets(self) -> dict[str, dict]:
+        """The privacy budget of each dataset of the current Keep (the Keep's own accounting);
+        {} before the Keep is provisioned or when it has none."""
+        session = self.current
+        if session is None or not session.handshake.channel_open or self.running_cell:
+            return {}
+        try:
+            reply = await session.open_channel("ask for the privacy budget").request("budget", timeout=5)
+        except KeepError:
+            return {}
+        budgets = reply.get("budgets")
+        return budgets if isinstance(budgets, dict) else {}
+
     async def list(self) -> list[protocol.KeepInfo]:
         seen: list[protocol.KeepInfo] = []
         for manager in list(self._managers.values()):

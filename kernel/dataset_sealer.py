@@ -35,7 +35,8 @@ def owner_public(key: Any) -> tuple[str, bytes]:
     raise DatasetError("the owner key must be Ed25519 or ECDSA P-256")
 
 
-def _sign(key: Any, data: bytes) -> bytes:
+def sign(key: Any, data: bytes) -> bytes:
+    """The owner's signature (Ed25519, or ECDSA P-256 with SHA-256) over ``data``."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key.sign(data)
     return key.sign(data, ec.ECDSA(hashes.SHA256()))
@@ -124,7 +125,7 @@ class Sealer:
         if not self._final:
             raise DatasetError("stream: the trailer before the final chunk")
         digest = self._plain.digest()
-        sig = _sign(self._owner_key, sig_message(self._header_hash, digest, self._size, self._index))
+        sig = sign(self._owner_key, sig_message(self._header_hash, digest, self._size, self._index))
         return frame(b"S", protocol.dumps({"plaintext_mac": digest, "bytes": self._size,
                                            "chunks": self._index, "signature": sig}))
 

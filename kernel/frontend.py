@@ -33,6 +33,8 @@ from keepbook.kernel.trust_policy import TrustPolicyError
 from keepbook.kernel.wasi_input import wasi_input
 
 COMPILED = ("c", "cpp", "zig", "rust")
+#: how often the front end asks about releases waiting for the data owner (between cells)
+REVIEW_POLL_S = 2.0
 
 
 class Screen(Protocol):
@@ -78,6 +80,10 @@ class Frontend:
         self.params: dict[str, Any] = {}  # the notebook's parameters (papermill), for magic lines
         self._python_started: set[str] = set()
         self._shown_error: dict | None = None  # the error this action already showed
+        #: releases waiting for the data owner: (Keep id, request id) → the display to update
+        self._pending: dict[tuple[str, int], str] = {}
+        self._watcher: asyncio.Task | None = None
+        self._owners: dict[tuple, Any] = {}  # %review: one verified owner session per Keep
         self._cell_code = ""  # the running cell's text (for the data-folder hint)
 
     # ------------------------------------------------------------------ user actions
@@ -146,6 +152,7 @@ class Frontend:
         """Run one action; every failure becomes one shown error and an :class:`Outcome`."""
         self._shown_error = None
         try:
+            await self.refresh_reviews()
             out = await act()
             return out if isinstance(out, Outcome) else Outcome()
         except mg.MagicError as exc:
@@ -193,6 +200,12 @@ class Frontend:
     def _show(self, event: protocol.Event, outcome: Outcome) -> None:
         """One Keep event as output (the Keep's policy already decided it may leave)."""
         c = event.content
+        meta = c.get("metadata") if event.kind == "display_data" else None
+        label = meta.get("keepbook") if isinstance(meta, dict) else None
+        review = label.get("review") if isinstance(label, dict) else None
+        if isinstance(review, dict) and isinstance(review.get("id"), int) and self.agent.current:
+            self._pending_release(self.agent.current.id, review["id"], c)  # updated in place
+            return
         if ipython_events.publish(event, self.screen.publish, outcome.payload):
             return
         if event.kind == "stream":
@@ -212,6 +225,120 @@ class Frontend:
         elif event.kind == "notice":
             self._remark(str(c.get("text", "")))
 
+    # ------------------------------------------------------------------ releases under review
+    def _pending_release(self, keep_id: str, rid: int, content: dict) -> None:
+        """Show "waiting for review" as a display that is updated in place once decided."""
+        display_id = f"keepbook-review-{keep_id}-{rid}"
+        self._pending[(keep_id, rid)] = display_id
+        self.screen.publish("display_data", {"data": show.jupyter_mime(content.get("data")),
+                                             "metadata": content.get("metadata") or {},
+                                             "transient": {"display_id": display_id}})
+        self._watch()
+
+    async def refresh_reviews(self) -> int:
+        """Ask the Keep how the owner decided the releases shown as pending; update each decided
+        one in place — the approved value, or the owner's reason.  How many were updated."""
+        session = self.agent.current
+        mine = sorted(rid for (k, rid) in self._pending if session is not None and k == session.id)
+        if not mine or session is None or not session.handshake.channel_open or self.agent.running_cell:
+            return 0
+        try:
+            reply = await session.open_channel("ask about releases under review").request(
+                "reviews", {"ids": mine}, timeout=10.0)
+        except KeepError:
+            return 0
+        updated = 0
+        for r in reply.get("reviews") or []:
+            key = (session.id, r.get("id"))
+            if key not in self._pending or r.get("state") == "pending":
+                continue
+            display_id = self._pending.pop(key)
+            if r.get("state") == "approved" and isinstance(r.get("data"), dict):
+                data, meta = show.jupyter_mime(r["data"]), r.get("metadata") or {}
+            elif r.get("state") == "approved":  # approved, but the Keep's rules withheld it now
+                data, meta = {"text/plain": str(r.get("notice") or "approved, but withheld")}, {}
+            else:
+                data, meta = show.rejected_release(int(r["id"]), str(r.get("reason") or "")), {}
+            self.screen.publish("update_display_data", {"data": data, "metadata": meta,
+                                                        "transient": {"display_id": display_id}})
+            updated += 1
+        return updated
+
+    def _watch(self) -> None:
+        """While releases wait for review, look every few seconds (between cells)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._watcher is None or self._watcher.done():
+            self._watcher = loop.create_task(self._watch_loop())
+
+    async def _watch_loop(self) -> None:
+        while self._pending:
+            await asyncio.sleep(REVIEW_POLL_S)
+            try:
+                await self.refresh_reviews()
+            except Exception:
+                return  # a watcher never takes the notebook down; the next cell asks again
+
+    # ------------------------------------------------------------------ the owner's review
+    async def _review_magic(self, m: mg.LineMagic) -> None:
+        """%review: the data owner reviews from a notebook (their own key, expectations and
+        attestation; the same requests as `keepbook review`)."""
+        from keepbook.kernel.owner_review import ReviewError, describe
+
+        owner = await self._owner_session(m.args)
+        try:
+            if m.sub is None or m.sub == "list":
+                requests = await owner.list()
+                decide = self._decider(owner) if m.sub is None else None
+                self._display(show.review_bundle(requests, decide))
+            elif m.sub == "show":
+                self._stream(describe(await owner.show(m.args.id)) + "\n")
+            else:
+                shown = await owner.show(m.args.id)
+                decision = "approve" if m.sub == "approve" else "reject"
+                done = await owner.decide(m.args.id, decision, shown["value_digest"],
+                                          " ".join(m.args.reason))
+                self._stream(f"#{m.args.id} {done.get('state')} (you are {owner.owner})\n")
+        except ReviewError as exc:
+            raise KeepError(str(exc)) from None
+        await self.refresh_reviews()
+
+    async def _owner_session(self, args: Any) -> Any:
+        from keepbook.kernel import dataset_sealer, owner_cli
+        from keepbook.kernel.owner_review import OwnerSession
+
+        session = self.agent.require_current()
+        keep_id = args.keep_id or session.id
+        key = (keep_id, args.owner_key, args.profile, args.keep_fingerprint, args.allow_simulated,
+               args.trust_policy)
+        if key not in self._owners:
+            try:
+                owner_key = dataset_sealer.load_or_create_owner_key(args.owner_key)[0]
+                expect = owner_cli.owner_expectation(args)
+            except SystemExit as exc:
+                raise KeepError(str(exc)) from None
+            except Exception as exc:
+                raise KeepError(f"%review: {exc}") from None
+            self._owners[key] = await OwnerSession.attest(session.manager, keep_id, expect, owner_key)
+        return self._owners[key]
+
+    def _decider(self, owner: Any) -> Any:
+        """The widget's buttons: send the decision on the loop that owns the owner session."""
+        loop = asyncio.get_running_loop()
+
+        def decide(rid: int, decision: str, reason: str, done: Any) -> None:
+            async def go() -> None:
+                try:
+                    shown = await owner.show(rid)
+                    r = await owner.decide(rid, decision, shown["value_digest"], reason)
+                    done(f"#{rid} {r.get('state')}")
+                except Exception as exc:
+                    done(f"not sent: {exc}")
+            asyncio.run_coroutine_threadsafe(go(), loop)
+        return decide
+
     # ------------------------------------------------------------------ line magics
     async def _line_magic(self, m: mg.LineMagic) -> None:
         if m.name == "keep":
@@ -229,6 +356,8 @@ class Frontend:
                 self._show_vector(result.vector, m.args.explain, result.fingerprint)
         elif m.name == "upload":
             await self._upload(m.args.path, m.args.name)
+        elif m.name == "review":
+            await self._review_magic(m)
         elif m.name == "audit":
             await self._ensure_keep()
             log = await self.agent.audit()
@@ -273,6 +402,9 @@ class Frontend:
                 self._remark(announced)
         elif m.sub == "status":
             self._display(show.status_bundle(await self.agent.status()))
+            budgets = await self.agent.budgets()
+            if budgets:
+                self._display(show.budget_bundle(budgets))
         elif m.sub == "list":
             keeps = await self.agent.list()
             current = self.agent.current.id if self.agent.current else None

@@ -21,7 +21,7 @@ class KeepbookKernel(Kernel):
     implementation = "keepbook"
     implementation_version = __version__
     banner = ("keepbook — cells run inside an attested Keep (TEE).\n"
-              "%keep new · %attest · %keep status|list|close · %upload · %audit · %%wat · %%wasm · %%c · %%cpp · %%zig")
+              "%keep new · %attest · %keep status|list|close · %upload · %audit · %review · %%wat · %%wasm · %%c · %%cpp · %%zig")
     language_info = {
         "name": "python",
         "version": "3",

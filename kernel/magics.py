@@ -15,9 +15,10 @@ from typing import Any, Mapping
 from keepbook.keep.shared import facts, sizes
 from keepbook.keep.shared.evidence.certs import format_fingerprint, parse_fingerprint
 
-LINE_MAGICS = ("keep", "attest", "upload", "audit")
+LINE_MAGICS = ("keep", "attest", "upload", "audit", "review")
 CELL_MAGICS = ("wat", "wasm", "c", "cpp", "zig", "rust", "python")
 KEEP_SUBCOMMANDS = ("new", "status", "list", "close")
+REVIEW_SUBCOMMANDS = ("list", "show", "approve", "reject")
 
 
 class MagicError(ValueError):
@@ -96,6 +97,24 @@ def _attest_parser() -> _Parser:
     p.add_argument("--json", action="store_true", help="the trust vector as JSON")
     p.add_argument("--save", metavar="FILE",
                    help="also write the Keep's attestation to FILE (for `keepbook seal --keep-evidence`)")
+    return p
+
+
+def _review_parser() -> _Parser:
+    """``%review``: the data owner's review from a notebook, with the owner's own expectations
+    (the options of `keepbook seal` and `keepbook review`)."""
+    p = _Parser(prog="%review", add_help=False)
+    p.add_argument("command", nargs="?", choices=REVIEW_SUBCOMMANDS,
+                   help="without one: the review widget")
+    p.add_argument("id", nargs="?", type=int)
+    p.add_argument("reason", nargs="*", help="reject: why (the analyst sees it)")
+    p.add_argument("--keep", dest="keep_id", help="the Keep to review (default: this notebook's)")
+    p.add_argument("--owner-key", help="your owner key (default: $KEEPBOOK_OWNER_KEY or "
+                   "~/.config/keepbook/owner-key.pem)")
+    p.add_argument("--profile", default="production", choices=facts.PROFILES)
+    p.add_argument("--keep-fingerprint", metavar="FP")
+    p.add_argument("--allow-simulated", action="store_true")
+    p.add_argument("--trust-policy")
     return p
 
 
@@ -214,6 +233,16 @@ def parse_line_magic(line: str) -> LineMagic:
         p.add_argument("path")
         p.add_argument("--as", dest="name")
         return LineMagic("upload", p.parse_args(rest))
+    if name == "review":
+        args = _review_parser().parse_args(rest)
+        if args.command in ("show", "approve", "reject") and args.id is None:
+            raise MagicError(f"%review {args.command} needs the request number: %review "
+                             f"{args.command} N")
+        if args.command == "reject" and not " ".join(args.reason).strip():
+            raise MagicError("%review reject N REASON: the analyst sees your reason; give one")
+        if args.command != "reject" and args.reason:
+            raise MagicError(f"%review {args.command or ''}: unexpected {' '.join(args.reason)!r}")
+        return LineMagic("review", args, args.command)
     if name == "audit":
         p = _Parser(prog="%audit", add_help=False)
         p.add_argument("--save", metavar="FILE", help="where to save the verified log "
@@ -317,7 +346,8 @@ def parse_cell(code: str, params: Mapping[str, Any] | None = None) -> Cell:
 
 
 def complete_magic(code: str, cursor_pos: int) -> tuple[list[str], int, int] | None:
-    """Completion for magic names and %keep subcommands; None when not in a magic."""
+    """Completion for magic names, %keep and %review subcommands and options; None when not in
+    a magic."""
     line_start = code.rfind("\n", 0, cursor_pos) + 1
     prefix = code[line_start:cursor_pos]
     from keepbook.kernel.completion import magic_names
@@ -335,9 +365,10 @@ def complete_magic(code: str, cursor_pos: int) -> tuple[list[str], int, int] | N
                     cursor_pos)
         if parts[0] not in LINE_MAGICS:
             return None  # an IPython magic's arguments: the Keep's shell completes them
-        if parts[0] == "keep" and len(parts) == 2:
+        subcommands = {"keep": KEEP_SUBCOMMANDS, "review": REVIEW_SUBCOMMANDS}.get(parts[0])
+        if subcommands and len(parts) == 2 and not parts[1].startswith("-"):
             start = cursor_pos - len(parts[1])
-            return ([s for s in KEEP_SUBCOMMANDS if s.startswith(parts[1])], start, cursor_pos)
+            return ([s for s in subcommands if s.startswith(parts[1])], start, cursor_pos)
         word, before = parts[-1], parts[-2]
         start = cursor_pos - len(word)
         if parts[:2] == ["keep", "new"]:
@@ -346,9 +377,12 @@ def complete_magic(code: str, cursor_pos: int) -> tuple[list[str], int, int] | N
             if word.startswith("-"):
                 options = [o for a in _keep_new_parser()._actions for o in a.option_strings]
                 return (sorted(o for o in options if o.startswith(word)), start, cursor_pos)
-        if parts[0] == "attest" and word.startswith("-"):
-            options = [o for a in _attest_parser()._actions for o in a.option_strings]
+        parser = {"attest": _attest_parser, "review": _review_parser}.get(parts[0])
+        if parser and word.startswith("-"):
+            options = [o for a in parser()._actions for o in a.option_strings]
             return (sorted(o for o in options if o.startswith(word)), start, cursor_pos)
+        if parts[0] == "review" and before == "--profile":
+            return ([p for p in facts.PROFILES if p.startswith(word)], start, cursor_pos)
         return ([], cursor_pos, cursor_pos)
     return None
 

@@ -93,6 +93,10 @@ class ManagerClient:
         return await self.call("POST", f"/v1/keeps/{keep_id}/attest",
                                protocol.AttestRequest(nonce=nonce), protocol.AttestResponse)
 
+    async def owner(self, keep_id: str, req: protocol.OwnerRequest) -> protocol.OwnerReply:
+        """A data owner's sealed review request, relayed by the manager to the Keep."""
+        return await self.call("POST", f"/v1/keeps/{keep_id}/owner", req, protocol.OwnerReply)
+
     async def provision(self, keep_id: str, sealed: bytes) -> protocol.ProvisionResponse:
         return await self.call("POST", f"/v1/keeps/{keep_id}/provision",
                                protocol.ProvisionRequest(sealed=sealed), protocol.ProvisionResponse)

@@ -44,6 +44,18 @@ def owner_trust(args: argparse.Namespace) -> TrustPolicy:
     return trust
 
 
+def owner_expectation(args: argparse.Namespace) -> ExpectationBuilder:
+    """The owner's expectations of a Keep (trust policy, profile, fingerprint), from their own
+    options — for sealing and for review alike; the nonce and Keep id are added by the caller."""
+    expect = ExpectationBuilder().trust_policy(owner_trust(args)).profile(args.profile)
+    if args.keep_fingerprint:
+        try:
+            expect = expect.fingerprint(args.keep_fingerprint)
+        except ValueError as exc:
+            raise SystemExit(f"keepbook: --keep-fingerprint: {exc}")
+    return expect
+
+
 def _owner_attest(args: argparse.Namespace) -> tuple[AttestationResult, str]:
     """(verified AttestationResult, trust vector text) for the Keep the owner seals to."""
     import asyncio
@@ -70,14 +82,9 @@ def _owner_attest(args: argparse.Namespace) -> tuple[AttestationResult, str]:
                 await mc.close()
         nonce = os.urandom(32)
         resp = asyncio.run(fetch())
-    expect = ExpectationBuilder().nonce(nonce).trust_policy(owner_trust(args)).profile(args.profile)
+    expect = owner_expectation(args).nonce(nonce)
     if args.keep:
         expect = expect.keep_id(args.keep)
-    if args.keep_fingerprint:
-        try:
-            expect = expect.fingerprint(args.keep_fingerprint)
-        except ValueError as exc:
-            raise SystemExit(f"keepbook: --keep-fingerprint: {exc}")
     result = verify_attestation(resp, expect.build())
     text = result.vector.to_text()
     if result.fingerprint:
@@ -93,7 +100,7 @@ def _owner_attest(args: argparse.Namespace) -> tuple[AttestationResult, str]:
 
 def seal_main(argv: list[str]) -> int:
     from keepbook.keep.shared import sealing
-    from keepbook.keep.shared.policy import MIN_ROWS_NOTICE, OutputPolicy, PolicyError
+    from keepbook.keep.shared.policy import OutputPolicy, PolicyError
     from keepbook.kernel.client import KeepError
 
     ap = argparse.ArgumentParser(
@@ -155,8 +162,6 @@ def seal_main(argv: list[str]) -> int:
           f"  Keep profile {cfg.profile}, backend {cfg.backend}, {result.vector.label}\n"
           f"  digest {digests[0]} — keyed with this dataset's own key: the Keep's audit log "
           "shows the same digest when it opened exactly this data")
-    if parsed.min_rows:
-        print(f"note: {MIN_ROWS_NOTICE}")
     return 0
 
 

@@ -68,12 +68,38 @@ def status_bundle(status: dict) -> dict:
     return widget_bundle(lambda: ui.status_widget(status), ui.status_text(status), ui.status_html(status))
 
 
+def review_bundle(requests: list[dict], decide: Any = None) -> dict:
+    """The owner's review list (a widget with Approve/Reject when ``decide`` is given)."""
+    factory = (lambda: ui.review_widget(requests, decide)) if decide is not None else \
+        (lambda: (_ for _ in ()).throw(RuntimeError("no widget")))
+    return widget_bundle(factory, ui.review_text(requests), ui.review_html(requests))
+
+
+def budget_bundle(budgets: dict[str, dict]) -> dict:
+    return widget_bundle(lambda: ui.budget_widget(budgets), ui.budget_text(budgets),
+                         ui.budget_html(budgets))
+
+
+def pending_release(rid: int) -> dict:
+    """What the analyst sees of a release waiting for the data owner (updated in place later)."""
+    text = (f"⏳ release #{rid} is waiting for the data owner's review — it appears here once "
+            "approved")
+    return {"text/plain": text, "text/html": f"<div class='keepbook-review-pending' "
+            f"data-id='{rid}'>{html.escape(text)}</div>"}
+
+
+def rejected_release(rid: int, reason: str) -> dict:
+    text = f"✗ release #{rid} was rejected by the data owner: {reason}"
+    return {"text/plain": text, "text/html": f"<div class='keepbook-review-rejected' "
+            f"data-id='{rid}' style='color:#b00020'>{html.escape(text)}</div>"}
+
+
 def upload_receipt(path: str, r: dict) -> str:
     policy = r.get("policy") or {}
     return (f"Uploaded {path} → {r['path']} in the Keep ({r['bytes']} bytes, sealed and verified in "
             f"the Keep)\n  digest {r['digest']}\n  owner  {r['owner']}\n"
             f"  owner's policy {r['policy_digest']} — now in force with the Keep's (release required: "
-            f"{policy.get('release_required')}, min rows: {policy.get('min_rows')})\n")
+            f"{policy.get('release_required')}, release mode: {policy.get('release_mode')})\n")
 
 
 def audit_dir() -> Path:

@@ -141,3 +141,103 @@ def status_widget(status: dict) -> Any:
     box = w.VBox([w.HTML(status_html(status))])
     box.add_class("keepbook-status")
     return box
+
+
+# ---------------------------------------------------------------------- review and budget
+
+def review_text(requests: list[dict]) -> str:
+    """The owner's list of release requests, as text."""
+    if not requests:
+        return "(no release requests read your data)"
+    return "\n".join(f"#{r.get('id')}  {str(r.get('state', '')).upper():<8}  {r.get('type')}  "
+                     f"note: {r.get('note') or '(none)'}  datasets: {', '.join(r.get('datasets') or [])}"
+                     + (f"  reason: {r['reason']}" if r.get("reason") else "") for r in requests)
+
+
+def review_html(requests: list[dict]) -> str:
+    colours = {"pending": "#b36b00", "approved": "#1b7f3b", "rejected": "#b00020"}
+    rows = "".join(
+        f'<tr class="keepbook-review-request" data-id="{r.get("id")}" data-state="{html.escape(str(r.get("state")))}">'
+        f"<td>#{r.get('id')}</td><td style='color:{colours.get(str(r.get('state')), '#444')};"
+        f"font-weight:bold'>{html.escape(str(r.get('state')))}</td><td>{html.escape(str(r.get('type')))}</td>"
+        f"<td>{html.escape(str(r.get('note') or ''))}</td>"
+        f"<td>{html.escape(', '.join(r.get('datasets') or []))}</td>"
+        f"<td>{html.escape(str(r.get('reason') or ''))}</td></tr>" for r in requests)
+    return ('<div class="keepbook-review"><b>Release requests</b> (review as the data owner)'
+            '<table><tr><th>#</th><th>state</th><th>type</th><th>note</th><th>datasets</th>'
+            f'<th>reason</th></tr>{rows}</table></div>')
+
+
+def review_widget(requests: list[dict], decide: Any) -> Any:
+    """The owner's review widget: one row per request; pending ones get Approve and Reject (with
+    a reason).  ``decide(id, decision, reason, done)`` sends the decision and calls
+    ``done(text)`` with the outcome."""
+    import ipywidgets as w
+
+    rows: list[Any] = [w.HTML(review_html(requests))]
+    for r in requests:
+        if r.get("state") != "pending":
+            continue
+        rid = int(r["id"])
+        reason = w.Text(placeholder="reason (the analyst sees it)", layout=w.Layout(width="40%"))
+        status = w.Label("")
+        approve = w.Button(description=f"Approve #{rid}", button_style="success")
+        reject = w.Button(description=f"Reject #{rid}", button_style="danger")
+
+        def act(decision: str, rid: int = rid, reason: Any = reason, status: Any = status,
+                buttons: tuple = (approve, reject)) -> None:
+            if decision == "reject" and not reason.value.strip():
+                status.value = "a rejection needs a reason"
+                return
+            for b in buttons:
+                b.disabled = True
+            status.value = "sending…"
+
+            def done(text: str) -> None:
+                status.value = text
+            decide(rid, decision, reason.value.strip(), done)
+        approve.on_click(lambda _b, act=act: act("approve"))
+        reject.on_click(lambda _b, act=act: act("reject"))
+        rows.append(w.HBox([approve, reject, reason, status]))
+    box = w.VBox(rows)
+    box.add_class("keepbook-review-widget")
+    return box
+
+
+def budget_text(budgets: dict[str, dict]) -> str:
+    if not budgets:
+        return "(no dataset with a privacy budget in this Keep)"
+    return "\n".join(f"{name}: ε {b['remaining_epsilon']:g} of {b['epsilon']:g} left, "
+                     f"δ {b['remaining_delta']:g} of {b['delta']:g} left, {b['queries']} queries"
+                     for name, b in budgets.items())
+
+
+def budget_html(budgets: dict[str, dict]) -> str:
+    rows = []
+    for name, b in budgets.items():
+        total = b["epsilon"] or 1.0
+        left = max(0.0, min(1.0, b["remaining_epsilon"] / total))
+        colour = "#1b7f3b" if left > 0.25 else "#b36b00" if left > 0 else "#b00020"
+        rows.append(f"<tr class='keepbook-budget' data-dataset='{html.escape(name)}'><td>"
+                    f"{html.escape(name)}</td><td><div style='width:160px;background:#ddd'>"
+                    f"<div style='width:{left * 160:.0f}px;background:{colour};height:10px'></div>"
+                    f"</div></td><td>ε {b['remaining_epsilon']:g} / {b['epsilon']:g} left, "
+                    f"δ {b['remaining_delta']:g} / {b['delta']:g}, {b['queries']} queries</td></tr>")
+    return ("<div class='keepbook-budgets'><b>Privacy budget</b> (this Keep session)"
+            f"<table>{''.join(rows) or '<tr><td>(none)</td></tr>'}</table></div>")
+
+
+def budget_widget(budgets: dict[str, dict]) -> Any:
+    import ipywidgets as w
+
+    rows = [w.HTML("<b>Privacy budget</b> (this Keep session)")]
+    for name, b in budgets.items():
+        bar = w.FloatProgress(value=b["remaining_epsilon"], min=0.0, max=b["epsilon"] or 1.0,
+                              description=name[:20], bar_style="success" if b["remaining_epsilon"]
+                              > 0.25 * b["epsilon"] else "warning" if b["remaining_epsilon"] > 0
+                              else "danger")
+        rows.append(w.HBox([bar, w.Label(f"ε {b['remaining_epsilon']:g} of {b['epsilon']:g} left, "
+                                         f"{b['queries']} queries")]))
+    box = w.VBox(rows)
+    box.add_class("keepbook-budget-widget")
+    return box

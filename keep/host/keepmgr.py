@@ -197,6 +197,7 @@ class KeepManager:
         app.router.add_delete("/v1/keeps/{id}", self.delete)
         app.router.add_post("/v1/keeps/{id}/attest", self.attest)
         app.router.add_post("/v1/keeps/{id}/provision", self.provision)
+        app.router.add_post("/v1/keeps/{id}/owner", self.owner)
         app.on_startup.append(self._fill_pools)
         app.on_shutdown.append(self._shutdown)
         return app
@@ -325,6 +326,25 @@ class KeepManager:
         resp = await self._call(rec, req, protocol.ProvisionResponse, REQUEST_TIMEOUT_S)
         self.log("keep-provisioned", keep=rec.info.id)
         return cbor_response(resp)
+
+    async def owner(self, request: web.Request) -> web.Response:
+        """A data owner's sealed review request, relayed as it is: the manager cannot read it
+        (sealed to the Keep) nor forge it (signed by the owner), and the reply is sealed to the
+        owner.  It changes no handshake state; it may go only to a started Keep."""
+        rec = self._record(request)
+        req = await self._body(request, protocol.OwnerRequest)
+        async with rec.lock:
+            try:
+                rec.handshake.require_owner_channel()
+            except protocol.ProtocolError as exc:
+                raise protocol.ProtocolError(f"Keep {rec.info.id}: {exc.reason}", exc.status) from None
+            reply = await self._exchange(rec, req, REQUEST_TIMEOUT_S)
+        if isinstance(reply, protocol.ErrorBody):
+            raise protocol.ProtocolError(reply.reason, reply.status if 400 <= reply.status < 600 else 502)
+        if not isinstance(reply, protocol.OwnerReply):
+            raise protocol.ProtocolError(f"Keep answered {reply.MSG!r} to 'owner_request'", 502)
+        self.log("keep-owner-request", keep=rec.info.id)
+        return cbor_response(reply)
 
     # ------------------------------------------------------------------ quotas
     def _usage(self, owner: str | None) -> quotas_mod.Usage:

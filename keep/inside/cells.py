@@ -12,7 +12,9 @@ from typing import Any, AsyncIterator, Callable
 
 from keepbook.keep.shared import protocol
 from keepbook.keep.inside.output_gate import Enforcer
+from keepbook.keep.inside.review import ReviewQueue
 from keepbook.keep.inside.storage import CellWatch, Storage
+from keepbook.keep.inside.trusted import TrustedQueries
 from keepbook.keep.shared.policy import OutputPolicy
 
 Emit = Callable[[str, dict], None]
@@ -51,7 +53,8 @@ AUDIT_FULL = "the Keep's audit log is full (`%audit` reads it; `%keep new` for a
 class Cells:
     def __init__(self, config: protocol.KeepConfig, debug_log: Callable[[str], None] | None = None,
                  data_dir: str | None = None, audit: Audit | None = None,
-                 policy: OutputPolicy | None = None, storage: Storage | None = None):
+                 policy: OutputPolicy | None = None, storage: Storage | None = None,
+                 reviews: ReviewQueue | None = None):
         self.config = config
         self.limits = config.limits
         self.data_dir = data_dir
@@ -60,8 +63,12 @@ class Cells:
         self.scratch_root = os.path.dirname(data_dir) if data_dir else None
         self.audit: Audit = audit or (lambda kind, data: None)
         # The output policy is enforced here, in the Keep, on every event (never in the kernel).
-        self.enforcer = Enforcer(policy or OutputPolicy.parse(config.policy, config.profile),
-                                 config.profile, self.audit)
+        keep_policy = policy or OutputPolicy.parse(config.policy, config.profile)
+        # the trusted side: keep.dp / keep.query answers and owner review, outside the guest
+        self.trusted = TrustedQueries(keep_policy, audit=self.audit, strict=self._strict)
+        self.reviews = reviews
+        self.enforcer = Enforcer(keep_policy, config.profile, self.audit, reviews=reviews,
+                                 datasets=self._dataset_refs)
         self._wasm: Any = None
         self._python: Any = None
         self._running: Any = None
@@ -86,8 +93,17 @@ class Cells:
             from keepbook.keep.inside.pysession import PythonSession
 
             self._python = PythonSession(memory_bytes=self.limits["memory_bytes"],
-                                         data_dir=self.data_dir)
+                                         data_dir=self.data_dir, queries=self.trusted.answer)
         return self._python
+
+    def _dataset_refs(self) -> list:
+        from keepbook.keep.inside.review import DatasetRef
+
+        return [DatasetRef(d.name, d.digest, d.owner) for d in self.trusted.datasets.values()]
+
+    def _strict(self) -> bool:
+        """Are outputs restricted (production, or only released values leave)?"""
+        return self.config.profile == "production" or self.enforcer.policy.release_required
 
     def interrupt(self) -> bool:
         engine = self._running
@@ -144,7 +160,7 @@ class Cells:
             raise AuditFull(AUDIT_FULL + "; it runs no more cells")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        gate = self.enforcer.cell()
+        gate = self.enforcer.cell(source=req.code or "", digest=_cell_digest(req))
 
         def gated(kind: str, content: dict) -> None:
             if self._debug_log and kind != "status":  # debug profile only: details to the host
@@ -207,6 +223,14 @@ class Cells:
             ask = (lambda: getattr(self.python(), op)(code, pos)) if engine else (lambda: None)
             gate = self.enforcer.complete if op == "complete" else self.enforcer.inspect
             return gate(code, pos, ask)
+        if op == "reviews":
+            ids = args.get("ids")
+            if not isinstance(ids, list) or len(ids) > 1000 or \
+                    not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                raise protocol.ProtocolError("reviews: needs 'ids', a list of request numbers")
+            return {"reviews": self.enforcer.review_outcomes(ids)}
+        if op == "budget":
+            return {"budgets": self.trusted.budgets()}
         if op == "policy":
             return {"policy": self.enforcer.policy.summary(), "source": self.enforcer.policy.source,
                     "digest": self.enforcer.policy.digest()}

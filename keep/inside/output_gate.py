@@ -1,6 +1,6 @@
 """The output gate: everything that leaves the Keep on the attested channel passes here first —
 every event of a cell (:class:`CellGate`) and every reply to a request: completion,
-inspection, status (:class:`Enforcer`).  It applies the data owner's output policy (the format
+inspection, status, review outcomes (:class:`Enforcer`).  It applies the data owner's output policy (the format
 is :mod:`keepbook.keep.shared.policy`); the kernel never filters anything (it could not be
 trusted to).  It runs in the Keep's own process, outside the interpreter the cell runs in, so
 nothing a cell does to its session — replacing the guest driver's functions, ``globals()``
@@ -9,7 +9,14 @@ tricks, calling the host door itself — changes what the gate lets out.
 What a withheld output leaves behind is fixed by the rule, never by the output: the notice
 names the rule (once per rule per cell), the audit log records the rule (coalesced the same
 way, no digest of the withheld content: a digest the analyst can read is a brute-force oracle),
-and in production the cell's status says only ok/error and whether something was withheld."""
+and in production the cell's status says only ok/error and whether something was withheld.
+
+Issue 16 adds the other ways out, each decided here or by the Keep's trusted side, never by the
+cell: under ``[release] mode = "review"`` a release that passes the rules is queued for its data
+owners (:mod:`keepbook.keep.inside.review`) and leaves only once they all approved
+(:meth:`Enforcer.review_outcomes`); a ``keep.dp`` / ``keep.query`` answer arrives as the trusted
+side's own ``answer`` event (:mod:`keepbook.keep.inside.trusted`) and is rendered and counted
+like a release."""
 
 from __future__ import annotations
 
@@ -18,12 +25,16 @@ import builtins
 import hashlib
 import json
 import os
+import threading
 import unicodedata
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from keepbook.keep.inside import introspection
 from keepbook.keep.inside.figures import FigureError, reencode_png
-from keepbook.keep.shared.policy import NOTE_MAX_CHARS, OutputPolicy, check_value, rows_problem
+from keepbook.keep.shared.policy import NOTE_MAX_CHARS, OutputPolicy, check_value
+
+if TYPE_CHECKING:
+    from keepbook.keep.inside.review import DatasetRef, ReviewQueue, ReviewRequest
 
 #: exception names shown as they are; any other (cell-defined) class is shown as "Exception",
 #: so an exception's class name cannot carry data past an ``errors = "type"`` policy.
@@ -41,6 +52,10 @@ Notice = tuple[str, dict]
 AuditHook = Callable[[str, dict], "bool | None"]
 
 
+#: why nothing leaves once the audit log is full (its ``append`` returned False)
+AUDIT_FULL_WHY = "the Keep's audit log is full, and nothing leaves that the log cannot record"
+
+
 def withheld_notice(rule: str, why: str) -> Notice:
     return ("notice", {"text": f"withheld by policy: {rule} — {why}", "reason": "withheld",
                        "rule": rule})
@@ -48,13 +63,19 @@ def withheld_notice(rule: str, why: str) -> Notice:
 
 class Enforcer:
     """One per Keep: the effective policy, the session's byte budget, and the replies to
-    requests (completion, inspection, status) that leave the Keep."""
+    requests (completion, inspection, status, review outcomes) that leave the Keep."""
 
-    def __init__(self, policy: OutputPolicy, profile: str, audit: AuditHook | None = None):
+    def __init__(self, policy: OutputPolicy, profile: str, audit: AuditHook | None = None,
+                 reviews: "ReviewQueue | None" = None,
+                 datasets: "Callable[[], list[DatasetRef]] | None" = None):
         self.policy = policy
         self.profile = profile
         self.session_used = 0
         self.audit = audit or (lambda kind, entry: True)
+        self.reviews = reviews            # [release] mode = "review": the owners decide
+        self.datasets = datasets or list  # the datasets in the Keep (their owners review)
+        # a cell's events and the analyst's review polls may count bytes at the same time
+        self.lock = threading.RLock()
 
     @property
     def strict(self) -> bool:
@@ -65,15 +86,57 @@ class Enforcer:
     def tighten(self, other: OutputPolicy) -> None:
         self.policy = self.policy.meet(other)
 
-    def cell(self) -> "CellGate":
-        return CellGate(self)
+    def cell(self, source: str = "", digest: str = "") -> "CellGate":
+        return CellGate(self, source, digest)
 
     def charge_session(self, n: int) -> str | None:
         """The rule ``n`` more bytes of a reply would break, or None (and they are counted)."""
-        if self.policy.session_bytes and self.session_used + n > self.policy.session_bytes:
-            return "output.session_bytes"
-        self.session_used += n
-        return None
+        with self.lock:
+            if self.policy.session_bytes and self.session_used + n > self.policy.session_bytes:
+                return "output.session_bytes"
+            self.session_used += n
+            return None
+
+    # -- owner review: the analyst asks how the owners decided
+    def review_outcomes(self, ids: list[int]) -> list[dict]:
+        """How the owners decided releases ``ids``: pending, rejected with the owner's reason,
+        or approved — then the value is released here, counted against the session's byte
+        budget and recorded in the audit log once, the first time it is asked for."""
+        out: list[dict] = []
+        for rid in ids:
+            r = self.reviews.get(rid) if self.reviews is not None else None
+            if r is None:
+                continue
+            if r.state == "pending":
+                out.append({"id": rid, "state": "pending"})
+            elif r.state == "rejected":
+                out.append({"id": rid, "state": "rejected", "reason": r.reason})
+            else:
+                out.append(self._deliver(r))
+        return out
+
+    def _deliver(self, r: "ReviewRequest") -> dict:
+        with self.lock:
+            if not r.delivered:
+                size = _release_size(r.value, r.note)
+                rule = self.charge_session(size)
+                why = (f"the output budget of {self.policy.session_bytes} bytes for this Keep "
+                       "session is spent") if rule else ""
+                if not rule and self.audit("release", {"digest": r.digest, "type": r.rtype,
+                                                       "bytes": size, "note": r.note,
+                                                       "review": r.id}) is False:
+                    self.session_used -= size
+                    rule, why = "audit.full", AUDIT_FULL_WHY
+                if rule:  # approved, but not released now: said once in the log, per rule
+                    if r.refused != rule:
+                        r.refused = rule
+                        self.audit("refusal", {"rule": rule, "review": r.id})
+                    return {"id": r.id, "state": "approved",
+                            "notice": withheld_notice(rule, why)[1]["text"]}
+                r.delivered = True
+        meta = {"keepbook": {"released": True, "type": r.rtype, "note": r.note,
+                             "digest": r.digest, "review": {"id": r.id, "state": "approved"}}}
+        return {"id": r.id, "state": "approved", "data": r.rendered, "metadata": meta}
 
     # -- replies to requests
     def complete(self, code: str, pos: int, ask: introspection.Ask) -> dict:
@@ -94,8 +157,10 @@ class Enforcer:
 class CellGate:
     """Every event of one cell passes :meth:`filter`; it returns what may leave the Keep."""
 
-    def __init__(self, enforcer: Enforcer):
+    def __init__(self, enforcer: Enforcer, source: str = "", digest: str = ""):
         self.e = enforcer
+        self.source = source    # the cell's code: what a reviewing owner reads
+        self.digest = digest
         self.used = 0
         self.withheld = False
         self._noticed: set[str] = set()
@@ -121,15 +186,15 @@ class CellGate:
         p = self.p
         if p.cell_bytes and self.used + n > p.cell_bytes:
             return "output.cell_bytes"
-        if p.session_bytes and self.e.session_used + n > p.session_bytes:
-            return "output.session_bytes"
-        self.used += n
-        self.e.session_used += n
-        return None
+        rule = self.e.charge_session(n)
+        if rule is None:
+            self.used += n
+        return rule
 
     def _refund(self, n: int) -> None:
-        self.used -= n
-        self.e.session_used -= n
+        with self.e.lock:
+            self.used -= n
+            self.e.session_used -= n
 
     def _budget_why(self, rule: str) -> str:
         cell = rule == "output.cell_bytes"
@@ -141,6 +206,8 @@ class CellGate:
     def filter(self, kind: str, content: dict) -> list[Notice]:
         if kind == "release":
             return self._release(content)
+        if kind == "answer":  # made by the Keep's trusted side (keep/inside/trusted.py)
+            return self._answer(content)
         if kind == "notice":  # the Keep's own remarks, never cell data
             return [(kind, content)]
         if kind == "error":
@@ -163,6 +230,9 @@ class CellGate:
                 return self._withhold("output.mime", "none of its MIME types is allowed "
                                       f"(allowed: {', '.join(p.mime)})")
             content = {**content, "data": kept}
+        meta = content.get("metadata")
+        if isinstance(meta, dict) and "keepbook" in meta:  # the Keep's own labels: set only here
+            content = {**content, "metadata": {k: v for k, v in meta.items() if k != "keepbook"}}
         rule = self._charge(len(json.dumps(content, default=str)))
         if rule:
             return self._withhold(rule, self._budget_why(rule))
@@ -208,7 +278,8 @@ class CellGate:
 
     def _note(self, note: Any) -> tuple[str, list[Notice]]:
         """(the note that may leave, notices): short, one line of text, and only where the
-        policy releases text — a note is text the cell wrote, and could carry anything."""
+        policy releases text — a note is text the cell wrote, and could carry anything — or
+        where the owners review each release (they read and approve the note with the value)."""
         if note is None or note == "":
             return "", []
         if not isinstance(note, str):
@@ -219,7 +290,7 @@ class CellGate:
         if any(unicodedata.category(c)[0] == "C" for c in note):
             return "", self._withhold("release.note", "a note must be one line of printable "
                                       "text; it stays in the Keep")
-        if "text" not in self.p.release_types:
+        if "text" not in self.p.release_types and self.p.release_mode != "review":
             return "", self._withhold("release.note", "this policy releases no text, so the "
                                       "note stays in the Keep")
         return note, []
@@ -241,17 +312,15 @@ class CellGate:
                                   f"{', '.join(p.release_types) or 'none'})")
         note, notices = self._note(content.get("note"))
         encoded = json.dumps(value, sort_keys=True, separators=(",", ":"))
-        size = len(encoded) + len(note.encode())
+        size = _release_size(value, note)
         if size > p.release_max_bytes:  # the size itself is not said: it is the cell's
             return notices + self._withhold("release.max_bytes", "the value (with its note) is "
                                             f"over the limit of {p.release_max_bytes} bytes per release")
-        if p.min_rows and rtype == "table":
-            why = rows_problem(value, p.min_rows, p.count_column)
-            if why:
-                return notices + self._withhold("release.min_rows", why)
         rendered = {m: v for m, v in rendered.items() if p.allows_mime(m)}
         if not rendered:
             return notices + self._withhold("output.mime", "no allowed MIME type can show this value")
+        if p.release_mode == "review":
+            return notices + self._review(value, rendered, rtype, note)
         rule = self._charge(size)
         if rule:
             return notices + self._withhold(rule, self._budget_why(rule))
@@ -260,14 +329,58 @@ class CellGate:
                  **({"rows": rows} if rows is not None else {})}
         if self.e.audit("release", entry) is False:
             self._refund(size)
-            return notices + self._withhold("audit.full", "the Keep's audit log is full, and "
-                                            "nothing leaves that the log cannot record")
+            return notices + self._withhold("audit.full", AUDIT_FULL_WHY)
         meta = {"keepbook": {"released": True, "type": rtype, "note": note, "digest": digest}}
         return notices + [("display_data", {"data": rendered, "metadata": meta})]
+
+    def _review(self, value: Any, rendered: dict, rtype: str, note: str) -> list[Notice]:
+        """``[release] mode = "review"``: queue the value for its data owners; the analyst sees
+        "pending", updated in place once they decide (:meth:`Enforcer.review_outcomes`)."""
+        from keepbook.keep.inside.review import NotQueued
+
+        if self.e.reviews is None:
+            return self._withhold("release.mode", "this Keep cannot queue releases for review")
+        try:
+            req = self.e.reviews.submit(value=value, rendered=rendered, rtype=rtype, note=note,
+                                        source=self.source, cell_digest=self.digest,
+                                        datasets=self.e.datasets())
+        except NotQueued as exc:
+            return self._withhold(exc.rule, exc.why)
+        text = f"⏳ release #{req.id} is waiting for the data owner's review"
+        return [("display_data", {"data": {"text/plain": text},
+                                  "metadata": {"keepbook": {"review": {"id": req.id,
+                                                                       "state": "pending"}}}})]
+
+    def _answer(self, content: dict) -> list[Notice]:
+        """A keep.dp / keep.query answer the trusted side computed, labelled and audited:
+        rendered here like a release and counted against the byte budgets (never queued for
+        review: the owner's [dp] and [query] rules are what allow it)."""
+        value, note = content.get("value"), str(content.get("note") or "")
+        try:
+            rtype, rendered, _ = check_value(value)
+        except ValueError:
+            return self._withhold("answer", "the trusted side made no showable answer")
+        rendered = {m: v for m, v in rendered.items() if self.p.allows_mime(m)}
+        if not rendered:
+            return self._withhold("output.mime", "no allowed MIME type can show this answer")
+        rule = self._charge(_release_size(value, note))
+        if rule:
+            return self._withhold(rule, self._budget_why(rule))
+        meta = {"keepbook": {"released": True, "type": rtype, "note": note,
+                             **{k: v for k, v in (content.get("keepbook") or {}).items()
+                                if k in ("dp", "query")}}}
+        if "text/plain" in rendered:
+            rendered["text/plain"] = f"{rendered['text/plain']}\n  [{note}]"
+        return [("display_data", {"data": rendered, "metadata": meta})]
 
 
 _DISPLAY_LIKE = {"update_display_data": "display_data", "clear_output": "display_data",
                  "page": "display_data"}
+
+
+def _release_size(value: Any, note: str) -> int:
+    """What a released value counts against the byte limits: its JSON and its note."""
+    return len(json.dumps(value, sort_keys=True, separators=(",", ":"))) + len(note.encode())
 
 
 def _digest(value: Any) -> str:

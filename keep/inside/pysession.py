@@ -122,10 +122,12 @@ class PythonSession:
     :meth:`interrupt` may be called from any thread."""
 
     def __init__(self, *, memory_bytes: int = DEFAULT_MEMORY, data_dir: str | None = None,
-                 grace_s: float = GRACE_S):
+                 grace_s: float = GRACE_S, queries: Callable[[Any], Any] | None = None):
         self.memory_bytes = memory_bytes
         self.data_dir = data_dir
         self.grace_s = grace_s
+        #: the Keep's trusted side answers keep.dp / keep.query (keep/inside/trusted.py)
+        self.queries = queries
         self._session: Any = None
         self._lost: str | None = None  # why the previous session ended, to announce
         self._generation = 0
@@ -224,6 +226,8 @@ class PythonSession:
                 self._display(cell, op, msg, data, meta)
         elif op == "clear":
             cell.emit("clear_output", {"wait": msg.get("wait") is True})
+        elif op == "query":
+            return self._query(cell, msg.get("query"))
         elif op == "release":
             # checked and rendered by the Keep's policy gate (keep/shared/policy.py), never here
             if cell.charge(len(frame)):
@@ -239,15 +243,45 @@ class PythonSession:
             cell.exited, cell.exit_code = True, msg.get("code")
         elif op == "reply":
             cell.reply = msg.get("content") if isinstance(msg.get("content"), dict) else None
-        if cell.soft is not None and not cell.delivered:
-            with self._cv:
-                cell.delivered = True  # once, as one SIGINT would be
-                # the guest heard it and is unwinding (IPython formats the traceback, ≈1 s the
-                # first time): give it that long before stopping it hard
-                cell.hard_at = max(cell.hard_at, time.monotonic() + HANDLING_S)
-                self._cv.notify_all()
-            return b"I" if cell.soft == "interrupt" else b"D"
-        return b"."
+        return self._signal(cell) or b"."
+
+    def _signal(self, cell: _Cell) -> bytes | None:
+        """The interrupt or deadline to hand the guest with this door call's answer, if any."""
+        if cell.soft is None or cell.delivered:
+            return None
+        with self._cv:
+            cell.delivered = True  # once, as one SIGINT would be
+            # the guest heard it and is unwinding (IPython formats the traceback, ≈1 s the
+            # first time): give it that long before stopping it hard
+            cell.hard_at = max(cell.hard_at, time.monotonic() + HANDLING_S)
+            self._cv.notify_all()
+        return b"I" if cell.soft == "interrupt" else b"D"
+
+    def _query(self, cell: _Cell, query: Any) -> bytes:
+        """keep.dp / keep.query: the guest only described the query; the trusted side answers it
+        here, outside the interpreter.  The answer goes to the output gate as the Keep's own
+        ``answer`` event and back to the guest (post-processing: DP holds for what it does
+        next); a refusal becomes the Keep's notice."""
+        if self.queries is None:
+            answer = {"ok": False, "reason": "this Keep answers no trusted queries"}
+        else:
+            try:
+                got = self.queries(query)
+            except Exception as exc:  # the type only: a message could quote the data
+                got = None
+                answer = {"ok": False, "reason": f"the Keep failed computing this query "
+                                                 f"({type(exc).__name__}); nothing was released"}
+                cell.emit("notice", {"text": answer["reason"], "reason": "refused"})
+            if got is not None and got.ok:
+                cell.emit("answer", got.release)
+                answer = {"ok": True, "value": got.value}
+            elif got is not None:
+                cell.emit("notice", {"text": got.reason, "reason": "refused"})
+                answer = {"ok": False, "reason": got.reason}
+        signal = self._signal(cell)
+        if signal:
+            answer["signal"] = signal.decode()
+        return json.dumps(answer).encode()
 
     @staticmethod
     def _display(cell: _Cell, op: str, msg: dict, data: dict, meta: dict) -> None:

@@ -39,6 +39,7 @@ from keepbook.keep.inside import vm_guest
 from keepbook.keep.inside.cells import AUDIT_FULL, AuditFull, Busy, Cells
 from keepbook.keep.inside.storage import Storage, StorageFull
 from keepbook.keep.inside.identity import KeepIdentity, KeepKeys
+from keepbook.keep.inside.review import ReviewQueue
 
 LISTEN_HOST = os.environ.get("KEEPBOOK_KEEP_LISTEN", "127.0.0.1")
 #: 0 = any free port (a process Keep); a VM Keep listens on the port its host forwards
@@ -92,6 +93,8 @@ class Wasmldr:
         """One request from the control pipe → its answer.  The handshake state machine decides
         whether the request is allowed now (start once, attest after start, provision once,
         after an attestation) and learns the answer, an error included."""
+        if isinstance(msg, protocol.OwnerRequest):
+            return await self.owner_request(msg)
         if not isinstance(msg, (protocol.Start, protocol.AttestRequest, protocol.ProvisionRequest)):
             raise protocol.RemoteProtocolError(f"wasmldr does not accept {msg.MSG!r} on its "
                                                "control pipe")
@@ -111,6 +114,18 @@ class Wasmldr:
             reply = protocol.ErrorBody(status=500, reason=f"Keep internal error ({type(exc).__name__})")
         self.handshake.send(reply)
         return reply
+
+    async def owner_request(self, msg: protocol.OwnerRequest) -> protocol.Message:
+        """A data owner's sealed review request (relayed by the host, which cannot read it);
+        no handshake move.  Refusals it cannot seal a reply for are plain errors."""
+        try:
+            self.handshake.require_owner_channel()
+            assert self.cells is not None
+            return await asyncio.to_thread(self.cells.reviews.owner_request, msg)
+        except protocol.ProtocolError as exc:
+            return protocol.ErrorBody(status=exc.status, reason=exc.reason)
+        except Exception as exc:
+            return protocol.ErrorBody(status=500, reason=f"Keep internal error ({type(exc).__name__})")
 
     def start(self, msg: protocol.Start) -> protocol.Message:
         requested = protocol.loads(msg.config, max_bytes=protocol.MAX_CONTROL_BYTES)
@@ -140,10 +155,15 @@ class Wasmldr:
         self.data_root = _private_dir()
         os.makedirs(os.path.join(self.data_root, "data"), mode=0o700)
         os.makedirs(os.path.join(self.data_root, "staging"), mode=0o700)
+        # datasets sealed with [data] access = "queries": no cell can open this directory
+        os.makedirs(os.path.join(self.data_root, "trusted"), mode=0o700)
         self.storage = Storage([_SCRATCH or "", self.data_root], config.limits["memory_bytes"])
+        reviews = ReviewQueue(msg.keep_id, config.digest(), self.keys.dataset, self.keys.audit.sign,
+                              self.audit.append)
         self.cells = Cells(config, debug_log=self.debug_log,
                            data_dir=os.path.join(self.data_root, "data"),
-                           audit=self.audit.append, policy=policy, storage=self.storage)
+                           audit=self.audit.append, policy=policy, storage=self.storage,
+                           reviews=reviews)
         return protocol.Reply(ok=True, content={"profile": config.profile})
 
     async def provision(self, msg: protocol.ProvisionRequest) -> protocol.ProvisionResponse:
@@ -278,12 +298,14 @@ class Wasmldr:
                 finally:
                     os.close(fd)
                 name = alias or info.name
-                final = os.path.join(self.data_root, "data", *name.split("/"))
-                if os.path.exists(final):
-                    raise dataset_format.DatasetError(f"/data/{name} exists already: upload it --as "
-                                                "another name")
                 dataset_policy = OutputPolicy.parse(info.policy, self.cells.config.profile,
                                                     f"the owner's policy of {name}")
+                place = "trusted" if dataset_policy.data_access == "queries" else "data"
+                final = os.path.join(self.data_root, place, *name.split("/"))
+                taken = _taken(self.data_root, name)
+                if taken or name in self.cells.trusted.datasets:
+                    raise dataset_format.DatasetError(f"/data/{taken or name} exists already: "
+                                                      "upload it --as another name")
                 self._admit(info, dataset_policy)
                 os.chmod(staging, 0o400)
                 os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)  # %upload DIR
@@ -296,14 +318,17 @@ class Wasmldr:
                 if os.path.exists(staging):
                     os.unlink(staging)
         entry = {"name": name, "bytes": info.bytes, "digest": info.digest, "owner": info.owner,
-                 "policy_digest": dataset_policy.digest(), "suite": info.suite}
+                 "policy_digest": dataset_policy.digest(), "suite": info.suite,
+                 "access": dataset_policy.data_access}
         if not self.audit.append("dataset", entry):  # type: ignore[union-attr]
             os.chmod(final, 0o600)
             os.unlink(final)  # nothing is opened that the log cannot record
             raise protocol.ProtocolError(AUDIT_FULL + "; the dataset was not opened", 409)
         self.cells.enforcer.tighten(dataset_policy)
+        self.cells.trusted.add(name, final, info.digest, info.owner, dataset_policy)
+        path = f"/data/{name}" if place == "data" else f"(trusted queries only: {name})"
         return cbor_response(protocol.Reply(ok=True, content={
-            **entry, "path": f"/data/{name}", "policy": self.cells.enforcer.policy.summary()}))
+            **entry, "path": path, "policy": self.cells.enforcer.policy.summary()}))
 
     async def _receive(self, request: web.Request, fd: int) -> dataset_format.DatasetInfo:
         """Read the body as it arrives (no re-chunking copies) and hand it over in batches of
@@ -356,6 +381,18 @@ class Wasmldr:
         if owners and info.owner not in owners:
             raise dataset_format.DatasetError(f"owner {info.owner} is not one of the owners this "
                                         "Keep's policy accepts (data.owners)")
+
+
+def _taken(root: str, name: str) -> str | None:
+    """The name (or a folder of it) a dataset already has, in /data or among the datasets only
+    trusted queries read: one namespace for both, so no dataset shadows another."""
+    parts = name.split("/")
+    for where in ("data", "trusted"):
+        for i in range(1, len(parts) + 1):
+            path = os.path.join(root, where, *parts[:i])
+            if os.path.lexists(path) and (i == len(parts) or not os.path.isdir(path)):
+                return "/".join(parts[:i])
+    return None
 
 
 def _private_dir() -> str:

@@ -16,10 +16,15 @@ tail no longer matches the signed head.  The export file (``.audit.cbor``) also 
 attestation answer it was verified against, so the data owner can check it offline.
 
 Entry kinds: ``start`` (profile, policy digest), ``cell`` (cell digest), ``dataset`` (name,
-keyed digest, owner, policy digest), ``release`` (digest of the released value, type, bytes,
+keyed digest, owner, policy digest, access), ``release`` (digest of the released value, type, bytes,
 note), ``refusal`` (the rule — once per rule per cell), ``error`` (how it was shown: ``full``
 with the digest of what was shown, or ``type`` with the error id the notebook showed),
-``upload-refused`` (reason), ``log-full`` (the log reached its limit; nothing more happened).
+``upload-refused`` (reason), ``log-full`` (the log reached its limit; nothing more happened);
+issue 16 adds ``review-request`` (a release queued for the owners: type, cell digest, datasets —
+never the value's digest or the note), ``review-decision`` (approve/reject, the owner, the
+reason, the new state), ``owner-refused`` (an owner request refused, with the reason),
+``dp-charge`` (a DP answer's ε and δ and the budget left), ``query`` (a threshold query, the
+groups shown) and ``query-refused`` (a trusted query refused, with the reason).
 
 What the analyst can read here is never a function of withheld content: a refusal names its
 rule and nothing else (an unsalted digest of the withheld output was a brute-force oracle —
@@ -86,6 +91,10 @@ class VerifiedLog:
         return rows
 
 
+def _num(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
 def describe(kind: str, d: dict) -> str:
     def short(v: Any) -> Any:
         if isinstance(v, str) and v.startswith(("sha256:", "hmac-sha256:")):
@@ -96,7 +105,8 @@ def describe(kind: str, d: dict) -> str:
     if kind == "cell":
         return f"{d.get('cell_kind')} cell {short(d.get('digest'))}"
     if kind == "dataset":
-        return (f"/data/{d.get('name')} {d.get('bytes')} bytes {short(d.get('digest'))}, owner "
+        where = "(trusted queries only) " if d.get("access") == "queries" else "/data/"
+        return (f"{where}{d.get('name')} {d.get('bytes')} bytes {short(d.get('digest'))}, owner "
                 f"{short(d.get('owner'))}, policy {short(d.get('policy_digest'))}")
     if kind == "release":
         note = f" — {d.get('note')}" if d.get("note") else ""
@@ -111,6 +121,21 @@ def describe(kind: str, d: dict) -> str:
     if kind == "log-full":
         return (f"the log reached its limit of {d.get('limit')} bytes: from here on the Keep "
                 "released nothing, ran no cell and took no dataset")
+    if kind == "review-request":
+        return (f"release #{d.get('id')} queued for review: a {d.get('type')} from cell "
+                f"{short(d.get('cell_digest'))}, datasets {', '.join(d.get('datasets') or [])}")
+    if kind == "review-decision":
+        why = f" ({d.get('reason')})" if d.get("reason") else ""
+        return f"release #{d.get('id')}: {d.get('decision')} by {short(d.get('owner'))}{why} → {d.get('state')}"
+    if kind == "owner-refused":
+        return f"owner request refused: {d.get('reason')}"
+    if kind == "dp-charge":
+        return (f"DP {d.get('query')}: spent ε={d.get('epsilon')}, δ={d.get('delta')}; "
+                f"ε={_num(d.get('remaining_epsilon'))} left")
+    if kind == "query":
+        return f"threshold query {d.get('query')}: {d.get('groups_shown')} groups of ≥ {d.get('min_group')} rows"
+    if kind == "query-refused":
+        return f"trusted query refused: {d.get('reason')}"
     if kind == "upload-refused":
         return f"dataset refused: {d.get('reason')}"
     return ", ".join(f"{k}={v}" for k, v in d.items())

@@ -23,6 +23,12 @@ The path of one Keep::
 An ``error`` answer to a request leaves the Keep where it was before the request (a refused
 provisioning leaves it ATTESTED), except while STARTING, where it means the Keep never started.
 
+A data owner's sealed review request (``owner_request`` → ``owner_reply``, the owner channel of
+:mod:`keepbook.keep.shared.owner_channel`) is not a move: it changes no state, and may be
+relayed only to a started Keep that is not waiting for an answer (:data:`OWNER_STATES`,
+:meth:`Handshake.require_owner_channel`); the owner's own client sends one only after its
+verifier accepted the Keep's evidence (VERIFIED), as for provisioning.
+
 Which message is which move: ``create_keep`` (client → manager) and ``start`` (manager → Keep)
 are ``start``; ``keep_info`` (manager → client) and ``reply`` (Keep → manager) answering them are
 ``started``; ``attest``/``attest_response``, ``provision``/``provision_response`` and ``error``
@@ -104,6 +110,14 @@ HINTS: dict[tuple[State, str], str] = {
     (S.PROVISIONED, "start"): "the Keep is already started",
     (S.READY, "start"): "the Keep is already started",
     (S.ATTESTED, "start"): "the Keep is already started",
+}
+
+#: where an owner request may go, by role: the owner's client only after verifying the evidence,
+#: the manager and the Keep once the Keep started and while no request waits for its answer
+OWNER_STATES: dict[Role, tuple[State, ...]] = {
+    C: (S.VERIFIED, S.PROVISIONED),
+    M: (S.READY, S.ATTESTED, S.PROVISIONED),
+    K: (S.READY, S.ATTESTED, S.PROVISIONED),
 }
 
 REQUESTS = frozenset({"start", "attest", "provision"})
@@ -191,6 +205,11 @@ class Handshake:
             raise LocalProtocolError(
                 f"cannot {doing} while the Keep is {self.state.value}"
                 f"{self._why()} (needs {' or '.join(s.value for s in allowed)})", 409)
+
+    def require_owner_channel(self) -> None:
+        """A data owner's request may travel now (:data:`OWNER_STATES`)?  LocalProtocolError
+        naming the state otherwise (for the client: 'verify the evidence first')."""
+        self.require(OWNER_STATES[self.role], "relay a data owner's review request")
 
     # -- the table
     def _move(self, move: str, what: str, *, local: bool) -> State:

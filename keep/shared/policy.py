@@ -17,18 +17,30 @@ never filters anything (it could not be trusted to).  The format (``docs/profile
 
     [release]                    # keep.release(value, note=...) in the guest
     required = false             # true: nothing but released values leaves
+    mode = "gate"                # "gate": released at once if the rules pass; "review": each
+                                 # release also waits for the data owner's approval
     types = ["number", "text", "list", "mapping", "table", "figure"]
     max_bytes = 65536            # per released value (its JSON encoding)
-    min_rows = 0                 # tables must show >= min_rows rows per row in ... (counts the
-    count_column = "n"           # ... cell itself reports: see MIN_ROWS_NOTICE)
+
+    [dp]                         # keep.dp.*: answered by the Keep's trusted side (OpenDP)
+    epsilon = 1.0                # the budget of one analyst session (one Keep), per dataset
+    delta = 1e-6
+    rows_per_person = 1          # the privacy unit: how many rows one person may have
+
+    [query]                      # keep.query(...): group-by computed by the Keep itself
+    min_group = 10               # groups with fewer rows are not shown
 
     [data]                       # rules for sealed datasets carrying this policy
     profiles = ["debug", "staging", "production"]   # profiles the data may be opened in
     owners = []                  # accepted owner key fingerprints ("sha256:<hex>"); [] = any
+    access = "files"             # "files": a read-only file the analyst's code reads at /data;
+                                 # "queries": only keep.dp / keep.query read it (never the code)
 
 Every key is optional; missing keys come from the Keep profile's default (``introspection``:
 "none" where ``release.required`` is true, else "full").  A dataset's policy can only tighten
-the Keep's (:meth:`OutputPolicy.meet`).
+the Keep's (:meth:`OutputPolicy.meet`).  ``release.min_rows`` and ``release.count_column`` are
+gone (see :data:`REMOVED_KEYS`): a policy that still has them is refused, so no policy silently
+keeps a rule that checked nothing.
 """
 
 from __future__ import annotations
@@ -48,15 +60,28 @@ from keepbook.keep.shared.facts import PROFILES
 OUTPUT_KINDS = ("stream", "display_data", "execute_result")
 RELEASE_TYPES = ("number", "text", "list", "mapping", "table", "figure")
 ERROR_LEVELS = ("full", "type")
+#: how keep.release leaves: at once when the rules pass, or after the data owner's approval
+RELEASE_MODES = ("gate", "review")
+#: who reads a dataset: the analyst's code (a file under /data), or only the trusted queries
+DATA_ACCESS = ("files", "queries")
 #: what completion and inspection may show, weakest first (``meet`` takes the earlier)
 INTROSPECTION_LEVELS = ("none", "names", "full")
 MAX_POLICY_BYTES = 256 * 1024
 #: the longest note a release may carry (``keep.release(value, note=...)``)
 NOTE_MAX_CHARS = 200
-#: said wherever min_rows is shown, until a trusted aggregate query replaces it (issue 16)
-MIN_ROWS_NOTICE = ("min_rows checks the row counts the analyst's own code reports in the count "
-                   "column; keepbook does not track where rows come from, so a cell that lies "
-                   "gets its table out — it restrains honest mistakes, not a hostile analyst")
+#: the largest privacy budget a policy may give (a larger one protects nothing)
+MAX_EPSILON = 100.0
+#: keys that were removed, and what to write instead (a policy that has one is refused)
+REMOVED_KEYS = {
+    ("release", "min_rows"): (
+        "release.min_rows was removed: it checked the row counts the analyst's own code reports, "
+        "so a cell that lied got its table out. Use [query] min_group = N: keep.query(...) "
+        "computes each group's rows in the Keep itself and suppresses the small ones "
+        "(docs/profiles-and-policy.md)"),
+    ("release", "count_column"): (
+        "release.count_column was removed with release.min_rows: use [query] min_group = N "
+        "(keep.query counts the rows itself; docs/profiles-and-policy.md)"),
+}
 
 
 class PolicyError(ValueError):
@@ -73,11 +98,17 @@ class OutputPolicy:
     release_required: bool = False
     release_types: tuple[str, ...] = RELEASE_TYPES
     release_max_bytes: int = 1024 * 1024
-    min_rows: int = 0
-    count_column: str = "n"
+    release_mode: str = "gate"
+    #: [dp]: the per-session budget (epsilon 0 = no keep.dp answers), and the privacy unit
+    dp_epsilon: float = 0.0
+    dp_delta: float = 0.0
+    dp_rows_per_person: int = 1
+    #: [query] min_group: 0 = no keep.query answers
+    query_min_group: int = 0
     introspection: str = "full"
     data_profiles: tuple[str, ...] = PROFILES
     data_owners: tuple[str, ...] = ()
+    data_access: str = "files"
     source: str = "default"
 
     # ------------------------------------------------------------------ parse
@@ -109,19 +140,25 @@ class OutputPolicy:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise PolicyError(f"{source}: not valid TOML: {exc}") from None
-        sections = {"output", "release", "data"}
+        sections = {"output", "release", "dp", "query", "data"}
         unknown = set(raw) - sections
         if unknown:
             raise PolicyError(f"{source}: unknown section(s) or key(s) {', '.join(sorted(unknown))}; "
-                              f"known sections: [output], [release], [data]")
+                              f"known sections: [output], [release], [dp], [query], [data]")
         for name in sections & set(raw):
             if not isinstance(raw[name], dict):
                 raise PolicyError(f"{source}: {name} must be a [{name}] table")
+        for (section, key), why in REMOVED_KEYS.items():
+            if key in raw.get(section, {}):
+                raise PolicyError(f"{source}: {why}")
         out, rel, data = raw.get("output", {}), raw.get("release", {}), raw.get("data", {})
+        dp, query = raw.get("dp", {}), raw.get("query", {})
         _known(source, "output", out, {"kinds", "mime", "errors", "cell_bytes", "session_bytes",
                                        "introspection"})
-        _known(source, "release", rel, {"required", "types", "max_bytes", "min_rows", "count_column"})
-        _known(source, "data", data, {"profiles", "owners"})
+        _known(source, "release", rel, {"required", "mode", "types", "max_bytes"})
+        _known(source, "dp", dp, {"epsilon", "delta", "rows_per_person"})
+        _known(source, "query", query, {"min_group"})
+        _known(source, "data", data, {"profiles", "owners", "access"})
         kw: dict[str, Any] = {"source": f"{source} over the {profile} default"}
         if "kinds" in out:
             kw["kinds"] = _choices(source, "output.kinds", out["kinds"], OUTPUT_KINDS)
@@ -152,12 +189,12 @@ class OutputPolicy:
             kw["release_types"] = _choices(source, "release.types", rel["types"], RELEASE_TYPES)
         if "max_bytes" in rel:
             kw["release_max_bytes"] = _count(source, "release.max_bytes", rel["max_bytes"])
-        if "min_rows" in rel:
-            kw["min_rows"] = _count(source, "release.min_rows", rel["min_rows"])
-        if "count_column" in rel:
-            if not isinstance(rel["count_column"], str) or not 0 < len(rel["count_column"]) <= 64:
-                raise PolicyError(f"{source}: release.count_column must be a short column name")
-            kw["count_column"] = rel["count_column"]
+        if "mode" in rel:
+            if rel["mode"] not in RELEASE_MODES:
+                raise PolicyError(f"{source}: release.mode must be \"gate\" (released at once when "
+                                  "the rules pass) or \"review\" (the data owner approves each)")
+            kw["release_mode"] = rel["mode"]
+        kw.update(_trusted_rules(source, dp, query))
         if "profiles" in data:
             kw["data_profiles"] = _choices(source, "data.profiles", data["profiles"], PROFILES)
         if "owners" in data:
@@ -167,6 +204,16 @@ class OutputPolicy:
                     raise PolicyError(f"{source}: data.owners: {o!r} is not \"sha256:<64 hex>\" "
                                       "(the fingerprint `keepbook seal` prints)")
             kw["data_owners"] = owners
+        if "access" in data:
+            if data["access"] not in DATA_ACCESS:
+                raise PolicyError(f"{source}: data.access must be \"files\" (the analyst's code "
+                                  "reads it under /data) or \"queries\" (only keep.dp and "
+                                  "keep.query read it)")
+            kw["data_access"] = data["access"]
+        if (dp or query) and kw.get("data_access", base.data_access) != "queries":
+            raise PolicyError(f"{source}: [dp] and [query] answer only over data the analyst's code "
+                              "cannot read (its own choice of query could carry rows out): add "
+                              "access = \"queries\" to [data]")
         return replace(base, **kw)
 
     # ------------------------------------------------------------------ combine
@@ -181,11 +228,13 @@ class OutputPolicy:
             release_required=self.release_required or other.release_required,
             release_types=tuple(t for t in self.release_types if t in other.release_types),
             release_max_bytes=min(self.release_max_bytes, other.release_max_bytes),
-            min_rows=max(self.min_rows, other.min_rows),
-            count_column=other.count_column if other.min_rows >= self.min_rows else self.count_column,
+            release_mode="review" if "review" in (self.release_mode, other.release_mode) else "gate",
+            **_meet_dp(self, other),
+            dp_rows_per_person=max(self.dp_rows_per_person, other.dp_rows_per_person),
+            query_min_group=max(self.query_min_group, other.query_min_group),
             introspection=min(self.introspection, other.introspection, key=INTROSPECTION_LEVELS.index),
             data_profiles=self.data_profiles, data_owners=self.data_owners,
-            source=f"{self.source} ∧ {other.source}")
+            data_access=self.data_access, source=f"{self.source} ∧ {other.source}")
 
     def digest(self) -> str:
         return "sha256:" + hashlib.sha256(json.dumps(self.summary(), sort_keys=True).encode()).hexdigest()
@@ -195,9 +244,11 @@ class OutputPolicy:
                 "cell_bytes": self.cell_bytes, "session_bytes": self.session_bytes,
                 "release_required": self.release_required,
                 "release_types": list(self.release_types),
-                "release_max_bytes": self.release_max_bytes, "min_rows": self.min_rows,
-                "count_column": self.count_column, "introspection": self.introspection,
-                **({"min_rows_notice": MIN_ROWS_NOTICE} if self.min_rows else {})}
+                "release_max_bytes": self.release_max_bytes, "release_mode": self.release_mode,
+                "dp": {"epsilon": self.dp_epsilon, "delta": self.dp_delta,
+                       "rows_per_person": self.dp_rows_per_person},
+                "query": {"min_group": self.query_min_group},
+                "introspection": self.introspection}
 
     def allows_mime(self, mime: str) -> bool:
         for pat in self.mime:
@@ -234,12 +285,52 @@ def _count(source: str, name: str, value: Any) -> int:
     return value
 
 
+def _number(source: str, name: str, value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise PolicyError(f"{source}: {name} must be a number from {low:g} to {high:g}")
+    return float(value)
+
+
+def _trusted_rules(source: str, dp: dict, query: dict) -> dict[str, Any]:
+    """The [dp] and [query] sections: the owner's budget and thresholds for the trusted side."""
+    kw: dict[str, Any] = {}
+    if dp:
+        if "epsilon" not in dp:
+            raise PolicyError(f"{source}: [dp] needs epsilon (the privacy budget of one analyst "
+                              "session, e.g. epsilon = 1.0)")
+        kw["dp_epsilon"] = _number(source, "dp.epsilon", dp["epsilon"], 0.0, MAX_EPSILON)
+        if kw["dp_epsilon"] <= 0:
+            raise PolicyError(f"{source}: dp.epsilon must be above 0 (leave [dp] out for no "
+                              "differentially private answers)")
+        kw["dp_delta"] = _number(source, "dp.delta", dp.get("delta", 0.0), 0.0, 0.01)
+        if "rows_per_person" in dp:
+            kw["dp_rows_per_person"] = _count(source, "dp.rows_per_person", dp["rows_per_person"])
+            if not 1 <= kw["dp_rows_per_person"] <= 1_000_000:
+                raise PolicyError(f"{source}: dp.rows_per_person must be from 1 to 1000000")
+    if "min_group" in query:
+        kw["query_min_group"] = _count(source, "query.min_group", query["min_group"])
+        if kw["query_min_group"] < 2:
+            raise PolicyError(f"{source}: query.min_group must be at least 2 (a group of one row "
+                              "is that row)")
+    return kw
+
+
 def _is_hex(s: str) -> bool:
     try:
         bytes.fromhex(s)
         return True
     except ValueError:
         return False
+
+
+def _meet_dp(a: "OutputPolicy", b: "OutputPolicy") -> dict[str, float]:
+    """The stricter [dp] budget: a policy without [dp] (epsilon 0) says nothing about it."""
+    given = [p for p in (a, b) if p.dp_epsilon > 0]
+    if not given:
+        return {"dp_epsilon": 0.0, "dp_delta": 0.0}
+    return {"dp_epsilon": min(p.dp_epsilon for p in given),
+            "dp_delta": min(p.dp_delta for p in given)}
 
 
 def _min_budget(a: int, b: int) -> int:
@@ -349,17 +440,3 @@ def _render_table(cols: list, index: list, rows: list) -> dict[str, str]:
                  + "</tr>" for r in body)
     return {"text/plain": text,
             "text/html": f"<table class=\"dataframe\"><thead><tr>{th}</tr></thead><tbody>{tr}</tbody></table>"}
-
-
-def rows_problem(value: dict, min_rows: int, count_column: str) -> str | None:
-    cols = value["columns"]
-    if count_column not in cols:
-        return (f"tables must show how many rows contributed to each row in a column named "
-                f"{count_column!r}, each at least {min_rows}")
-    j = cols.index(count_column)
-    small = [r[j] for r in value["rows"]
-             if isinstance(r[j], bool) or not isinstance(r[j], (int, float)) or r[j] < min_rows]
-    if small:  # how many: not said — a number computed from the data is not a policy notice
-        return (f"a row reports fewer than {min_rows} contributing rows (column "
-                f"{count_column!r}); group more coarsely")
-    return None

@@ -873,6 +873,37 @@ class Reply(Message):
     content: dict
 
 
+# --------------------------------------------------------------------------- the owner channel
+
+#: the largest sealed owner request (decisions and their reasons are short)
+MAX_OWNER_REQUEST_BYTES = 16 * 1024
+
+
+@dataclass
+class OwnerRequest(Message):
+    """A data owner's review request (list, show, decide), signed with their owner key and
+    sealed to the Keep's attested dataset key (:mod:`keepbook.keep.shared.owner_channel`);
+    client → keepmgr (``POST /v1/keeps/{id}/owner``) → keepldr → the Keep, who alone opens it."""
+
+    MSG: ClassVar[str] = "owner_request"
+    SPEC: ClassVar[Mapping[str, F]] = {
+        "suite": F((str,), max_len=64, min_len=1),
+        "sealed": F((bytes,), min_len=32, max_len=MAX_OWNER_REQUEST_BYTES),
+    }
+    suite: str
+    sealed: bytes
+
+
+@dataclass
+class OwnerReply(Message):
+    """The Keep's answer, signed with its audit key and sealed to the request's one-use key."""
+
+    MSG: ClassVar[str] = "owner_reply"
+    SPEC: ClassVar[Mapping[str, F]] = {"sealed": F((bytes,), min_len=32,
+                                                   max_len=MAX_CONTROL_BYTES - 4096)}
+    sealed: bytes
+
+
 # --------------------------------------------------------------------------- framing
 
 

@@ -37,9 +37,9 @@ def refused(parts, keys=KEYS) -> str:
 
 @pytest.mark.parametrize("suite", list(sealing.SUITES))
 def test_round_trip(suite):
-    info, plain = dataset_opener.open_stream(seal(suite=suite, policy=b"[release]\nmin_rows = 5\n"), KEYS)
+    info, plain = dataset_opener.open_stream(seal(suite=suite, policy=b"[release]\nmax_bytes = 5000\n"), KEYS)
     assert plain == DATA and info.chunks == 6 and info.bytes == len(DATA)
-    assert info.policy == b"[release]\nmin_rows = 5\n" and info.owner.startswith("sha256:")
+    assert info.policy == b"[release]\nmax_bytes = 5000\n" and info.owner.startswith("sha256:")
 
 
 def test_ecdsa_owner_and_empty_file():
@@ -104,10 +104,10 @@ def test_wrong_key():
 
 
 def test_header_edited_after_sealing_is_caught():
-    parts = seal(policy=b"[release]\nmin_rows = 10\n")
+    parts = seal(policy=b"[release]\nmax_bytes = 100\n")
     kind, length = dataset_format.FRAME.unpack_from(parts[0])
     header = protocol.loads(parts[0][dataset_format.FRAME.size:])
-    header["policy"] = b"[release]\nmin_rows = 0\n"  # the analyst wants a looser policy
+    header["policy"] = b"[release]\nmax_bytes = 100000\n"  # the analyst wants a looser policy
     body = protocol.dumps(header)
     parts[0] = dataset_format.FRAME.pack(b"H", len(body)) + body
     assert "wrong key" in refused(parts) or "authentication failed" in refused(parts)
@@ -144,7 +144,7 @@ def test_names_may_sit_in_folders():  # %upload DIR keeps the notebook's relativ
 
 def test_seal_spec(tmp_path):
     (tmp_path / "p.csv").write_text("a\n")
-    (tmp_path / "pol.toml").write_text("[release]\nmin_rows = 3\n")
+    (tmp_path / "pol.toml").write_text("[release]\nmax_bytes = 3000\n")
     (tmp_path / "spec.toml").write_text('data = "p.csv"\npolicy = "pol.toml"\n'
                                         'suite = "mlkem768x25519-hkdfsha256-aes128gcm"\n')
     spec = dataset_sealer.parse_spec(tmp_path / "spec.toml")

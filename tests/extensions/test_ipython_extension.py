@@ -157,6 +157,29 @@ def test_interrupt_stops_a_keep_cell(kernel):
     assert "alive" in res.stream("stdout") and "fresh Python session" in res.stream("stderr")
 
 
+def test_review_from_an_ordinary_kernel_updates_the_pending_release(kernel, tmp):
+    """%load_ext keepbook: the owner's %review (widget and commands) and the analyst's pending
+    release, updated in place (update_display_data) once the owner approved."""
+    data = tmp / "ages.csv"
+    data.write_text("age\n" + "".join(f"{20 + i % 40}\n" for i in range(50)))
+    (tmp / "review.toml").write_text('[release]\nmode = "review"\n')
+    (tmp / "ages.seal.toml").write_text('data = "ages.csv"\npolicy = "review.toml"\n')
+    ok(kernel.execute(f"%upload {tmp / 'ages.seal.toml'} --as ages.csv"))
+    res = ok(kernel.execute("%%keep\nimport keep, pandas as pd\n"
+                            "keep.release(int(pd.read_csv('/data/ages.csv').age.sum()), note='total')"))
+    pending = [d for d in res.of_type("display_data") if "waiting for the data owner" in
+               d["data"].get("text/plain", "")]
+    assert len(pending) == 1
+    display_id = pending[0]["transient"]["display_id"]
+    listed = ok(kernel.execute("%review --allow-simulated --profile staging"))
+    assert "#1  PENDING" in listed.text()
+    approved = ok(kernel.execute("%review approve 1 --allow-simulated --profile staging"))
+    assert "#1 approved" in approved.stream("stdout")
+    updates = [m for m in approved.of_type("update_display_data")
+               if m["transient"]["display_id"] == display_id]
+    assert updates and updates[0]["data"]["text/plain"] == str(sum(20 + i % 40 for i in range(50)))
+
+
 def test_status_list_and_close(kernel):
     status = ok(kernel.execute("%keep status")).text()
     kid = re.search(r"^id\s+(\w+)", status, re.M).group(1)

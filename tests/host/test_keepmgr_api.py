@@ -34,7 +34,8 @@ def test_health_needs_no_token(shared_manager) -> None:
 def test_every_endpoint_needs_the_token(shared_manager, token, why) -> None:
     for method, path in [("GET", "/v1/contracts"), ("GET", "/v1/keeps"), ("POST", "/v1/keeps"),
                          ("GET", "/v1/keeps/x"), ("DELETE", "/v1/keeps/x"),
-                         ("POST", "/v1/keeps/x/attest"), ("POST", "/v1/keeps/x/provision")]:
+                         ("POST", "/v1/keeps/x/attest"), ("POST", "/v1/keeps/x/provision"),
+                         ("POST", "/v1/keeps/x/owner")]:
         status, body = http(method, shared_manager.url + path, b"" if method == "POST" else None, token=token)
         assert status == 401, (method, path)
         assert why in reason(body)
@@ -167,3 +168,24 @@ def test_systemd_launcher_that_cannot_work_is_a_clear_start_error(tmp_path) -> N
                         "--state-dir", str(tmp_path), "--launcher", "systemd-run"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--launcher systemd-run cannot start Keeps here" in r.stderr
+
+
+@pytest.mark.parametrize("body, status, why", [
+    (cbor2.dumps({"v": 1, "msg": "owner_request", "suite": "x25519-hkdfsha256-aes128gcm"}), 400,
+     "required field 'sealed' is missing"),
+    (cbor2.dumps({"v": 1, "msg": "owner_request", "suite": "x25519-hkdfsha256-aes128gcm",
+                  "sealed": b"\0" * 20000}), 413, "exceeds the limit"),
+    (p.OwnerRequest(suite="x25519-hkdfsha256-aes128gcm", sealed=b"\1" * 64).to_cbor(), 400,
+     "does not open with this Keep's key"),
+    (p.OwnerRequest(suite="rot13", sealed=b"\1" * 64).to_cbor(), 400, "no key of suite"),
+])
+def test_malformed_owner_requests_are_refused_with_a_reason(shared_manager, body, status, why) -> None:
+    """The owner channel's relay (docs/protocol.md): the Keep (or the manager, for the shape)
+    refuses what it cannot open, naming why; the Keep keeps answering."""
+    m = shared_manager
+    info = create(m)
+    got, answer = http("POST", f"{m.url}/v1/keeps/{info.id}/owner", body, token=m.token)
+    assert (got, why in reason(answer)) == (status, True), reason(answer)
+    status_, _ = http("POST", f"{m.url}/v1/keeps/{info.id}/attest", p.AttestRequest(nonce=NONCE).to_cbor(),
+                      token=m.token)
+    assert status_ == 200

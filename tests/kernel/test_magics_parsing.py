@@ -63,6 +63,9 @@ def test_sizes():
     ("%keep new --profile p", {"production"}),
     ("%keep new --man", {"--manager", "--manager-ca"}),
     ("%attest --ex", {"--explain"}),
+    ("%review a", {"approve"}),
+    ("%review list --al", {"--allow-simulated"}),
+    ("%review --profile p", {"production"}),
     ("%ke", {"%keep"}),
     ("%tim", {"%time", "%timeit"}),
     ("%%tim", {"%%time", "%%timeit"}),
@@ -72,7 +75,7 @@ def test_tab_completes_magics_options_and_values(line, expected):
     matches, start, end = mg.complete_magic(line, len(line))
     assert set(matches) == expected
     assert end == len(line) and line[start:end] in {"sim-", "p", "--man", "--ex", "%ke", "%tim",
-                                                    "%%tim", "%%wa"}
+                                                    "%%tim", "%%wa", "a", "--al"}
 
 
 def test_wasi_options_of_wasm_and_compiled_cells():

@@ -40,6 +40,40 @@ def test_walkthrough_shows_verified_trust_vector_and_keep_output() -> None:
     assert "5050" in text
 
 
+def test_sensitive_analysis_shows_the_three_ways_out_and_what_each_refuses() -> None:
+    """Review: the pending release is updated in place with the approved value, the rejected
+    one with the owner's reason; DP: answers labelled by the Keep (OpenDP), refusals named, the
+    budget shown; threshold query: the 5-patient ward suppressed; the analyst's code cannot see
+    the queries-only file."""
+    nb = nbformat.read(ROOT / "notebooks" / "sensitive-analysis.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="keepbook",
+                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+
+    def texts(i: int) -> str:
+        return "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
+                         for o in nb.cells[i].get("outputs", []))
+
+    def cell(start: str) -> int:
+        return next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and start in c.source)
+
+    mean = texts(cell("keep.release(round(float(adults"))
+    assert "waiting" not in mean and float(mean.strip()) > 100          # approved: the value
+    table = texts(cell("by_ward = df.groupby"))
+    assert "rejected by the data owner: the rare-disease unit" in table and "cardiology" not in table
+    assert texts(cell("keep.release(int(os.path.exists")).strip().endswith("\n0")
+    dp = texts(cell("n = keep.dp.count"))
+    assert dp.count("computed in the Keep by OpenDP") == 3
+    refused = texts(cell("for ask in"))
+    for words in ("bounds are missing", "epsilon must be a number above 0", "privacy budget is spent"):
+        assert words in refused
+    assert "patients.csv: ε 0.3 of 1 left" in texts(cell("%keep status"))
+    wards = texts(cell("wards = keep.query"))
+    assert "cardiology" in wards and "rare-disease" not in wards
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors, errors
+
+
 PARAMETERS = {"teaching-attestation.ipynb": {"backend": "sim-tdx", "attacks": "flip-evidence,replay"},
               "attestation-walkthrough.ipynb": {"backend": "sim-sgx", "profile": "production"},
               "sensitive-analysis.ipynb": {"backend": "sim-tdx"}}

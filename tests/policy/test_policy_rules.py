@@ -41,13 +41,49 @@ def test_empty_policy_is_the_profile_default():
 
 
 def test_policy_overrides_the_default_key_by_key():
-    p = OutputPolicy.parse(b'[release]\nmin_rows = 5\n[output]\ncell_bytes = 100\n', "production")
-    assert p.min_rows == 5 and p.cell_bytes == 100 and p.release_required
+    p = OutputPolicy.parse(b'[release]\nmode = "review"\n[output]\ncell_bytes = 100\n', "production")
+    assert p.release_mode == "review" and p.cell_bytes == 100 and p.release_required
+
+
+@pytest.mark.parametrize("key", ["min_rows = 5", "count_column = 'n'"])
+def test_the_removed_min_rows_rule_is_refused_naming_what_replaced_it(key):
+    """No policy silently keeps a rule that checked nothing: min_rows trusted the counts the
+    analyst's own code reported."""
+    with pytest.raises(PolicyError) as exc:
+        OutputPolicy.parse(f"[release]\n{key}\n", "production", "owner.toml")
+    text = str(exc.value)
+    assert "owner.toml" in text and "was removed" in text and "[query] min_group" in text
+
+
+def test_dp_and_query_sections():
+    p = OutputPolicy.parse('[dp]\nepsilon = 1.5\ndelta = 1e-6\nrows_per_person = 3\n'
+                           '[query]\nmin_group = 12\n[data]\naccess = "queries"', "production")
+    assert (p.dp_epsilon, p.dp_delta, p.dp_rows_per_person) == (1.5, 1e-6, 3)
+    assert p.query_min_group == 12 and p.data_access == "queries"
+    assert p.summary()["dp"] == {"epsilon": 1.5, "delta": 1e-6, "rows_per_person": 3}
+
+
+def test_meet_of_dp_budgets_is_the_smaller_and_a_policy_without_dp_says_nothing():
+    base = OutputPolicy.for_profile("production")
+    a = OutputPolicy.parse('[dp]\nepsilon = 2.0\ndelta = 1e-5\n[data]\naccess = "queries"', "production")
+    b = OutputPolicy.parse('[dp]\nepsilon = 1.0\n[query]\nmin_group = 5\n[data]\naccess = "queries"',
+                           "production")
+    assert (base.meet(a).dp_epsilon, base.meet(a).dp_delta) == (2.0, 1e-5)
+    m = a.meet(b)
+    assert (m.dp_epsilon, m.dp_delta, m.query_min_group) == (1.0, 0.0, 5)
+    assert a.meet(OutputPolicy.parse('[release]\nmode = "review"', "production")).release_mode == "review"
 
 
 @pytest.mark.parametrize("text, words", [
     ("[output]\nkinds = ['stdout']", "output.kinds: unknown value(s) stdout"),
-    ("[release]\nmin_rows = -1", "release.min_rows must be a non-negative integer"),
+    ("[release]\nmode = 'ask'", "release.mode must be \"gate\""),
+    ("[dp]\nepsilon = 1", "add access = \"queries\" to [data]"),
+    ("[dp]\ndelta = 0.0\n[data]\naccess = 'queries'", "[dp] needs epsilon"),
+    ("[dp]\nepsilon = 0\n[data]\naccess = 'queries'", "dp.epsilon must be above 0"),
+    ("[dp]\nepsilon = -1\n[data]\naccess = 'queries'", "dp.epsilon must be a number from 0"),
+    ("[dp]\nepsilon = 1\ndelta = 0.5\n[data]\naccess = 'queries'", "dp.delta must be a number"),
+    ("[query]\nmin_group = 1\n[data]\naccess = 'queries'", "query.min_group must be at least 2"),
+    ("[data]\naccess = 'everyone'", "data.access must be"),
     ("[release]\nrequired = 'yes'", "release.required must be true or false"),
     ("[output]\nerrors = 'some'", "output.errors"),
     ("[outputs]\n", "unknown section(s) or key(s) outputs"),
@@ -63,11 +99,11 @@ def test_bad_policies_name_the_key(text, words):
 
 def test_meet_is_the_stricter_rule_by_rule():
     keep = OutputPolicy.parse("[output]\ncell_bytes = 1000", "staging")
-    owner = OutputPolicy.parse("[release]\nrequired = true\nmin_rows = 10\ntypes = ['number', 'table']\n"
+    owner = OutputPolicy.parse("[release]\nrequired = true\nmode = 'review'\ntypes = ['number', 'table']\n"
                                "[output]\nerrors = 'type'\ncell_bytes = 5000\nmime = ['text/plain']",
                                "staging")
     m = keep.meet(owner)
-    assert m.release_required and m.min_rows == 10 and m.errors == "type"
+    assert m.release_required and m.release_mode == "review" and m.errors == "type"
     assert m.cell_bytes == 1000 and m.release_types == ("number", "table") and m.mime == ("text/plain",)
     assert keep.meet(owner).summary() == owner.meet(keep).summary()
 
@@ -134,27 +170,8 @@ def test_release_over_cell_budget_then_session_budget():
     assert g2.filter("release", {"value": {"type": "number", "value": 1}, "note": ""})[0][0] == "display_data"
 
 
-def test_min_rows_too_few():
-    g = gate("[release]\nmin_rows = 10")
-    out = g.filter("release", {"value": table([["a", 12, 1.0], ["b", 3, 2.0]]), "note": ""})
-    assert notices(out) == ["withheld by policy: release.min_rows — a row reports fewer than "
-                            "10 contributing rows (column 'n'); group more coarsely"]
-
-
-def test_min_rows_needs_the_count_column():
-    g = gate("[release]\nmin_rows = 10")
-    out = g.filter("release", {"value": table([[1, 2]], cols=("a", "b")), "note": ""})
-    assert "column named 'n'" in notices(out)[0]
-
-
-def test_min_rows_enough():
-    g = gate("[release]\nmin_rows = 10")
-    out = g.filter("release", {"value": table([["a", 12, 1.0], ["b", 30, 2.0]]), "note": ""})
-    assert out[0][0] == "display_data" and "<table" in out[0][1]["data"]["text/html"]
-
-
 def test_table_html_is_escaped():
-    g = gate("[release]\nmin_rows = 0", profile="staging")
+    g = gate("", profile="staging")
     out = g.filter("release", {"value": table([["<script>", 1, 2]]), "note": ""})
     assert "<script>" not in out[0][1]["data"]["text/html"]
 

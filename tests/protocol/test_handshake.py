@@ -185,3 +185,23 @@ def test_a_real_keep_refuses_a_replayed_provisioning_itself():
         assert isinstance(again, p.ErrorBody) and "already started" in again.reason
     finally:
         keep.close()
+
+
+def test_owner_requests_need_a_started_keep_and_a_verified_one_for_the_client() -> None:
+    """The owner channel is not a move: it changes no state, goes only to a started Keep not
+    waiting for an answer, and the owner's client sends only after verifying the evidence."""
+    from keepbook.keep.shared.handshake import Handshake, Role, State
+    from keepbook.keep.shared.protocol import LocalProtocolError
+
+    for role in Role:
+        with pytest.raises(LocalProtocolError, match="relay a data owner's review request"):
+            Handshake(role, State.NEW).require_owner_channel()
+        with pytest.raises(LocalProtocolError):
+            Handshake(role, State.ATTESTING).require_owner_channel()
+    Handshake(Role.KEEP, State.PROVISIONED).require_owner_channel()
+    Handshake(Role.MANAGER, State.READY).require_owner_channel()
+    with pytest.raises(LocalProtocolError, match="needs verified or provisioned"):
+        Handshake(Role.CLIENT, State.ATTESTED).require_owner_channel()
+    hs = Handshake(Role.CLIENT, State.VERIFIED)
+    hs.require_owner_channel()
+    assert hs.state is State.VERIFIED

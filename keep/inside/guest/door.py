@@ -1,7 +1,8 @@
 """The guest's side of the Keep's door (``_host.call``).  NOT imported on the host.
 
 Every output leaves the interpreter as one JSON frame through the door, while the cell runs.
-The door's answer carries the host's wishes: ``I`` = interrupt, ``D`` = deadline (raised as
+The door's answer carries the host's wishes (inside a JSON answer's ``signal`` for
+:func:`ask`): ``I`` = interrupt, ``D`` = deadline (raised as
 KeyboardInterrupt / TimeoutError at the next door call, so state survives when the cell prints
 or sleeps), ``T`` = output cap reached (stop sending stream text).
 
@@ -22,6 +23,25 @@ STATE = {"quiet": False, "last_flush": 0.0, "errored": False}
 def send(msg):
     answer = _host.call(json.dumps(msg, separators=(",", ":"), default=str).encode("utf-8"))
     _obey(answer)
+
+
+def ask(msg, default=str):
+    """A door call whose answer is a JSON object (a trusted query's); the host's wish
+    (interrupt, deadline) rides along in it as ``signal``."""
+    flush_streams()
+    raw = _host.call(json.dumps(msg, separators=(",", ":"), allow_nan=False,
+                                default=default).encode("utf-8"))
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        _obey(raw)
+        raise RuntimeError("the Keep answered no query")
+    signal = answer.get("signal")
+    if signal in ("I", "D", "T"):
+        _obey(signal.encode())
+    return answer
 
 
 def send_error(ename, evalue, traceback):

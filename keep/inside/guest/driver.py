@@ -12,7 +12,8 @@ It sets up, before the user's first cell:
   ipykernel's;
 * matplotlib's inline backend (``matplotlib_inline``, as in ipykernel): figures are PNGs;
 * the ``keep`` module (``keep.display``, ``keep.release`` — the Keep's policy engine, outside
-  this interpreter, decides what leaves);
+  this interpreter, decides what leaves; ``keep.dp.*`` and ``keep.query`` — questions the Keep's
+  trusted side answers, ``trusted.py``);
 * ``input()`` raises a clear error; ``time.sleep`` listens for interrupts; ``exit()`` ends the
   session (the Keep announces it).
 """
@@ -26,6 +27,8 @@ import types
 from . import door
 from .door import flush_streams as _flush_streams
 from .door import send as _send
+from .trusted import DP as _DP
+from .trusted import query as _query
 
 _STATE = {"shell": None}
 
@@ -93,8 +96,10 @@ def release(value, note=None):
     """Ask the Keep to release ``value`` to the notebook, with a note saying why.
 
     The Keep (not this interpreter) checks it against the data owner's output policy — type,
-    size, contributing rows for tables, byte budgets — and either shows it or shows
-    "withheld by policy: <rule>".  In the production profile this is the only way out."""
+    size, byte budgets — and either shows it or shows "withheld by policy: <rule>"; under
+    ``[release] mode = "review"`` it is queued for the data owner's approval (this call returns
+    at once; the notebook shows it as pending).  In the production profile this is the only way
+    out besides keep.dp and keep.query."""
     if note is not None and not isinstance(note, str):
         raise TypeError("keep.release(): note must be text")
     _flush_streams()
@@ -127,10 +132,13 @@ def _display(*objs, **kwargs):
 
 
 def _make_keep_module():
-    mod = types.ModuleType("keep", "keepbook helpers inside the Keep: display(), release().")
+    mod = types.ModuleType("keep", "keepbook helpers inside the Keep: display(), release(), "
+                           "dp.*, query().")
     mod.__path__ = []
     mod.display = _display
     mod.release = release
+    mod.dp = _DP()
+    mod.query = _query
     mod.show_figures = _show_figures
     sys.modules["keep"] = mod
     return mod
