@@ -246,12 +246,7 @@ class PythonSession:
     def _drop(self, why: str) -> None:
         session, self._session = self._session, None
         if session is not None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                try:
-                    session.close()
-                except Exception:
-                    pass
+            _close_quietly(session)
         self._lost = why
 
     def restart(self) -> None:
