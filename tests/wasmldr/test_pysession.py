@@ -255,3 +255,12 @@ def test_a_pooled_keeps_spare_session_is_adopted_only_for_its_limit_and_folder(t
         assert pysession._spare is None and spare.ended is not None  # closed, not kept
     finally:
         other.close()
+
+
+def test_a_cell_cannot_write_the_bytecode_other_sessions_read(session):
+    """The guest's bytecode folder (shared between Keeps once filled, see guest_site) is
+    granted read-only to every session that runs cells."""
+    status, rec = run(session, "import sys\ntry:\n    open(sys.pycache_prefix + '/planted.pyc', 'wb')\n"
+                               "    print('written')\nexcept OSError as e:\n    print('refused', type(e).__name__)")
+    assert status["ok"], rec.events
+    assert rec.stdout().startswith("refused"), rec.stdout()
