@@ -94,7 +94,9 @@ def interleaved_mib_s(nbytes: int, reps: int) -> tuple[Sample, Sample, str]:
 
     owner = dataset_sealer.load_owner_key(dataset_sealer.new_owner_key_pem())  # never the user's own key
     mgr = Manager(backends="sim-snp")
-    lab = Lab(mgr, "sim-snp")
+    # every upload stays under /data, and the Keep's files count against its memory limit
+    # (its storage meter): room for all of them
+    lab = Lab(mgr, "sim-snp", memory_bytes=(reps + 2) * nbytes + 256 * MiB)
     upload, base = Sample(), Sample()
     try:
         lab.new_attested()
