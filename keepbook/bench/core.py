@@ -123,6 +123,7 @@ GOALS: dict[str, Goal] = {
     "python_fib_vs_native_ratio": Goal(3.0, True),
     "numpy_pandas_vs_native_ratio": Goal(1.3, True),
     "idle_python_keep_mb": Goal(100, False, unit="MB"),
+    "idle_python_keep_pss_mb": Goal(100, False, unit="MB"),
     "python_keeps_capacity": Goal(20, False, at_least=True, unit="Keeps"),
 }
 
