@@ -77,9 +77,8 @@ def rows(reps: int, confirm: int, backend: str = "sim-snp") -> tuple[list[Row], 
     try:
         # one other idle Python Keep stays up meanwhile, as on a machine that runs several: the
         # pages Keeps share (the one mapped compiled interpreter, libraries) count 1/n in PSS
-        neighbour = lab.agent.current
-        _python_keep(lab)
-        neighbour, lab.agent.current = lab.agent.current, neighbour
+        neighbour = _python_keep(lab)
+        lab.agent.current = None
         for _ in range(max(1, reps)):
             keep_id = _python_keep(lab)
             time.sleep(IDLE_S)
@@ -88,8 +87,7 @@ def rows(reps: int, confirm: int, backend: str = "sim-snp") -> tuple[list[Row], 
             pss.add(sum(pss_bytes(p) for p in pids) / MB)
             files.add(keep_files_bytes(pids) / MB)
             lab.close()
-        if neighbour is not None:
-            lab.agent.call(neighbour.close())
+        lab.agent.call(lab.agent.close(neighbour))
         marginal = None
         if confirm:
             time.sleep(1.0)
