@@ -160,7 +160,7 @@ def shared_pycache() -> Path | None:
     Keeps, labelled NO PROTECTION / SIMULATED; a VM Keep has no Python engine."""
     try:
         folder = pycache_root() / pycache_key()
-    except (OSError, RuntimeError, ValueError):
+    except (OSError, RuntimeError, KeyError, ValueError):  # no home folder, no artifact set
         return None
     if not (_private(folder.parent, True) and _private(folder, True)):
         return None
@@ -175,12 +175,12 @@ def fill_shared_pycache(compile_into: Callable[[Path], None]) -> Path | None:
     found = shared_pycache()
     if found is not None:
         return found
-    root = pycache_root()
     try:
+        root = pycache_root()
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(root, 0o700)
         work = Path(tempfile.mkdtemp(prefix=".filling-", dir=root))
-    except OSError:
+    except (OSError, RuntimeError, KeyError):
         return None
     try:
         compile_into(work)
