@@ -32,11 +32,13 @@ def cmd_warm(args: argparse.Namespace) -> int:
     test or first cell pays for it."""
     import time
 
-    steps = [("Python engine (CPython in Wasm)", "keepbook.keep.inside.pysession"),
+    # package data first: it is among the staged files whose digest keys the Python engine's
+    # shared bytecode (guest_site.pycache_key), so the engine's step compiles for the right key
+    steps = [("package data for the Keep's Python (sklearn sample images; PyPI once)",
+              "keepbook.keep.shared.guest_data"),
+             ("Python engine (CPython in Wasm)", "keepbook.keep.inside.pysession"),
              ("C/C++/Zig → wasm32-wasi libraries", "keepbook.kernel.compilers"),
-             ("simulated vendor roots", "keepbook.keep.inside.simulated_tee.vendor"),
-             ("package data for the Keep's Python (sklearn sample images; PyPI once)",
-              "keepbook.keep.shared.guest_data")]
+             ("simulated vendor roots", "keepbook.keep.inside.simulated_tee.vendor")]
     for label, module in steps:
         t = time.time()
         try:

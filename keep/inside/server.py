@@ -152,11 +152,9 @@ class Wasmldr:
         self.audit = audit_log.AuditLog(msg.keep_id, config.digest(), self.keys.audit)
         self.audit.append("start", {"profile": config.profile, "backend": config.backend,
                                     "policy_digest": policy.digest(), "policy_source": policy.source})
-        self.data_root = _private_dir()
-        os.makedirs(os.path.join(self.data_root, "data"), mode=0o700)
-        os.makedirs(os.path.join(self.data_root, "staging"), mode=0o700)
-        # datasets sealed with [data] access = "queries": no cell can open this directory
-        os.makedirs(os.path.join(self.data_root, "trusted"), mode=0o700)
+        if self.data_root is None:  # a pooled Keep made it before it booted (prewarm)
+            self.make_data_root()
+        assert self.data_root is not None
         self.storage = Storage([_SCRATCH or "", self.data_root], config.limits["memory_bytes"])
         reviews = ReviewQueue(msg.keep_id, config.digest(), self.keys.dataset, self.keys.audit.sign,
                               self.audit.append)
@@ -165,6 +163,15 @@ class Wasmldr:
                            audit=self.audit.append, policy=policy, storage=self.storage,
                            reviews=reviews)
         return protocol.Reply(ok=True, content={"profile": config.profile})
+
+    def make_data_root(self) -> str:
+        """The Keep's private folder for datasets (data/, staging/); its /data folder's path."""
+        self.data_root = _private_dir()
+        os.makedirs(os.path.join(self.data_root, "data"), mode=0o700)
+        os.makedirs(os.path.join(self.data_root, "staging"), mode=0o700)
+        # datasets sealed with [data] access = "queries": no cell can open this directory
+        os.makedirs(os.path.join(self.data_root, "trusted"), mode=0o700)
+        return os.path.join(self.data_root, "data")
 
     async def provision(self, msg: protocol.ProvisionRequest) -> protocol.ProvisionResponse:
         assert self.identity is not None
@@ -440,7 +447,7 @@ async def serve(backend: str, ctrl_in: int, ctrl_out: int) -> None:
     from keepbook.keep.inside import prewarm
 
     if prewarm.wanted():  # a pooled Keep: pay one-time costs before anyone waits (no client data)
-        await asyncio.to_thread(prewarm.prewarm, backend)
+        await asyncio.to_thread(prewarm.prewarm, backend, keep.make_data_root())
     keep.lifecycle("booted")
 
     frames = FrameReader(reader)

@@ -1,6 +1,6 @@
-"""Compute in the Keep against native, same code: C (zig → wasm32-wasi, -O2) vs gcc -O2; a pure
-Python loop, recursive fib and a numpy/pandas workload in the Keep's CPython-in-Wasm vs native
-CPython.  Python workloads time themselves (perf_counter around the work only, so interpreter
+"""Compute in the Keep against native, same code: C (zig → wasm32-wasi, -O2) vs gcc -O2 and vs
+the same .wasm in plain wasmtime-py (the engine's floor, no Keep); a pure Python loop, recursive
+fib and a numpy/pandas workload in the Keep's CPython-in-Wasm vs native CPython.  Python workloads time themselves (perf_counter around the work only, so interpreter
 start-up and imports are not in the number) and print the seconds."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 import venv
 from pathlib import Path
 
-from .core import Goal, Row, Sample, not_measured
+from .core import Row, Sample, goal, not_measured
 from .lab import Lab, Manager
 
 C_N, C_REPEATS = 400, 8
@@ -125,14 +125,47 @@ def _fast_worker_running(lab: Lab, keep_id: str) -> bool:
     return False
 
 
+class PlainWasmtime:
+    """The same .wasm in plain wasmtime-py, no Keep: an engine made by the Keep's own runtime code
+    with the fast tier's settings (no epoch checks, no fuel, the same Cranelift level — so the
+    settings cannot drift apart), wasmtime's own WASI, stdout to a file.  Compiled once (the
+    Keep caches compiled modules too); each run is a fresh store + instantiate + ``_start``."""
+
+    def __init__(self, module: bytes, tmp: str):
+        import wasmtime as wt
+
+        from keepbook.keep.inside.runtime import WasmRuntime
+
+        self.wt = wt
+        self.engine = WasmRuntime(epoch=False, fast_tier=False).engine
+        self.module = wt.Module(self.engine, module)
+        self.linker = wt.Linker(self.engine)
+        self.linker.define_wasi()
+        self.out = str(Path(tmp) / "wasmtime.out")
+
+    def run(self) -> tuple[float, str]:
+        """(seconds of instantiate + run, what it printed)."""
+        wt = self.wt
+        store = wt.Store(self.engine)
+        cfg = wt.WasiConfig()
+        cfg.argv = ["bench.wasm"]
+        cfg.stdout_file = self.out
+        store.set_wasi(cfg)
+        t = time.perf_counter()
+        self.linker.instantiate(store, self.module).exports(store)["_start"](store)
+        elapsed = time.perf_counter() - t
+        return elapsed, Path(self.out).read_text()
+
+
 def _c_rows(lab: Lab, reps: int, keep_id: str) -> list[Row]:
     from keepbook.kernel.compilers import bench_c_source, compile_cell
 
-    goal = Goal(1.1, True)
     src = bench_c_source(C_N, C_REPEATS)
     gcc = shutil.which("gcc")
     if gcc is None:
-        return [not_measured("c_vs_native_ratio", "s", goal, "gcc is not installed on this machine")]
+        return [not_measured(n, "s", goal(n), "gcc is not installed on this machine (the checksum "
+                             "is compared with gcc's)")
+                for n in ("c_vs_native_ratio", "c_vs_wasmtime_ratio")]
     module = compile_cell("c", src, opt="-O2").module
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "m.c").write_text(src)
@@ -161,23 +194,47 @@ def _c_rows(lab: Lab, reps: int, keep_id: str) -> list[Row]:
                 tier = "fast (worker process without epoch checks)"
                 break
             time.sleep(0.25)
+        plain = PlainWasmtime(module, tmp)
+        _, plain_out = plain.run()
+        if plain_out.strip() != native_out.strip():
+            raise RuntimeError(f"plain wasmtime's checksum differs from native: {plain_out!r}")
         for _ in range(2):
             lab.run("wasm", module=module)
-        keep, base = Sample(), Sample()
-        for _ in range(reps):
+        keep, base, engine = Sample(), Sample(), Sample()
+        for _ in range(reps):  # the three in turns, so that all see the same load
             t = time.perf_counter()
             status, _ = lab.run("wasm", module=module)
             keep.add(time.perf_counter() - t)
             base.add(native())
+            engine.add(plain.run()[0])
         first_base = Sample([native() for _ in range(3)])
     how = (f"bench_c_source({C_N}, {C_REPEATS}) matmul; zig cc -O2 → wasm32-wasi (SIMD); wall "
            "time of the cell as the client sees it (channel round trip included)")
-    return [Row("c_vs_native_ratio", "s", keep, base, goal,
+    return [Row("c_vs_native_ratio", "s", keep, base, goal("c_vs_native_ratio"),
                 baseline_label="gcc -O2, same source, wall time of the process",
                 note=f"{how}; steady state, tier: {tier}"),
+            Row("c_vs_wasmtime_ratio", "s", keep, engine, goal("c_vs_wasmtime_ratio"),
+                baseline_label=f"the same .wasm in plain wasmtime-py {_version('wasmtime')}, same "
+                               "engine settings (no epoch checks, Cranelift speed), no Keep: "
+                               "instantiate + _start, compiled once",
+                note=f"{how}; steady state, tier: {tier}; the gap is the Keep's cost (channel "
+                     "round trip, the fast-tier worker's pipe, WASI output capture)"),
+            Row("wasmtime_vs_native_ratio", "s", engine, base, None,
+                baseline_label="gcc -O2, same source, wall time of the process",
+                note="the engine's floor: plain wasmtime-py (as c_vs_wasmtime_ratio's baseline) "
+                     "vs gcc -O2 — what no change to keepbook can go below"),
             Row("c_first_run_vs_native_ratio", "s", first, first_base, None,
                 baseline_label="gcc -O2, same source, wall time of the process",
                 note=f"{how}; first run: Cranelift compile + in-process run with epoch checks")]
+
+
+def _version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "(unknown version)"
 
 
 def rows(reps: int, backend: str = "sim-snp") -> list[Row]:
@@ -196,25 +253,30 @@ def rows(reps: int, backend: str = "sim-snp") -> list[Row]:
             loop_n.add(_native(sys.executable, LOOP))
             big_n.add(_native(sys.executable, BIGINT_LOOP))
             fib_n.add(_native(sys.executable, FIB))
-        out.append(Row("python_loop_vs_native_ratio", "s", loop_k, loop_n, Goal(3.0, True),
+        out.append(Row("python_loop_vs_native_ratio", "s", loop_k, loop_n,
+                       goal("python_loop_vs_native_ratio"),
                        baseline_label=native_label,
                        note=f"1.5M-iteration for loop: small-int arithmetic, a branch, a dict "
                             f"update; {keep_py}"))
-        out.append(Row("python_bigint_loop_vs_native_ratio", "s", big_k, big_n, Goal(3.0, True),
+        out.append(Row("python_bigint_loop_vs_native_ratio", "s", big_k, big_n,
+                       goal("python_bigint_loop_vs_native_ratio"),
                        baseline_label=native_label,
                        note=f"3M-iteration `s += i * i % 7` (ints past 2**30: the generic, "
                             f"unspecialised path, malloc per int); {keep_py}"))
-        out.append(Row("python_fib_vs_native_ratio", "s", fib_k, fib_n, Goal(3.0, True),
+        out.append(Row("python_fib_vs_native_ratio", "s", fib_k, fib_n,
+                       goal("python_fib_vs_native_ratio"),
                        baseline_label=native_label, note=f"recursive fib(24); {keep_py}"))
         py, what = bench_python()
         if py is None:
-            out.append(not_measured("numpy_pandas_vs_native_ratio", "s", None, what))
+            out.append(not_measured("numpy_pandas_vs_native_ratio", "s",
+                                    goal("numpy_pandas_vs_native_ratio"), what))
         else:
             np_k, np_n = _keep_python(lab, NUMPY_PANDAS, reps), Sample()
             _native(py, NUMPY_PANDAS)
             for _ in range(reps):
                 np_n.add(_native(py, NUMPY_PANDAS))
-            out.append(Row("numpy_pandas_vs_native_ratio", "s", np_k, np_n, None,
+            out.append(Row("numpy_pandas_vs_native_ratio", "s", np_k, np_n,
+                           goal("numpy_pandas_vs_native_ratio"),
                            baseline_label=f"native CPython {sys.version.split()[0]} with {what} "
                                           f"in {BENCH_VENV}, one BLAS thread",
                            note="vector math, sort, cumsum, pandas groupby/merge/sort/filter on "

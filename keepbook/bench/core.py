@@ -103,6 +103,36 @@ class Row:
         return out
 
 
+#: Every row's goal, in one place (issue 17's targets where it set one; issue 7's otherwise).
+#: ``_ratio`` rows: the goal applies to the ratio; other rows: to the value.
+GOALS: dict[str, Goal] = {
+    "verify_snp_ms": Goal(5.0, False, unit="ms"),
+    "verify_tdx_vs_dcap_qvl_ratio": Goal(1.0, True),
+    "verify_sgx_vs_dcap_qvl_ratio": Goal(1.0, True),
+    "upload_vs_tls_ratio": Goal(0.8, True, at_least=True),
+    "first_result_cold_s": Goal(0.3, False, unit="s"),
+    "first_result_warm_s": Goal(0.1, False, unit="s"),
+    "first_result_cold_python_s": Goal(0.5, False, unit="s"),
+    "first_result_warm_python_s": Goal(0.05, False, unit="s"),
+    "rtt_wat_ratio": Goal(2.0, True),
+    "rtt_python_ratio": Goal(3.0, True),
+    "c_vs_native_ratio": Goal(1.1, True),
+    "c_vs_wasmtime_ratio": Goal(1.05, True),
+    "python_loop_vs_native_ratio": Goal(3.0, True),
+    "python_bigint_loop_vs_native_ratio": Goal(3.0, True),
+    "python_fib_vs_native_ratio": Goal(3.0, True),
+    "numpy_pandas_vs_native_ratio": Goal(1.3, True),
+    "idle_python_keep_mb": Goal(100, False, unit="MB"),
+    "idle_python_keep_pss_mb": Goal(100, False, unit="MB"),
+    "python_keeps_capacity": Goal(20, False, at_least=True, unit="Keeps"),
+}
+
+
+def goal(name: str) -> Goal | None:
+    """The goal of row ``name`` (None: the row is reported, with no goal)."""
+    return GOALS.get(name)
+
+
 def not_measured(name: str, unit: str, goal: Goal | None, why: str) -> Row:
     return Row(name, unit, None, None, goal, note=f"not measured: {why}")
 

@@ -96,15 +96,17 @@ def pss_bytes(pid: int) -> int:
 class Lab:
     """One client agent bound to one bench manager."""
 
-    def __init__(self, manager: Manager, backend: str = "sim-snp"):
+    def __init__(self, manager: Manager, backend: str = "sim-snp", memory_bytes: int | None = None):
         self.manager = manager
         self.backend = backend
+        self.memory_bytes = memory_bytes  # the Keep's limit (None: the default)
         self.agent = ClientAgent()
         self._trivial = trivial_module()
 
     def spec(self) -> NewKeep:
+        extra = {"memory_bytes": self.memory_bytes} if self.memory_bytes else {}
         return NewKeep(backend=self.backend, manager=self.manager.url,
-                       token_file=self.manager.token_file)
+                       token_file=self.manager.token_file, **extra)
 
     def new_attested(self) -> str:
         """`%keep new` + attest with a fresh nonce; the Keep's id."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import time
 
-from .core import Goal, Row, Sample
+from .core import Row, Sample, goal
 from .startup import execute
 
 WAT_CELL = '%%wat --invoke answer\n(module (func (export "answer") (result i32) i32.const 42))'
@@ -47,8 +47,8 @@ def rows(reps: int) -> list[Row]:
 
     label = "local ipykernel (python3 kernelspec) evaluating `6 * 7`"
     return [
-        Row("rtt_wat_ratio", "ms", wat, base, Goal(2.0, True), baseline_label=label,
+        Row("rtt_wat_ratio", "ms", wat, base, goal("rtt_wat_ratio"), baseline_label=label,
             note="keepbook kernel, %%wat --invoke answer in an attested sim-snp Keep"),
-        Row("rtt_python_ratio", "ms", py, base, Goal(3.0, True), baseline_label=label,
+        Row("rtt_python_ratio", "ms", py, base, goal("rtt_python_ratio"), baseline_label=label,
             note="keepbook kernel, `6 * 7` in the Keep's Python session"),
     ]

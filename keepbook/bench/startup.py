@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 import time
 
-from .core import Goal, Row, Sample
+from .core import Row, Sample, goal
 from .lab import Lab, Manager
 
 
@@ -84,14 +84,14 @@ def rows(reps: int, backend: str = "sim-snp") -> list[Row]:
     label = "local ipykernel: start_new_kernel + `6 * 7`"
     how = f"embedded-style keepmgr on loopback, backend {backend}, trivial WAT cell (--invoke answer)"
     rows = [
-        Row("first_result_cold_s", "s", cold_wat, base, Goal(0.5, False, unit="s"),
+        Row("first_result_cold_s", "s", cold_wat, base, goal("first_result_cold_s"),
             note=how + "; manager already running", baseline_label=label),
-        Row("first_result_warm_s", "s", warm_wat, base, Goal(0.1, False, unit="s"),
+        Row("first_result_warm_s", "s", warm_wat, base, goal("first_result_warm_s"),
             note=how + "; keepmgr --pool 1", baseline_label=label),
-        Row("first_result_cold_python_s", "s", cold_py, base, None,
+        Row("first_result_cold_python_s", "s", cold_py, base, goal("first_result_cold_python_s"),
             note="as first_result_cold_s with `6 * 7` as a Python cell (boots the interpreter)",
             baseline_label=label),
-        Row("first_result_warm_python_s", "s", warm_py, base, None,
+        Row("first_result_warm_python_s", "s", warm_py, base, goal("first_result_warm_python_s"),
             note="as first_result_warm_s with `6 * 7` as a Python cell", baseline_label=label),
     ]
     if warm_error:

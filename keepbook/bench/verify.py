@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from .core import Goal, Row, Sample, not_measured
+from .core import Row, Sample, goal, not_measured
 
 UTC = dt.timezone.utc
 
@@ -82,14 +82,12 @@ def rows(reps: int) -> list[Row]:
             t = time.perf_counter()
             verifier.verify(ev, **kw)
             sample.add((time.perf_counter() - t) * 1000)
-        goal = Goal(5.0, on_ratio=False, unit="ms") if kind == "sev-snp" else None
-        out.append(Row(name, "ms", sample, _ecdsa_floor(curve, reps), goal,
+        out.append(Row(name, "ms", sample, _ecdsa_floor(curve, reps), goal(name),
                        note=f"{what}; verdict {'ok' if tv.ok else 'not ok (as the vector is)'}",
                        baseline_label=f"one ECDSA-{curve.upper()} signature check (the floor)"))
     return out
 
 
-RATIO_GOAL = Goal(1.0, on_ratio=True)
 _QVL_ROWS = (("tdx", "verify_tdx_vs_dcap_qvl_ratio", "dcap-qvl__sample_tdx_quote"),
              ("sgx", "verify_sgx_vs_dcap_qvl_ratio", "dcap-qvl__sample_sgx_quote"))
 
@@ -101,12 +99,12 @@ def dcap_qvl_rows(reps: int) -> list[Row]:
     try:
         import dcap_qvl  # type: ignore[import-not-found]
     except ImportError:
-        return [not_measured(name, "ms", RATIO_GOAL, "dcap-qvl is NOT installed — "
+        return [not_measured(name, "ms", goal(name), "dcap-qvl is NOT installed — "
                              "pip install -e '.[bench]' to compare with it")
                 for _, name, _ in _QVL_ROWS]
     vec = _vectors()
     if vec is None:
-        return [not_measured(name, "ms", RATIO_GOAL, "the real vectors (KEEPBOOK_VECTORS) are "
+        return [not_measured(name, "ms", goal(name), "the real vectors (KEEPBOOK_VECTORS) are "
                              "absent: dcap-qvl verifies only real Intel quotes")
                 for _, name, _ in _QVL_ROWS]
     from keepbook.keep.shared.evidence.registry import get_verifier
@@ -136,7 +134,7 @@ def dcap_qvl_rows(reps: int) -> list[Row]:
                 pass
             base.add((time.perf_counter() - t) * 1000)
         same = "same verdict" if ours == theirs else "DIFFERENT verdicts"
-        out.append(Row(name, "ms", mine, base, RATIO_GOAL,
+        out.append(Row(name, "ms", mine, base, goal(name),
                        note=f"{file} + its collateral at issueDate+1h; TCB status keepbook {ours}, "
                             f"dcap-qvl {theirs} — {same}",
                        baseline_label=f"dcap-qvl {metadata.version('dcap-qvl')} on the same input"))

@@ -220,3 +220,47 @@ def test_only_the_listed_packages_are_imported_from_the_staged_folder(session):
     loaded = eval(rec.of("execute_result")[0]["data"]["text/plain"])
     tops = {rel.split("/")[0].removesuffix(".py") for rel, _ in guest_packages.files()}
     assert set(loaded) - {"_keep_guest", "_keep_driver"} <= tops and "IPython" in loaded
+
+
+def test_a_pooled_keeps_spare_session_is_adopted_only_for_its_limit_and_folder(tmp_path):
+    """prewarm boots the session before any client (pysession.open_spare); the Keep's first
+    Python cell uses it when limit and /data folder are the ones it was opened for — it sees
+    files that arrive in /data later, counts its cells as a fresh session does, and outputs reach the adopting session —
+    and a Keep with another limit closes it unused."""
+    from keepbook.keep.inside import pysession
+
+    data = tmp_path / "data"
+    data.mkdir()
+    limit = 256 * 1024 * 1024
+    pysession.open_spare(limit, str(data))
+    (data / "later.txt").write_text("arrived after the session opened")
+    s = PythonSession(memory_bytes=limit, data_dir=str(data))
+    try:
+        status, rec = run(s, "print(open('/data/later.txt').read())\nget_ipython().execution_count")
+        assert status["ok"], rec.events
+        assert s.adopted and pysession._spare is None
+        assert rec.stdout() == "arrived after the session opened\n"
+        adopted_count = rec.of("execute_result")[0]["data"]["text/plain"]
+    finally:
+        s.close()
+
+    pysession.open_spare(limit, str(data))
+    spare = pysession._spare[2]
+    other = PythonSession(memory_bytes=2 * limit, data_dir=str(data))
+    try:
+        status, rec = run(other, "get_ipython().execution_count")
+        assert status["ok"] and not other.adopted
+        # no cell ran in the spare before it was adopted: it counts as a fresh session does
+        assert rec.of("execute_result")[0]["data"]["text/plain"] == adopted_count
+        assert pysession._spare is None and spare.ended is not None  # closed, not kept
+    finally:
+        other.close()
+
+
+def test_a_cell_cannot_write_the_bytecode_other_sessions_read(session):
+    """The guest's bytecode folder (shared between Keeps once filled, see guest_site) is
+    granted read-only to every session that runs cells."""
+    status, rec = run(session, "import sys\ntry:\n    open(sys.pycache_prefix + '/planted.pyc', 'wb')\n"
+                               "    print('written')\nexcept OSError as e:\n    print('refused', type(e).__name__)")
+    assert status["ok"], rec.events
+    assert rec.stdout().startswith("refused"), rec.stdout()
