@@ -39,7 +39,7 @@ def expected_init_data(backend: str, trust: TrustPolicy) -> tuple[str | None, by
                                                 f"must be launched with: {exc}")
     if image is None:
         return field, None, failed(
-            "init_data", f"no Keep container image to expect: none is published in this keepbook "
+            "init_data", "no Keep container image to expect: none is published in this keepbook "
                          "(keep/container/published.toml is empty) and your trust policy names "
                          "none — set keep_container = \"REPOSITORY@sha256:…\" to the image your "
                          "keep manager's operator built and pushed")

@@ -10,7 +10,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import shutil
 import types
 from pathlib import Path
 

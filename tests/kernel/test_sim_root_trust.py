@@ -6,7 +6,6 @@ SIMULATED and whose root it is.  Never a silent accept."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 

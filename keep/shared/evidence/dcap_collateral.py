@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from cryptography import x509
 
@@ -273,8 +273,8 @@ def _module_identity(info: Mapping[str, Any], q: dcap.Quote) -> tuple[Claim, str
                       f"{attrs.hex()} (mask {mask.hex()}): the TDX module runs in another mode "
                       "(e.g. debug)"), None
     if levels is None:
-        return verified("tdx_module", f"TDX module signed by Intel (MRSIGNER_SEAM and "
-                        f"SEAM_ATTRIBUTES match tdxModule; module version 0)"), None
+        return verified("tdx_module", "TDX module signed by Intel (MRSIGNER_SEAM and "
+                        "SEAM_ATTRIBUTES match tdxModule; module version 0)"), None
     ordered = sorted((lv for lv in levels if isinstance(lv, dict)),
                      key=lambda lv: int(lv.get("tcb", {}).get("isvsvn", 0)), reverse=True)
     level = next((lv for lv in ordered if isvsvn >= int(lv.get("tcb", {}).get("isvsvn", 0))), None)
