@@ -68,6 +68,10 @@ from keepbook.keep.shared.framing import FrameReader, write_frame
 from keepbook.keep.shared.handshake import Handshake, Role, State
 from keepbook.keep.shared.vm_image import VM_BOOT_TIMEOUT_S
 
+#: what the token check learnt about a request: the token's digest (who owns a Keep) and its user
+OWNER = web.RequestKey("owner", str)
+PRINCIPAL = web.RequestKey("principal", users_mod.Principal)
+
 START_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 60.0
 MAX_KEEPS = 256
@@ -221,8 +225,8 @@ class KeepManager:
         principal = self.roster.by_digest(digest)
         if principal is None:
             return error_response(401, "wrong bearer token for this keep manager")
-        request["owner"] = digest
-        request["principal"] = principal
+        request[OWNER] = digest
+        request[PRINCIPAL] = principal
         if self.guard is not None:  # a token-bearing connection is no longer "pending"
             self.guard.admit(request.transport)
         return await handler(request)
@@ -232,7 +236,7 @@ class KeepManager:
 
     def _record(self, request: web.Request) -> KeepRecord:
         rec = self.keeps.get(request.match_info["id"])
-        if rec is None or not hmac.compare_digest(rec.owner, request["owner"]):
+        if rec is None or not hmac.compare_digest(rec.owner, request[OWNER]):
             # A Keep created with another token is indistinguishable from a missing one.
             raise protocol.ProtocolError(f"no Keep with id {request.match_info['id']!r}", 404)
         return rec
@@ -270,13 +274,13 @@ class KeepManager:
             rec = self._take_pooled(req.backend)
             pooled = rec is not None
             if rec is None:
-                rec = await self._spawn(req.backend, user=request["principal"].name)
+                rec = await self._spawn(req.backend, user=request[PRINCIPAL].name)
             else:
                 self._schedule_refill(req.backend, POOL_REFILL_DELAY_S)
         finally:
             self._held.pop(hold, None)   # from here on the record itself counts
         keep_id = rec.info.id
-        rec.owner = request["owner"]
+        rec.owner = request[OWNER]
         rec.memory = int(req.limits["memory_bytes"])
         rec.info.profile = req.profile
         rec.info.created = time.time()
@@ -300,7 +304,7 @@ class KeepManager:
         return cbor_response(rec.info, status=201)
 
     async def list(self, request: web.Request) -> web.Response:
-        mine = [r.info for r in self.keeps.values() if r.owner == request["owner"]]
+        mine = [r.info for r in self.keeps.values() if r.owner == request[OWNER]]
         return cbor_response(protocol.KeepList(keeps=mine))
 
     async def get(self, request: web.Request) -> web.Response:
@@ -357,16 +361,16 @@ class KeepManager:
     def _hold_quota(self, request: web.Request, req: protocol.CreateKeep) -> int:
         """Refuse a create over quota (429, naming the limit and the current use); else hold
         its share until the Keep's record counts, so two creates at once cannot both pass."""
-        principal: users_mod.Principal = request["principal"]
+        principal: users_mod.Principal = request[PRINCIPAL]
         memory = int(req.limits["memory_bytes"])
-        why = quotas_mod.refusal(principal.name, principal.quota, self._usage(request["owner"]),
+        why = quotas_mod.refusal(principal.name, principal.quota, self._usage(request[OWNER]),
                                  memory, self._usage(None).keeps, self.roster.max_keeps_total,
                                  self.roster.source)
         if why is not None:
             self.log("quota-refused", user=principal.name, backend=req.backend)
             raise protocol.ProtocolError(why, 429)
         hold = next(self._hold_ids)
-        self._held[hold] = (request["owner"], memory)
+        self._held[hold] = (request[OWNER], memory)
         return hold
 
     # ------------------------------------------------------------------ keepldr processes, pool
