@@ -28,7 +28,7 @@ from keepbook.keep.shared import pod_keep, protocol
 from keepbook.keep.shared.framing import FrameReader, write_frame
 from keepbook.keep.shared.vm_image import VM_BOOT_TIMEOUT_S
 from keepbook.keep.host import kube_objects as objs
-from keepbook.keep.host.keepldr import announce_exit, log, pump, stdio_frames
+from keepbook.keep.host.keepldr import announce_exit, log, pump
 from keepbook.keep.host.vm_keep import read_start
 
 #: from create to the Keep's "booted" (image pull, the Kata VM's boot, Python's start): inside
@@ -214,12 +214,10 @@ class PodKeep:
 
 
 async def serve_pod(backend: str, keep_id: str, settings: KubeSettings, user: str = "") -> int:
-    up_reader, up_writer = await stdio_frames()
-    up_frames = FrameReader(up_reader)
-    started = await read_start(up_frames, up_writer)
+    started = await read_start()
     if started is None:
         return 0
-    start, limits = started
+    up_frames, up_writer, start, limits = started
     spec = objs.PodSpec(keep_id=keep_id, backend=backend, namespace=settings.namespace,
                         runtime_class=settings.runtime_class, image=settings.image,
                         memory_bytes=int(limits["memory_bytes"]), user=user)

@@ -154,12 +154,10 @@ class VmKeep:
 
 
 async def serve_vm(backend: str, keep_id: str) -> int:
-    up_reader, up_writer = await stdio_frames()
-    up_frames = FrameReader(up_reader)
-    started = await read_start(up_frames, up_writer)
+    started = await read_start()
     if started is None:
         return 0
-    start, limits = started
+    up_frames, up_writer, start, limits = started
     keep = VmKeep(backend, keep_id)
     try:
         down_frames, down_writer, note = await keep.boot(limits)
@@ -182,11 +180,12 @@ async def serve_vm(backend: str, keep_id: str) -> int:
     return 0
 
 
-async def read_start(up_frames: FrameReader, up_writer: asyncio.StreamWriter
-                     ) -> tuple[protocol.Start, dict] | None:
-    """The keep manager's ``start`` and the Keep's limits in it — what a loader that sizes its
-    Keep (a VM, a pod) waits for before it starts anything.  None: there is none (the manager
-    went away, or the limits are unusable: it was told why)."""
+async def read_start() -> tuple[FrameReader, asyncio.StreamWriter, protocol.Start, dict] | None:
+    """The keep manager's frames on stdio, its ``start`` and the Keep's limits in it — what a
+    loader that sizes its Keep (a VM, a pod) waits for before it starts anything.  None: there
+    is none (the manager went away, or the limits are unusable: it was told why)."""
+    up_reader, up_writer = await stdio_frames()
+    up_frames = FrameReader(up_reader)
     start = await _first_start(up_frames, up_writer)
     if start is None:
         return None
@@ -198,7 +197,7 @@ async def read_start(up_frames: FrameReader, up_writer: asyncio.StreamWriter
                                                   f"are unusable ({getattr(exc, 'reason', exc)})"))
         await up_writer.drain()
         return None
-    return start, limits
+    return up_frames, up_writer, start, limits
 
 
 async def _first_start(up_frames: FrameReader,
